@@ -1,0 +1,41 @@
+# The two commands of README.md: `make run` and `make test`. Each sets itself up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit env system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: this machine carries the CPU build of 2.13.0 on disk, and an
+	# unpinned resolve would pull a multi-GB CUDA build instead.
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[service,triton,dev]'
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+# System packages the tests drive as real processes (Redis; later Prometheus, Chromium).
+system-deps:
+	@./scripts/ensure-system-deps.sh
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: env
+	$(VENV)/bin/mypy
+
+unit: env system-deps
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q
+
+test: lint typecheck unit
+
+run: env system-deps
+	./scripts/run-local.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Loads a pipeline and runs a generation; knows nothing of HTTP or Redis."""

@@ -1,0 +1,1 @@
+"""Low-bit linear kernels (Triton) beside their pure-PyTorch reference."""

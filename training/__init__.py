@@ -1,0 +1,1 @@
+"""Offline QVGen quantization-aware training: quantizers, Φ with rank decay, trainer, export."""
