@@ -1,0 +1,100 @@
+"""Which activation-clip group a denoising step uses: one mapping for training and serving.
+
+The activation quantizers keep one (α_lo, α_hi) clip pair per *timestep group*, so that the
+clipping follows the statistics of each part of the denoising trajectory. The group of a
+diffusion timestep t ∈ [0, T_train] (T_train = 1000 for Wan 2.1 and CogVideoX) is::
+
+    g(t) = min(floor(t · G / T_train), G − 1)          G groups, default 50
+
+i.e. G equal-width bins of the timestep axis. It depends on t alone — not on the number of
+inference steps, the position in a sampling loop, or whether classifier-free guidance runs the
+transformer twice — so training (which samples t) and serving (which receives t from the
+scheduler) always agree. The released research code used ``t mod 50`` in training and a
+per-call countdown at inference; those disagree under guidance, this does not.
+
+``bind_timestep_groups`` installs a forward pre-hook on a diffusers transformer that reads the
+``timestep`` argument of every forward call and hands the group of each sample to every module
+that consumes one (``ClipGroupConsumer``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+DEFAULT_GROUPS = 50
+NUM_TRAIN_TIMESTEPS = 1000
+MAPPING_NAME = "uniform-bins-v1"
+
+
+def timestep_to_group(
+    timestep: torch.Tensor | float, groups: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> torch.Tensor:
+    """g(t) for a scalar or a tensor of timesteps; returns int64 of the same shape.
+
+    Raises ``ValueError`` for a timestep outside [0, num_train_timesteps] or a non-finite one.
+    """
+    if groups < 1:
+        raise ValueError(f"groups must be ≥ 1, got {groups}")
+    t = torch.as_tensor(timestep, dtype=torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"timestep must be finite, got {t.tolist()}")
+    if (t < 0).any() or (t > num_train_timesteps).any():
+        raise ValueError(
+            f"timestep must lie in [0, {num_train_timesteps}], got {t.min().item()}..{t.max().item()}"
+        )
+    g = torch.floor(t * groups / num_train_timesteps).to(torch.int64)
+    return torch.clamp(g, max=groups - 1)
+
+
+@runtime_checkable
+class ClipGroupConsumer(Protocol):
+    """A module whose activation quantizer needs the current timestep group of each sample."""
+
+    def set_clip_group(self, groups: torch.Tensor) -> None:
+        """``groups``: int64 [B], the group of each sample of the next forward call."""
+
+
+def set_clip_groups(model: nn.Module, groups: torch.Tensor) -> int:
+    """Hand ``groups`` [B] to every ClipGroupConsumer below ``model``; returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ClipGroupConsumer):
+            module.set_clip_group(groups)
+            count += 1
+    return count
+
+
+def _per_sample_timestep(timestep: torch.Tensor) -> torch.Tensor:
+    # Wan 2.2-style pipelines pass one timestep per token ([B, S]); all tokens of a sample
+    # share the step's clip group, read from the first token.
+    t = timestep.detach()
+    if t.ndim == 0:
+        return t.reshape(1)
+    return t.reshape(t.shape[0], -1)[:, 0]
+
+
+def bind_timestep_groups(
+    transformer: nn.Module, groups: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> RemovableHandle:
+    """Set each consumer's clip group from ``timestep`` on every forward call of ``transformer``.
+
+    Works with diffusers' Wan and CogVideoX transformers, which take ``timestep`` as their second
+    argument or as a keyword.
+    """
+    consumers = [m for m in transformer.modules() if isinstance(m, ClipGroupConsumer)]
+
+    def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if timestep is None:
+            raise ValueError("the transformer was called without a timestep: no clip group to use")
+        g = timestep_to_group(
+            _per_sample_timestep(torch.as_tensor(timestep)), groups, num_train_timesteps
+        )
+        for consumer in consumers:
+            consumer.set_clip_group(g)
+
+    return transformer.register_forward_pre_hook(hook, with_kwargs=True)

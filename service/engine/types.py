@@ -1,0 +1,80 @@
+"""What the engine takes and gives back: the seam between the engine and its callers.
+
+The worker (``service`` queue side) and the CLI build a ``GenerationRequest``, call
+``Engine.generate(request, on_step, should_cancel)`` and receive a ``GeneratedVideo``. Nothing
+here knows of HTTP or Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+# on_step(steps_done, steps_total), called after every denoising step.
+StepCallback = Callable[[int, int], None]
+# should_cancel() → True stops the generation before the next step.
+CancelCheck = Callable[[], bool]
+
+
+class GenerationCancelled(Exception):
+    """Raised by ``Engine.generate`` when ``should_cancel`` answered True."""
+
+    def __init__(self, steps_done: int) -> None:
+        super().__init__(f"generation cancelled after {steps_done} steps")
+        self.steps_done = steps_done
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One text-to-video generation. ``Engine.check`` validates it against the model's limits."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 64
+    height: int = 64
+    num_frames: int = 17
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    seed: int = 0
+    fps: int = 8
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Measured cost of one generation."""
+
+    total_seconds: float
+    seconds_per_step: float
+    steps: int
+    peak_vram_bytes: int  # 0 on CPU
+
+
+@dataclass(frozen=True)
+class GeneratedVideo:
+    """Frames as uint8 [T, H, W, 3] RGB, with the rate they should play at."""
+
+    frames: np.ndarray
+    fps: int
+    stats: GenerationStats
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """A loaded model that turns requests into videos."""
+
+    model_id: str
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ``ValueError`` quoting the bad value and the allowed range."""
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GeneratedVideo:
+        """Run the whole generation on this engine's device."""
+        ...
