@@ -31,6 +31,13 @@ class W4A4Linear(nn.Module):
     backend, ``weight_codes`` int8 [N, K] unpacked once at construction.
     """
 
+    qweight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    act_clip: torch.Tensor
+    bias: torch.Tensor | None
+    weight_codes: torch.Tensor
+
     def __init__(
         self, weights: PackedLinearWeights, backend: KernelBackend = KernelBackend.REFERENCE
     ) -> None:
