@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("service.engine.cli", "qvgen.checkpoint.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

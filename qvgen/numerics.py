@@ -36,9 +36,14 @@ The quantized product then factors into one integer matmul and a per-(m, n) epil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+
+# A rounding function with round_half_up's forward values; training passes a straight-through
+# variant so that fake quantization and serving share every expression below.
+Rounding = Callable[[torch.Tensor], torch.Tensor]
 
 # Smallest step size: keeps an all-zero token (or a constant weight row) from dividing by zero.
 EPS = 1e-8
@@ -86,17 +91,21 @@ def token_range(
 
 
 def token_scale_zero(
-    lo: torch.Tensor, hi: torch.Tensor, bits: int
+    lo: torch.Tensor, hi: torch.Tensor, bits: int, rounding: Rounding = round_half_up
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """s_x and z_x from a per-token range (see the module docstring)."""
     levels = qmax(bits)
     scale = torch.clamp((hi - lo) / levels, min=EPS)
-    zero = torch.clamp(round_half_up(-lo / scale), 0, levels)
+    zero = torch.clamp(rounding(-lo / scale), 0, levels)
     return scale, zero
 
 
 def quantize_tokens(
-    x: torch.Tensor, alpha_lo: torch.Tensor, alpha_hi: torch.Tensor, bits: int
+    x: torch.Tensor,
+    alpha_lo: torch.Tensor,
+    alpha_hi: torch.Tensor,
+    bits: int,
+    rounding: Rounding = round_half_up,
 ) -> TokenQuant:
     """Quantize activations [..., K] per token (last axis) with clip factors α_lo, α_hi.
 
@@ -105,19 +114,23 @@ def quantize_tokens(
     """
     x = x.float()
     lo, hi = token_range(x, alpha_lo, alpha_hi)
-    scale, zero = token_scale_zero(lo, hi, bits)
-    q = torch.clamp(round_half_up(x / scale) + zero, 0, qmax(bits))
+    scale, zero = token_scale_zero(lo, hi, bits, rounding)
+    q = torch.clamp(rounding(x / scale) + zero, 0, qmax(bits))
     return TokenQuant(codes=q - zero, scale=scale, zero_point=zero)
 
 
 def weight_codes(
-    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+    w: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    rounding: Rounding = round_half_up,
 ) -> torch.Tensor:
     """Unsigned weight codes q_w = clamp(round(w / s_w + z_w), 0, 2^b − 1), float32 [N, K].
 
     ``scale`` and ``zero`` are per output channel, shaped [N, 1].
     """
-    return torch.clamp(round_half_up(w.float() / scale + zero), 0, qmax(bits))
+    return torch.clamp(rounding(w.float() / scale + zero), 0, qmax(bits))
 
 
 def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

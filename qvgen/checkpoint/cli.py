@@ -1,0 +1,37 @@
+"""``qvgen import-release``: convert the QVGen authors' released checkpoints to format v1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from qvgen.checkpoint.import_release import import_release
+
+logger = logging.getLogger(__name__)
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = import_release(args.checkpoint, args.config, args.out, args.w_bits, args.a_bits)
+    logger.info("wrote format v1 to %s", out)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "import-release",
+        help="convert a QVGen release checkpoint (latent weights + quantizer parameters) to format v1",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="the release's diffusion_pytorch_model.safetensors"
+    )
+    p.add_argument("--config", required=True, help="the transformer's diffusers config.json")
+    p.add_argument(
+        "--out", required=True, help="directory to write (config.json + qvgen_packed.safetensors)"
+    )
+    p.add_argument(
+        "--w-bits", type=int, default=4, help="weight bits the checkpoint was trained at (2–8)"
+    )
+    p.add_argument(
+        "--a-bits", type=int, default=4, help="activation bits the checkpoint was trained at (2–8)"
+    )
+    p.set_defaults(handler=_run)

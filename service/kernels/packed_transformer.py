@@ -1,0 +1,109 @@
+"""Build a diffusers transformer from a format-v1 directory, without materialising its weights.
+
+1. The class named in ``config.json`` is built with parameters on the meta device (buffers
+   real, so rotary tables and the like are computed as usual).
+2. Every quantized linear listed in the checkpoint replaces its ``nn.Linear`` by a
+   ``W4A4Linear`` holding the packed tensors; the full-size bf16 weight is never allocated.
+3. The remaining tensors are assigned with a strict key check that lists missing and
+   unexpected names.
+4. A forward pre-hook sets every layer's activation-clip group from the timestep
+   (``qvgen.timestep_groups``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import diffusers
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+
+from qvgen.checkpoint import CheckpointError, PackedCheckpoint, read_packed
+from qvgen.timestep_groups import bind_timestep_groups
+from service.kernels.w4a4_linear import KernelBackend, W4A4Linear
+
+logger = logging.getLogger(__name__)
+
+
+def _transformer_class(config: dict[str, object]) -> type[nn.Module]:
+    name = config.get("_class_name")
+    cls = getattr(diffusers, str(name), None) if name else None
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise CheckpointError(f"config.json names an unknown transformer class {name!r}")
+    return cls
+
+
+def _swap_in(model: nn.Module, checkpoint: PackedCheckpoint, backend: KernelBackend) -> None:
+    for name, layer in checkpoint.layers.items():
+        try:
+            current = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"{name}: quantized layer not found in the model") from None
+        if not isinstance(current, nn.Linear):
+            raise CheckpointError(
+                f"{name}: expected nn.Linear in the model, got {type(current).__name__}"
+            )
+        if (current.in_features, current.out_features) != (layer.in_features, layer.out_features):
+            raise CheckpointError(
+                f"{name}: model layer is {current.in_features}→{current.out_features}, "
+                f"checkpoint layer is {layer.in_features}→{layer.out_features}"
+            )
+        if (current.bias is not None) != (layer.bias is not None):
+            raise CheckpointError(f"{name}: bias present in model and checkpoint disagree")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, W4A4Linear(layer, backend))
+
+
+def _check_keys(model: nn.Module, checkpoint: PackedCheckpoint) -> None:
+    quantized_prefixes = tuple(f"{n}." for n in checkpoint.layers)
+    expected = {k for k in model.state_dict() if not k.startswith(quantized_prefixes)}
+    stored = set(checkpoint.tensors)
+    missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not match the model: missing keys {missing}, unexpected keys {unexpected}"
+        )
+
+
+def load_packed_transformer(
+    transformer_dir: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: KernelBackend = KernelBackend.REFERENCE,
+) -> nn.Module:
+    """The transformer of ``transformer_dir`` with W4A4Linear layers, bound to its timesteps.
+
+    ``dtype`` applies to the full-precision tensors; packed layers keep their stored dtypes.
+    """
+    checkpoint = read_packed(transformer_dir)
+    cls = _transformer_class(checkpoint.config)
+    config = {k: v for k, v in checkpoint.config.items() if not k.startswith("_")}
+    with init_empty_weights(include_buffers=False):
+        model = cls.from_config(config)  # type: ignore[attr-defined]
+    _swap_in(model, checkpoint, backend)
+    _check_keys(model, checkpoint)
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint.tensors.items()
+    }
+    model.load_state_dict(state, strict=False, assign=True)
+    meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if meta:
+        raise CheckpointError(f"parameters left without values after loading: {meta}")
+    model.to(device)
+    model.eval()
+    bind_timestep_groups(
+        model, checkpoint.scheme.clip_groups, checkpoint.scheme.num_train_timesteps
+    )
+    logger.info(
+        "loaded %s: %d W%dA%d layers (%s backend), %d full-precision linears",
+        transformer_dir,
+        len(checkpoint.layers),
+        checkpoint.scheme.weight_bits,
+        checkpoint.scheme.activation_bits,
+        backend.value,
+        len(checkpoint.full_precision_modules),
+    )
+    return model

@@ -1,0 +1,72 @@
+"""What every activation quantizer provides: per-token dynamic fake quantization.
+
+For a token (row) x[m, :] with clip factors (α_lo, α_hi) of its timestep group
+(``qvgen.numerics``)::
+
+    lo = min(α_lo · min_k x, 0),  hi = max(α_hi · max_k x, 0)
+    s = max((hi − lo) / q_max, EPS),  z = clamp(round(−lo / s), 0, q_max)   (integer)
+    x̂ = s · (clamp(round(x / s) + z, 0, q_max) − z)
+
+The range is measured on every call (dynamic); only the clip factors are stored, one pair per
+timestep group. The group of each sample is set before the forward call through
+``set_clip_group`` (``qvgen.timestep_groups.bind_timestep_groups`` does it from the timestep).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+from qvgen.numerics import check_bits, quantize_tokens
+from training.quant.ste import round_ste
+
+
+class ActivationQuantizer(nn.Module, abc.ABC):
+    """Per-token asymmetric dynamic fake quantizer with a [G, 2] clip table."""
+
+    def __init__(self, bits: int, groups: int) -> None:
+        super().__init__()
+        check_bits(bits, "activation bits")
+        if groups < 1:
+            raise ValueError(f"clip groups must be ≥ 1, got {groups}")
+        self.bits = bits
+        self.groups = groups
+        self._current: torch.Tensor | None = None
+
+    @abc.abstractmethod
+    def clip_table(self) -> torch.Tensor:
+        """(α_lo, α_hi) per group, float32 [G, 2], each in (0, 1]."""
+
+    def set_clip_group(self, groups: torch.Tensor) -> None:
+        """Groups of the samples of the next calls: int64 [B] (or [1] for the whole batch)."""
+        g = torch.as_tensor(groups, dtype=torch.int64).reshape(-1)
+        if g.numel() == 0 or int(g.min()) < 0 or int(g.max()) >= self.groups:
+            raise ValueError(f"clip group {g.tolist()} outside [0, {self.groups - 1}]")
+        self._current = g
+
+    def _alphas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._current is None:
+            raise RuntimeError(
+                "no timestep group set: call set_clip_group (or bind_timestep_groups) first"
+            )
+        table = self.clip_table()[self._current.to(x.device)]  # [B, 2]
+        if table.shape[0] > 1:
+            if x.ndim < 2 or x.shape[0] != table.shape[0]:
+                raise ValueError(
+                    f"{table.shape[0]} clip groups set for an input of shape {tuple(x.shape)}"
+                )
+            shape = (table.shape[0],) + (1,) * (x.ndim - 1)
+        else:
+            shape = (1,) * x.ndim
+        return table[:, 0].reshape(shape), table[:, 1].reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x̂ (float32, same shape as x) with straight-through rounding."""
+        alpha_lo, alpha_hi = self._alphas(x)
+        tq = quantize_tokens(x, alpha_lo, alpha_hi, self.bits, round_ste)
+        return tq.codes * tq.scale
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, groups={self.groups}"
