@@ -1,0 +1,256 @@
+"""The worker's side of the queue (blocking): claim a job, keep it, report on it, finish it.
+
+One ``Consumer`` is one consumer of the model's group: one per GPU. A job is taken either fresh
+(``XREADGROUP >``) or from a silent peer (``XAUTOCLAIM`` of an entry idle longer than the claim
+timeout); either way ``START`` decides atomically whether it runs and with which attempt.
+While it runs, ``heartbeat`` refreshes the pending entry (only while it is still ours) so that
+it never looks idle; ``still_mine`` and ``progress`` tell the engine when to stop.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from redis.exceptions import ResponseError
+
+from service.queue import scripts
+from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
+from service.queue.records import ErrorCode, JobRecord, JobStatus
+from service.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+# XCLAIM IDLE for a hand-back: far past any claim timeout, so any peer's XAUTOCLAIM takes it.
+HAND_BACK_IDLE_MS = 10**11
+
+
+class StartOutcome(enum.StrEnum):
+    STARTED = "started"
+    LOST = "lost"  # another consumer took the entry between our read and START
+    GONE = "gone"  # the job hash no longer exists (deleted, or past retention)
+    FINAL = "final"  # already completed, failed or cancelled
+    EXPIRED = "expired"  # waited in the queue past its deadline
+    DEAD = "dead"  # out of deliveries: failed, dead-letter record written
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this consumer runs, under ``attempt`` (every write names it)."""
+
+    job: JobRecord
+    stream_id: str
+    attempt: int
+    reclaimed: bool  # taken from a silent peer or a hand-back, not fresh from the stream
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one stream entry this consumer took."""
+
+    outcome: StartOutcome
+    claim: Claim | None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Consumer:
+    """Consumer ``name`` of ``model``'s group."""
+
+    def __init__(
+        self, client: redis.Redis, settings: ServiceSettings, model: str, name: str
+    ) -> None:
+        self._redis = client
+        self._settings = settings
+        self.model = model
+        self.name = name
+        self.keys = Keys(settings.key_prefix)
+        self._stream = self.keys.stream(model)
+        self._start = client.register_script(scripts.START)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._progress = client.register_script(scripts.PROGRESS)
+        self._finish = client.register_script(scripts.FINISH)
+        self._hand_back = client.register_script(scripts.HAND_BACK)
+        self._expire = client.register_script(scripts.EXPIRE_QUEUED)
+
+    @property
+    def _claim_timeout_ms(self) -> int:
+        return int(self._settings.claim_timeout_s * 1000)
+
+    def ensure_group(self) -> None:
+        try:
+            self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # --- taking a job --------------------------------------------------------------------
+
+    def next_job(self, block_ms: int) -> Delivery | None:
+        """Take one entry (a silent peer's first, else a fresh one, waiting up to ``block_ms``)."""
+        reclaimed = self._autoclaim()
+        if reclaimed is not None:
+            return self._begin(*reclaimed, reclaimed=True)
+        fresh = self._read(block_ms)
+        if fresh is None:
+            return None
+        return self._begin(*fresh, reclaimed=False)
+
+    def _autoclaim(self) -> tuple[str, str] | None:
+        try:
+            reply: Any = self._redis.xautoclaim(
+                self._stream, GROUP, self.name, self._claim_timeout_ms, start_id="0-0", count=1
+            )
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            self.ensure_group()
+            return None
+        entries = reply[1]
+        if not entries:
+            return None
+        stream_id, fields = entries[0]
+        return stream_id, fields[ENTRY_JOB_FIELD]
+
+    def _read(self, block_ms: int) -> tuple[str, str] | None:
+        try:
+            reply: Any = self._redis.xreadgroup(
+                GROUP, self.name, {self._stream: ">"}, count=1, block=block_ms
+            )
+        except ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            self.ensure_group()
+            return None
+        if not reply:
+            return None
+        stream_id, fields = reply[0][1][0]
+        return stream_id, fields[ENTRY_JOB_FIELD]
+
+    def _begin(self, stream_id: str, job_id: str, *, reclaimed: bool) -> Delivery:
+        reply = self._start(
+            keys=[self.keys.job(job_id), self._stream, self.keys.deadletter],
+            args=[
+                stream_id,
+                self.name,
+                _now_ms(),
+                self._settings.max_deliveries,
+                self._settings.retention_s * 1000,
+                GROUP,
+                DEADLETTER_MAXLEN,
+            ],
+        )
+        outcome = StartOutcome(reply[0])
+        if outcome is not StartOutcome.STARTED:
+            logger.info("job %s not started: %s", job_id, outcome.value)
+            return Delivery(outcome=outcome, claim=None)
+        record = JobRecord.from_hash(
+            cast(dict[str, str], self._redis.hgetall(self.keys.job(job_id)))
+        )
+        claim = Claim(job=record, stream_id=stream_id, attempt=int(reply[1]), reclaimed=reclaimed)
+        return Delivery(outcome=outcome, claim=claim)
+
+    # --- while it runs ---------------------------------------------------------------------
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Reset the entry's idle time if it is still ours under this attempt; False: stop."""
+        refreshed = self._heartbeat(
+            keys=[self.keys.job(claim.job.id), self._stream],
+            args=[claim.stream_id, self.name, claim.attempt, GROUP],
+        )
+        return bool(refreshed)
+
+    def progress(self, claim: Claim, steps_done: int, steps_total: int) -> bool:
+        """Record steps done; False when the attempt was fenced off or the job cancelled."""
+        ok = self._progress(
+            keys=[self.keys.job(claim.job.id)], args=[claim.attempt, steps_done, steps_total]
+        )
+        return bool(ok)
+
+    def still_mine(self, claim: Claim) -> bool:
+        """True while the job is ``in_progress`` under this attempt (not cancelled, not taken)."""
+        ok = self._progress(keys=[self.keys.job(claim.job.id)], args=[claim.attempt, "", ""])
+        return bool(ok)
+
+    # --- ending it ------------------------------------------------------------------------
+
+    def complete(self, claim: Claim, video_path: str, thumbnail_path: str) -> bool:
+        """Mark completed with the result files; False when fenced (delete the files then)."""
+        return self._end(
+            claim,
+            JobStatus.COMPLETED,
+            {"video_path": video_path, "thumbnail_path": thumbnail_path},
+        )
+
+    def fail(self, claim: Claim, code: ErrorCode, message: str) -> bool:
+        return self._end(
+            claim, JobStatus.FAILED, {"error_code": code.value, "error_message": message}
+        )
+
+    def _end(self, claim: Claim, status: JobStatus, fields: dict[str, str]) -> bool:
+        args: list[str | int] = [
+            claim.stream_id,
+            claim.attempt,
+            GROUP,
+            _now_ms(),
+            self._settings.retention_s * 1000,
+            status.value,
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        written = self._finish(keys=[self.keys.job(claim.job.id), self._stream], args=args)
+        return bool(written)
+
+    def hand_back(self, claim: Claim) -> bool:
+        """Requeue the job for any peer at once (SIGTERM); it does not count as a delivery."""
+        handed = self._hand_back(
+            keys=[self.keys.job(claim.job.id), self._stream],
+            args=[claim.stream_id, claim.attempt, GROUP, self.name, HAND_BACK_IDLE_MS],
+        )
+        return bool(handed)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def expire_queued(self, limit: int = 100) -> int:
+        """Fail queued jobs older than the queue deadline; returns how many expired.
+
+        Stream ids start with their enqueue time in ms, so the candidates are one XRANGE.
+        """
+        newest = _now_ms() - self._settings.queued_ttl_s * 1000
+        entries: Any = self._redis.xrange(self._stream, "-", f"{newest}-0", count=limit)
+        expired = 0
+        for stream_id, fields in entries:
+            expired += int(
+                self._expire(
+                    keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream],
+                    args=[stream_id, GROUP, _now_ms(), self._settings.retention_s * 1000],
+                )
+            )
+        return expired
+
+    def announce(self, device: str, metrics_port: int) -> None:
+        """Say this worker is alive (readiness reads it); call at least once per heartbeat."""
+        now = time.time()
+        info = {"model": self.model, "device": device, "pid": os.getpid(), "port": metrics_port}
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.workers(self.model), {self.name: now})
+            pipe.set(
+                self.keys.worker(self.name),
+                json.dumps(info),
+                ex=max(1, int(self._settings.claim_timeout_s * 2)),
+            )
+            pipe.execute()
+
+    def retire(self) -> None:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.workers(self.model), self.name)
+            pipe.delete(self.keys.worker(self.name))
+            pipe.execute()

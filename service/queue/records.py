@@ -1,0 +1,153 @@
+"""The job record: what the ``P:job:<id>`` hash holds, and how it reads back into Python.
+
+A job moves ``queued → in_progress → completed | failed | cancelled``; a crash or a SIGTERM
+hand-back moves it from ``in_progress`` back to ``queued`` under the same id. ``attempt`` counts
+the starts; every write a worker makes names its attempt and is refused when a newer attempt has
+begun (fencing). Times are unix milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.engine.types import GenerationRequest
+
+JOB_ID_PREFIX = "video_"
+# 128 random bits, hex: unguessable, and safe as a file name and a Redis key.
+_JOB_ID_RE = re.compile(r"^video_[0-9a-f]{32}$")
+
+
+def new_job_id() -> str:
+    return JOB_ID_PREFIX + secrets.token_hex(16)
+
+
+def is_job_id(value: str) -> bool:
+    return _JOB_ID_RE.fullmatch(value) is not None
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class ErrorCode(enum.StrEnum):
+    """``error.code`` of a failed job."""
+
+    INVALID_REQUEST = "invalid_request"
+    ENGINE_ERROR = "engine_error"
+    EXPIRED = "expired"
+    MAX_DELIVERIES = "max_deliveries_exceeded"
+
+
+class JobField(enum.StrEnum):
+    """Field names of the job hash (the Lua scripts in ``scripts`` use the same literals)."""
+
+    ID = "id"
+    MODEL = "model"
+    STATUS = "status"
+    REQUEST = "request"
+    SECONDS = "seconds"
+    CREATED_AT = "created_at"
+    QUEUE_DEADLINE = "queue_deadline"
+    STARTED_AT = "started_at"
+    ATTEMPT_STARTED_AT = "attempt_started_at"
+    COMPLETED_AT = "completed_at"
+    EXPIRES_AT = "expires_at"
+    ATTEMPT = "attempt"
+    HANDBACKS = "handbacks"
+    STEPS_DONE = "steps_done"
+    STEPS_TOTAL = "steps_total"
+    WORKER = "worker"
+    STREAM_ID = "stream_id"
+    ERROR_CODE = "error_code"
+    ERROR_MESSAGE = "error_message"
+    VIDEO_PATH = "video_path"
+    THUMBNAIL_PATH = "thumbnail_path"
+
+
+def request_to_json(request: GenerationRequest) -> str:
+    return json.dumps(dataclasses.asdict(request), separators=(",", ":"), sort_keys=True)
+
+
+def request_from_json(text: str) -> GenerationRequest:
+    return GenerationRequest(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as read from its hash."""
+
+    id: str
+    model: str
+    status: JobStatus
+    request: GenerationRequest
+    seconds: str
+    created_at_ms: int
+    queue_deadline_ms: int
+    started_at_ms: int | None
+    attempt_started_at_ms: int | None
+    completed_at_ms: int | None
+    expires_at_ms: int | None
+    attempt: int
+    steps_done: int
+    steps_total: int
+    worker: str | None
+    error_code: str | None
+    error_message: str | None
+    video_path: str | None
+    thumbnail_path: str | None
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
+        def opt_int(name: JobField) -> int | None:
+            value = fields.get(name)
+            return int(value) if value not in (None, "") else None
+
+        def opt_str(name: JobField) -> str | None:
+            value = fields.get(name)
+            return value if value else None
+
+        request = request_from_json(fields[JobField.REQUEST])
+        return cls(
+            id=fields[JobField.ID],
+            model=fields[JobField.MODEL],
+            status=JobStatus(fields[JobField.STATUS]),
+            request=request,
+            seconds=fields.get(JobField.SECONDS, ""),
+            created_at_ms=int(fields[JobField.CREATED_AT]),
+            queue_deadline_ms=int(fields[JobField.QUEUE_DEADLINE]),
+            started_at_ms=opt_int(JobField.STARTED_AT),
+            attempt_started_at_ms=opt_int(JobField.ATTEMPT_STARTED_AT),
+            completed_at_ms=opt_int(JobField.COMPLETED_AT),
+            expires_at_ms=opt_int(JobField.EXPIRES_AT),
+            attempt=int(fields.get(JobField.ATTEMPT, "0")),
+            steps_done=int(fields.get(JobField.STEPS_DONE, "0")),
+            steps_total=int(fields.get(JobField.STEPS_TOTAL) or request.num_inference_steps),
+            worker=opt_str(JobField.WORKER),
+            error_code=opt_str(JobField.ERROR_CODE),
+            error_message=opt_str(JobField.ERROR_MESSAGE),
+            video_path=opt_str(JobField.VIDEO_PATH),
+            thumbnail_path=opt_str(JobField.THUMBNAIL_PATH),
+        )
+
+    @property
+    def progress(self) -> int:
+        """Integer percent: ⌊100 · steps_done / steps_total⌋, 100 once completed."""
+        if self.status is JobStatus.COMPLETED:
+            return 100
+        if self.steps_total <= 0:
+            return 0
+        return min(99, (100 * self.steps_done) // self.steps_total)

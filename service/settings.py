@@ -1,0 +1,112 @@
+"""The service's settings: one pydantic-settings class read from ``QVGEN_*`` environment variables.
+
+Every process of the service (API, worker, ``qvgen serve all``, ``qvgen bench service``) reads
+the same class, so an operator sets a value once for the whole deployment. Durations are in
+seconds, sizes in bytes. Outside ``QVGEN_ENVIRONMENT=development`` the settings refuse the
+defaults that are only safe on a laptop (no API keys).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``"a,b"`` from the environment as well as a list from Python."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of the API, the workers and the queue between them."""
+
+    model_config = SettingsConfigDict(env_prefix="QVGEN_", extra="forbid", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key starts with this, so several deployments (or tests) can share a server.
+    key_prefix: str = Field(default="qvgen", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    # Models the API accepts and /readyz expects a live worker for; the first is the default.
+    models: Annotated[tuple[str, ...], NoDecode] = ("qvgen-tiny",)
+    # Bearer keys; empty means no authentication (refused outside development).
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    # --- limits -------------------------------------------------------------------------
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_queue_depth: int = Field(default=1000, ge=1, le=1_000_000)
+    queue_full_retry_after_s: int = Field(default=10, ge=1, le=3600)
+    poll_after_ms: int = Field(default=1000, ge=10, le=60_000)
+
+    # --- request defaults when the client leaves a field out -----------------------------
+    default_size: str = Field(default="64x64", pattern=r"^\d{1,4}x\d{1,4}$")
+    default_fps: int = Field(default=8, ge=1, le=60)
+    default_num_frames: int = Field(default=17, ge=1, le=1025)
+    default_num_inference_steps: int = Field(default=20, ge=1, le=500)
+    default_guidance_scale: float = Field(default=5.0, ge=0.0, le=50.0)
+
+    # --- queue reliability ----------------------------------------------------------------
+    # A job whose owner has not refreshed it for this long is claimed by another worker.
+    claim_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0.0, le=600.0)
+    # Attempts that may start (crashes count, SIGTERM hand-backs do not); then dead-letter.
+    max_deliveries: int = Field(default=3, ge=1, le=100)
+    # A job still queued this long after submission fails with code "expired".
+    queued_ttl_s: int = Field(default=3600, ge=1, le=7 * 86400)
+    # Finished jobs and their files are kept this long, then deleted.
+    retention_s: int = Field(default=86400, ge=1, le=365 * 86400)
+    # SIGTERM: finish the running job if it ends within this long, else hand it back.
+    drain_timeout_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+    # How often a worker sweeps expired queued jobs and out-of-retention files.
+    janitor_interval_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+
+    results_dir: Path = Path("results")
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models_named(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("QVGEN_MODELS must name at least one model, got none")
+        for name in value:
+            if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"model id {name!r} may hold only letters, digits, '-', '_', '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        if self.heartbeat_interval_s * 2 > self.claim_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most half of "
+                f"claim_timeout_s ({self.claim_timeout_s}), or a live worker loses its job"
+            )
+        if self.environment is Environment.PRODUCTION and not self.api_keys:
+            raise ValueError(
+                "QVGEN_API_KEYS is empty: production refuses unauthenticated access "
+                "(set keys, or QVGEN_ENVIRONMENT=development on a trusted machine)"
+            )
+        return self
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+    def key_secrets(self) -> tuple[bytes, ...]:
+        """The API keys as bytes, for constant-time comparison."""
+        return tuple(key.get_secret_value().encode() for key in self.api_keys)

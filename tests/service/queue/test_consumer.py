@@ -1,0 +1,146 @@
+"""Claiming, heartbeats, fencing, dead letters, hand-back and expiry against a real Redis.
+
+Claim timeouts are a fraction of a second here so that "silence" takes a real, short sleep.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from service.queue.consumer import Claim, Consumer, StartOutcome
+from service.queue.keys import GROUP, Keys
+from service.queue.records import ErrorCode, JobStatus
+from service.settings import ServiceSettings
+from tests.service.queue.helpers import consumer, produce, submit
+
+
+def _take(worker: Consumer) -> Claim:
+    delivery = worker.next_job(block_ms=200)
+    assert delivery is not None and delivery.claim is not None, delivery
+    return delivery.claim
+
+
+def _owner(client: redis.Redis, settings: ServiceSettings, stream_id: str) -> str:
+    pending = client.xpending_range(
+        Keys(settings.key_prefix).stream("tiny"), GROUP, stream_id, stream_id, 1
+    )
+    return str(pending[0]["consumer"])
+
+
+def test_fresh_job_starts_as_attempt_one(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    job_id = submit(settings).job_id
+    claim = _take(consumer(sync_redis, settings, "w1"))
+    assert claim.job.id == job_id and claim.attempt == 1 and not claim.reclaimed
+    assert claim.job.status is JobStatus.IN_PROGRESS and claim.job.worker == "w1"
+
+
+def test_heartbeat_keeps_the_job_and_silence_loses_it_to_a_peer(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    submit(settings)
+    first, second = consumer(sync_redis, settings, "a"), consumer(sync_redis, settings, "b")
+    claim_a = _take(first)
+    time.sleep(settings.claim_timeout_s * 1.2)
+    assert first.heartbeat(claim_a)
+    assert second.next_job(block_ms=10) is None  # refreshed: not idle, not claimable
+    time.sleep(settings.claim_timeout_s * 1.2)
+    claim_b = _take(second)  # silent past the timeout: the peer takes it
+    assert claim_b.reclaimed and claim_b.attempt == 2
+    # The presumed-dead first worker wakes up: every write of its attempt is refused …
+    assert not first.heartbeat(claim_a)
+    assert _owner(sync_redis, settings, claim_a.stream_id) == "b"  # … its heartbeat stole nothing
+    assert not first.progress(claim_a, 3, 4)
+    assert not first.still_mine(claim_a)
+    assert not first.complete(claim_a, "stale.mp4", "stale.png")
+    assert second.progress(claim_b, 1, 4)
+    assert second.complete(claim_b, "good.mp4", "good.png")
+    record = produce(settings, lambda q: q.get(claim_b.job.id))
+    assert record is not None
+    assert (record.status, record.attempt, record.video_path) == (
+        JobStatus.COMPLETED,
+        2,
+        "good.mp4",
+    )
+    assert record.expires_at_ms is not None and record.completed_at_ms is not None
+
+
+def test_progress_is_an_integer_percent(settings: ServiceSettings, sync_redis: redis.Redis) -> None:
+    job_id = submit(settings).job_id
+    worker = consumer(sync_redis, settings, "w1")
+    claim = _take(worker)
+    assert worker.progress(claim, 1, 3)
+    record = produce(settings, lambda q: q.get(job_id))
+    assert record is not None and (record.steps_done, record.progress) == (1, 33)
+
+
+def test_out_of_deliveries_fails_with_a_dead_letter(
+    redis_server: object, settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    quick = settings.model_copy(
+        update={"claim_timeout_s": 0.2, "heartbeat_interval_s": 0.1, "max_deliveries": 2}
+    )
+    job_id = submit(quick).job_id
+    for attempt, name in ((1, "a"), (2, "b")):
+        assert _take(consumer(sync_redis, quick, name)).attempt == attempt
+        time.sleep(0.3)  # the worker "crashes": no heartbeat, no ack
+    delivery = consumer(sync_redis, quick, "c").next_job(block_ms=50)
+    assert delivery is not None and delivery.outcome is StartOutcome.DEAD
+    record = produce(quick, lambda q: q.get(job_id))
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error_code == ErrorCode.MAX_DELIVERIES
+    keys = Keys(quick.key_prefix)
+    dead = sync_redis.xrange(keys.deadletter)
+    assert [(fields["job"], fields["attempts"]) for _, fields in dead] == [(job_id, "2")]
+    assert sync_redis.xlen(keys.stream("tiny")) == 0
+
+
+def test_hand_back_requeues_at_once_without_spending_a_delivery(
+    redis_server: object, settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    once = settings.model_copy(update={"max_deliveries": 1})
+    job_id = submit(once).job_id
+    first, second = consumer(sync_redis, once, "a"), consumer(sync_redis, once, "b")
+    claim = _take(first)
+    assert first.hand_back(claim)
+    record = produce(once, lambda q: q.get(job_id))
+    assert record is not None and record.status is JobStatus.QUEUED
+    taken = _take(second)  # no wait for the claim timeout
+    assert taken.reclaimed and taken.attempt == 2
+    assert not first.still_mine(claim)
+
+
+def test_cancel_stops_a_running_job(settings: ServiceSettings, sync_redis: redis.Redis) -> None:
+    job_id = submit(settings).job_id
+    worker = consumer(sync_redis, settings, "a")
+    claim = _take(worker)
+
+    async def cancel(queue):  # type: ignore[no-untyped-def]
+        return await queue.cancel(await queue.get(job_id))
+
+    produce(settings, cancel)
+    assert not worker.still_mine(claim)
+    assert not worker.heartbeat(claim)
+    assert not worker.complete(claim, "v.mp4", "t.png")
+    record = produce(settings, lambda q: q.get(job_id))
+    assert record is not None and record.status is JobStatus.CANCELLED
+
+
+def test_queued_jobs_expire_at_their_deadline(
+    redis_server: object, settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    short = settings.model_copy(update={"queued_ttl_s": 1})
+    swept, started_late = submit(short).job_id, submit(short).job_id
+    time.sleep(1.1)
+    worker = consumer(sync_redis, short, "a")
+    delivery = worker.next_job(block_ms=50)  # reads the oldest entry: past its deadline
+    assert delivery is not None and delivery.outcome is StartOutcome.EXPIRED
+    assert worker.expire_queued() == 1  # the janitor fails the other one
+    for job_id in (swept, started_late):
+        record = produce(short, lambda q, job_id=job_id: q.get(job_id))
+        assert record is not None and record.status is JobStatus.FAILED
+        assert record.error_code == ErrorCode.EXPIRED
+    assert sync_redis.xlen(Keys(short.key_prefix).stream("tiny")) == 0
