@@ -13,7 +13,11 @@ import sys
 from collections.abc import Sequence
 
 # Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
-COMMAND_MODULES: tuple[str, ...] = ("service.engine.cli", "qvgen.checkpoint.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "service.engine.cli",
+    "qvgen.checkpoint.cli",
+    "training.synthetic.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
