@@ -27,6 +27,14 @@ class GenerationCancelled(Exception):
         self.steps_done = steps_done
 
 
+class InvalidRequest(ValueError):
+    """Raised by ``Engine.check``: ``field`` names the ``GenerationRequest`` field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One text-to-video generation. ``Engine.check`` validates it against the model's limits."""
@@ -68,7 +76,7 @@ class Engine(Protocol):
     model_id: str
 
     def check(self, request: GenerationRequest) -> None:
-        """Raise ``ValueError`` quoting the bad value and the allowed range."""
+        """Raise ``ValueError`` (``InvalidRequest``) quoting the bad value and the allowed range."""
 
     def generate(
         self,

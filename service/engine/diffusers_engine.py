@@ -1,0 +1,209 @@
+"""``DiffusersEngine``: one loaded Wan or CogVideoX pipeline that turns requests into videos.
+
+A generation runs in three timed phases: prompt encoding (then, optionally, the text encoder
+leaves the GPU), the denoising loop inside the diffusers pipeline (``on_step`` and the
+cancellation check run in its ``callback_on_step_end``), and VAE decoding. Cancellation raises
+``GenerationCancelled`` out of the pipeline call, so no partially denoised video is ever decoded
+or returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.engine.environment import RuntimeTarget, resolve_target
+from service.engine.limits import (
+    ModelFamily,
+    ModelGeometry,
+    ModelLimits,
+    check_request,
+    default_limits,
+)
+from service.engine.loading import (
+    MemoryOptions,
+    VideoPipeline,
+    detect_family,
+    load_pipeline_on,
+    pipeline_geometry,
+)
+from service.engine.types import (
+    CancelCheck,
+    GeneratedVideo,
+    GenerationCancelled,
+    GenerationRequest,
+    GenerationStats,
+    StepCallback,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _StepClock:
+    """Per-generation bookkeeping that the step callback updates."""
+
+    total_steps: int
+    on_step: StepCallback | None
+    should_cancel: CancelCheck | None
+    started: float = field(default_factory=time.perf_counter)
+    step_ends: list[float] = field(default_factory=list)
+
+    def __call__(
+        self, _pipeline: VideoPipeline, index: int, _timestep: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.step_ends.append(time.perf_counter())
+        done = index + 1
+        if self.on_step is not None:
+            self.on_step(done, self.total_steps)
+        # Also after the last step: a cancelled job should not spend the decoder's time.
+        if self.should_cancel is not None and self.should_cancel():
+            raise GenerationCancelled(done)
+        return kwargs
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    """[1, T, H, W, 3] floats in [0, 1] → contiguous uint8 [T, H, W, 3]."""
+    video = np.clip(np.rint(frames[0] * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(video)
+
+
+class DiffusersEngine:
+    """An ``Engine`` (``service.engine.types``) over a loaded diffusers pipeline."""
+
+    def __init__(
+        self,
+        pipeline: VideoPipeline,
+        family: ModelFamily,
+        target: RuntimeTarget,
+        model_id: str,
+        options: MemoryOptions | None = None,
+        limits: ModelLimits | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.family = family
+        self.target = target
+        self.model_id = model_id
+        self.options = options or MemoryOptions()
+        self.limits = limits or default_limits(family)
+        self.geometry: ModelGeometry = pipeline_geometry(pipeline, family)
+        # Progress belongs to the caller (on_step); keep diffusers' own bars out of logs.
+        pipeline.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        device: str = "cpu",
+        options: MemoryOptions | None = None,
+        limits: ModelLimits | None = None,
+        model_id: str | None = None,
+    ) -> DiffusersEngine:
+        """Check the environment, load ``model_dir`` and wrap it; ``model_id`` defaults to the
+        directory name."""
+        target = resolve_target(device)
+        family = detect_family(model_dir)
+        pipeline = load_pipeline_on(model_dir, target, options)
+        return cls(pipeline, family, target, model_id or Path(model_dir).name, options, limits)
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ``InvalidRequest`` (a ``ValueError``) naming the field and its allowed range."""
+        check_request(request, self.geometry, self.limits)
+
+    def _encode(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt (and, with guidance, negative prompt) embeddings on the target device."""
+        encoder = self.pipeline.text_encoder
+        offload = self.options.offload_text_encoder and self.target.is_cuda
+        if offload:
+            encoder.to(self.target.device)
+        with torch.no_grad():
+            positive, negative = self.pipeline.encode_prompt(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                do_classifier_free_guidance=request.guidance_scale > 1.0,
+                num_videos_per_prompt=1,
+                max_sequence_length=self.geometry.text_tokens,
+                device=self.target.device,
+                dtype=self.target.dtype,
+            )
+        if offload:
+            encoder.to("cpu")
+            torch.cuda.empty_cache()
+        return positive, negative
+
+    def _denoise_and_decode(
+        self,
+        request: GenerationRequest,
+        embeddings: tuple[torch.Tensor, torch.Tensor | None],
+        clock: _StepClock,
+    ) -> np.ndarray:
+        generator = torch.Generator(device=self.target.device).manual_seed(request.seed)
+        output = self.pipeline(
+            prompt_embeds=embeddings[0],
+            negative_prompt_embeds=embeddings[1],
+            height=request.height,
+            width=request.width,
+            num_frames=request.num_frames,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=generator,
+            output_type="np",
+            callback_on_step_end=clock,
+        )
+        return _to_uint8(np.asarray(output.frames))
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> GeneratedVideo:
+        """Run one generation; ``on_step(i, n)`` after step i of n; ``should_cancel()`` → True
+        raises ``GenerationCancelled`` before the next step starts.
+
+        The initial noise comes from a ``torch.Generator`` on the target device seeded with
+        ``request.seed``: a fixed seed on a fixed device and dtype gives the same frames.
+        """
+        self.check(request)
+        if should_cancel is not None and should_cancel():
+            raise GenerationCancelled(0)
+        if self.target.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.target.device)
+        started = time.perf_counter()
+        embeddings = self._encode(request)
+        clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
+        frames = self._denoise_and_decode(request, embeddings, clock)
+        finished = time.perf_counter()
+        expected = (request.num_frames, request.height, request.width, 3)
+        if frames.shape != expected:
+            raise RuntimeError(f"pipeline returned frames {frames.shape}, expected {expected}")
+        stats = GenerationStats(
+            total_seconds=finished - started,
+            seconds_per_step=(clock.step_ends[-1] - clock.started) / len(clock.step_ends),
+            steps=len(clock.step_ends),
+            peak_vram_bytes=(
+                torch.cuda.max_memory_allocated(self.target.device) if self.target.is_cuda else 0
+            ),
+        )
+        logger.info(
+            "%s: %d×%d×%d, %d steps in %.2f s (%.3f s/step), peak VRAM %.2f GiB",
+            self.model_id,
+            request.num_frames,
+            request.height,
+            request.width,
+            stats.steps,
+            stats.total_seconds,
+            stats.seconds_per_step,
+            stats.peak_vram_bytes / 2**30,
+        )
+        extras = {
+            "encode_seconds": clock.started - started,
+            "decode_seconds": finished - clock.step_ends[-1],
+        }
+        return GeneratedVideo(frames=frames, fps=request.fps, stats=stats, extras=extras)

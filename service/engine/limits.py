@@ -1,0 +1,132 @@
+"""What a loaded model accepts: shape rules derived from its config, and caps chosen per family.
+
+Two kinds of rule decide whether a ``GenerationRequest`` can run:
+
+* **Geometry**, dictated by the architecture. Width and height must be multiples of
+  (VAE spatial factor × transformer patch size), and of the pipeline's own check (16 for Wan,
+  8 for CogVideoX). Frame counts are n = 1 + k · step: Wan's causal VAE maps 1 + 4k frames to
+  1 + k latent frames (step = temporal factor); CogVideoX's VAE decodes latent frames in pairs
+  after an odd first group, so only an odd number of latent frames decodes back to the request
+  (step = 2 × temporal factor: 9, 17, …, 49).
+* **Limits**, chosen by the operator (``ModelLimits``): maximum size, frames, steps, the
+  guidance range and the prompt length. They bound the memory and time a single job may take.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from service.engine.types import GenerationRequest, InvalidRequest
+
+MAX_SEED = 2**63 - 1
+
+
+class ModelFamily(enum.Enum):
+    """Supported pipelines, by the ``_class_name`` diffusers writes into ``model_index.json``."""
+
+    WAN = "WanPipeline"
+    COGVIDEOX = "CogVideoXPipeline"
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """Shape rules of one loaded pipeline (derived from its configs, never typed by hand).
+
+    width % size_multiple == 0, height % size_multiple == 0, (num_frames − 1) % frame_step == 0;
+    prompts are encoded to ``text_tokens`` tokens.
+    """
+
+    size_multiple: int
+    frame_step: int
+    text_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Operator caps for one model; ``default_limits`` gives each family's."""
+
+    max_width: int
+    max_height: int
+    max_frames: int
+    max_steps: int = 100
+    min_guidance: float = 1.0  # 1.0 switches classifier-free guidance off
+    max_guidance: float = 20.0
+    max_prompt_chars: int = 2000
+    min_fps: int = 1
+    max_fps: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("max_width", "max_height", "max_frames", "max_steps", "max_prompt_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelLimits.{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0 <= self.min_guidance <= self.max_guidance:
+            raise ValueError(
+                f"ModelLimits guidance range [{self.min_guidance}, {self.max_guidance}] is empty "
+                "or negative"
+            )
+        if not 1 <= self.min_fps <= self.max_fps:
+            raise ValueError(f"ModelLimits fps range [{self.min_fps}, {self.max_fps}] is invalid")
+
+
+def default_limits(family: ModelFamily) -> ModelLimits:
+    """Caps at the resolutions and lengths each family was trained for (Wan 2.1: 1280×720 at
+    81 frames; CogVideoX 1.5: 1360×768 at 81 frames), either orientation."""
+    if family is ModelFamily.WAN:
+        return ModelLimits(max_width=1280, max_height=1280, max_frames=81)
+    return ModelLimits(max_width=1360, max_height=1360, max_frames=81)
+
+
+def _check_int(name: str, value: object) -> None:
+    # bool is an int subclass; a True width is a caller bug, not a size.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(name, f"{value!r} is not an integer")
+
+
+def _check_size(name: str, value: int, multiple: int, maximum: int) -> None:
+    _check_int(name, value)
+    if not multiple <= value <= maximum or value % multiple:
+        largest = maximum // multiple * multiple
+        raise InvalidRequest(
+            name, f"{value} is not allowed; use a multiple of {multiple} in [{multiple}, {largest}]"
+        )
+
+
+def _check_frames(value: int, step: int, maximum: int) -> None:
+    _check_int("num_frames", value)
+    if not 1 <= value <= maximum or (value - 1) % step:
+        largest = (maximum - 1) // step * step + 1
+        raise InvalidRequest(
+            "num_frames",
+            f"{value} is not allowed; use 1 + {step}·k in [1, {largest}] (e.g. {1 + step}, "
+            f"{1 + 2 * step})",
+        )
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidRequest(name, f"{value!r} is not a number")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidRequest(name, f"{value} is out of range [{low}, {high}]")
+
+
+def check_request(request: GenerationRequest, geometry: ModelGeometry, limits: ModelLimits) -> None:
+    """Raise ``InvalidRequest`` (a ``ValueError``) naming the first field the model can't run."""
+    if not request.prompt.strip():
+        raise InvalidRequest("prompt", "must not be empty")
+    for name in ("prompt", "negative_prompt"):
+        length = len(getattr(request, name))
+        if length > limits.max_prompt_chars:
+            raise InvalidRequest(
+                name, f"{length} characters, more than the limit of {limits.max_prompt_chars}"
+            )
+    _check_size("width", request.width, geometry.size_multiple, limits.max_width)
+    _check_size("height", request.height, geometry.size_multiple, limits.max_height)
+    _check_frames(request.num_frames, geometry.frame_step, limits.max_frames)
+    for name in ("num_inference_steps", "seed", "fps"):
+        _check_int(name, getattr(request, name))
+    _check_range("num_inference_steps", request.num_inference_steps, 1, limits.max_steps)
+    _check_range("guidance_scale", request.guidance_scale, limits.min_guidance, limits.max_guidance)
+    _check_range("seed", request.seed, 0, MAX_SEED)
+    _check_range("fps", request.fps, limits.min_fps, limits.max_fps)

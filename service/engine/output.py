@@ -1,0 +1,44 @@
+"""A generation's files: the H.264 MP4 and its thumbnail, encoded in process.
+
+Both are written through ``qvgen.video_io`` (yuv420p, fast-start, atomic writes), so what the
+service stores is what every other part of the project reads. The thumbnail is the first frame,
+which is also what a browser's ``<video>`` element shows before playback starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qvgen.video_io import THUMBNAIL_SUFFIX, write_mp4, write_thumbnail
+from service.engine.types import GeneratedVideo
+
+
+@dataclass(frozen=True)
+class VideoFiles:
+    """Where one generation's files were written."""
+
+    video: Path
+    thumbnail: Path
+
+
+def default_thumbnail_path(video_path: str | Path) -> Path:
+    """``clip.mp4`` → ``clip.png`` beside it."""
+    return Path(video_path).with_suffix(THUMBNAIL_SUFFIX)
+
+
+def write_video_files(
+    video: GeneratedVideo, video_path: str | Path, thumbnail_path: str | Path | None = None
+) -> VideoFiles:
+    """Encode ``video`` as an MP4 at its fps and its first frame as a PNG thumbnail.
+
+    The thumbnail goes to ``thumbnail_path``, by default beside the video (``default_thumbnail_path``).
+    The encoder picks its thread count (frames here are large; byte-reproducible files are not
+    needed, unlike for data sets).
+    """
+    mp4 = write_mp4(video.frames, video_path, fps=video.fps, threads=0)
+    thumbnail = write_thumbnail(
+        video.frames[0],
+        thumbnail_path if thumbnail_path is not None else default_thumbnail_path(mp4),
+    )
+    return VideoFiles(video=mp4, thumbnail=thumbnail)
