@@ -239,3 +239,11 @@ def integer_products(
     dummy = torch.zeros(layout.out_features, dtype=torch.float32, device=qa.codes.device)
     _launch(qa, weight, layout, (dummy, dummy, None), out, path, config)
     return out
+
+
+def tuned_configs() -> dict[str, str]:
+    """The configuration the autotuner picked per key so far, on the current GPU (for reports)."""
+    if not torch.cuda.is_available():
+        return {}
+    kernel = _autotuned_kernel(torch.cuda.get_device_capability())
+    return {str(key): str(config) for key, config in kernel.cache.items()}
