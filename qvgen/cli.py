@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service.engine.cli",
     "qvgen.checkpoint.cli",
     "training.synthetic.cli",
+    "service.cli",
 )
 
 
