@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qvgen.checkpoint.cli",
     "training.synthetic.cli",
     "service.cli",
+    "service.kernels.bench",
 )
 
 

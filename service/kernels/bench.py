@@ -178,13 +178,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_group(subparsers: Any) -> Any:
+    """The ``qvgen bench`` sub-command set, created here or shared with another module's."""
+    bench = subparsers.choices.get("bench")
+    if bench is None:
+        bench = subparsers.add_parser("bench", help="benchmarks that append to BENCHMARKS.md")
+        return bench.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
+    for action in bench._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError("`qvgen bench` exists without sub-commands; cannot add `kernels`")
+
+
 def register(subparsers: Any) -> None:
     """Add ``bench kernels``."""
     from service.kernels.bench_cases import MODELS
 
-    bench = subparsers.add_parser("bench", help="benchmarks")
-    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    parser = sub.add_parser(
+    parser = _bench_group(subparsers).add_parser(
         "kernels",
         help="time the W4A4 linear against bf16, int8 and FP8 cuBLAS on this GPU",
     )
