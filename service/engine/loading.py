@@ -2,9 +2,10 @@
 
 The result is a standard diffusers pipeline (``WanPipeline`` or ``CogVideoXPipeline``), so
 users can call it from their own diffusers code. A transformer directory that holds
-``qvgen_packed.safetensors`` (format v1, ``docs/checkpoint-format.md``) is built by the packed
-loader with ``W4A4Linear`` layers and the timestep-group hook installed; any other transformer
-directory is a plain diffusers one and loads in the target dtype.
+``qvgen_packed.safetensors`` (format v1, ``docs/checkpoint-format.md``) is built by
+``service.kernels.packed_transformer.load_packed_transformer``: on the meta device, with
+``W4A4Linear`` layers, a strict key check and the timestep-group hook installed. Any other
+transformer directory is a plain diffusers one and loads in the target dtype.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Any, TypeAlias
 
 from diffusers import CogVideoXPipeline, WanPipeline
 
+from qvgen.checkpoint import is_packed_dir
 from service.engine.environment import RuntimeTarget, resolve_target
 from service.engine.limits import ModelFamily, ModelGeometry
+from service.kernels.packed_transformer import load_packed_transformer
 
 logger = logging.getLogger(__name__)
 
-PACKED_WEIGHTS_FILE = "qvgen_packed.safetensors"
 MODEL_INDEX_FILE = "model_index.json"
 
 # The pipelines' own size checks (``check_inputs``), on top of VAE factor × patch size.
@@ -71,11 +73,6 @@ def detect_family(model_dir: str | Path) -> ModelFamily:
         ) from None
 
 
-def is_packed_transformer(transformer_dir: str | Path) -> bool:
-    """Whether ``transformer_dir`` holds a format-v1 packed transformer."""
-    return (Path(transformer_dir) / PACKED_WEIGHTS_FILE).is_file()
-
-
 def load_pipeline_on(
     model_dir: str | Path, target: RuntimeTarget, options: MemoryOptions | None = None
 ) -> VideoPipeline:
@@ -85,17 +82,23 @@ def load_pipeline_on(
     family = detect_family(model_dir)
     pipeline_class = _PIPELINE_CLASSES[family]
     transformer_dir = model_dir / "transformer"
-    if is_packed_transformer(transformer_dir):
-        raise ValueError(
-            f"{transformer_dir} holds a packed {PACKED_WEIGHTS_FILE}, which this build of the "
-            "engine cannot load yet; export a plain diffusers transformer instead"
+    # A component passed to from_pretrained replaces the one model_index.json names.
+    components: dict[str, Any] = {}
+    if is_packed_dir(transformer_dir):
+        components["transformer"] = load_packed_transformer(
+            transformer_dir, device=target.device, dtype=target.dtype
         )
-    pipeline = pipeline_class.from_pretrained(model_dir, dtype=target.dtype)
+    pipeline = pipeline_class.from_pretrained(model_dir, dtype=target.dtype, **components)
     pipeline.to(target.device)
     if options.vae_tiling:
         pipeline.vae.enable_tiling()
     logger.info(
-        "loaded %s from %s on %s (%s)", family.value, model_dir, target.device, target.dtype
+        "loaded %s from %s on %s (%s), %s transformer",
+        family.value,
+        model_dir,
+        target.device,
+        target.dtype,
+        "packed" if components else "plain",
     )
     return pipeline
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,8 @@ from diffusers import CogVideoXPipeline, WanPipeline
 from service.engine.limits import ModelFamily, ModelGeometry
 from service.engine.loading import (
     MODEL_INDEX_FILE,
-    PACKED_WEIGHTS_FILE,
     MemoryOptions,
     detect_family,
-    is_packed_transformer,
     load_pipeline,
     pipeline_geometry,
 )
@@ -74,11 +71,3 @@ def test_plain_pipelines_load_as_diffusers_objects_with_derived_geometry(
 
 def test_vae_tiling_is_off_by_default(tiny_wan_dir: Path) -> None:
     assert not load_pipeline(tiny_wan_dir).vae.use_tiling
-
-
-def test_packed_transformer_directories_are_recognised(tiny_wan_dir: Path, tmp_path: Path) -> None:
-    transformer = tmp_path / "transformer"
-    shutil.copytree(tiny_wan_dir / "transformer", transformer)
-    assert not is_packed_transformer(transformer)
-    (transformer / PACKED_WEIGHTS_FILE).write_bytes(b"")
-    assert is_packed_transformer(transformer)

@@ -1,0 +1,138 @@
+"""A W4A4 packed pipeline generates what its fake-quantized source model generates."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qvgen.timestep_groups import bind_timestep_groups
+from service.engine.diffusers_engine import DiffusersEngine
+from service.engine.environment import resolve_target
+from service.engine.loading import detect_family, load_pipeline
+from service.engine.types import GenerationRequest
+from service.kernels.w4a4_linear import W4A4Linear
+from training.quant.config import QuantScheme
+from training.quant.export import export_packed
+from training.quant.quant_linear import QuantLinear
+from training.quant.swap import quantize_linears
+
+SCHEME = QuantScheme(4, 4, clip_groups=8, mse_candidates=10)
+REQUEST = GenerationRequest(
+    prompt="a blue bird flies over the sea",
+    negative_prompt="static",
+    width=16,
+    height=16,
+    num_frames=9,
+    num_inference_steps=3,
+    guidance_scale=4.0,
+    seed=11,
+)
+# The fake-quant forward multiplies dequantized floats, the reference kernel sums integer codes
+# and rescales: the same function up to float32 rounding (relative 1e-5 per layer,
+# tests/training/quant/test_export_parity.py), which can also move an activation across a
+# rounding boundary of its 4-bit grid. Noise predictions along the whole trajectory must stay
+# within 1e-5 relative (observed: 2e-7 to 4e-7 on CPU); decoded frames within one uint8 level
+# (observed: identical).
+MAX_RELATIVE_PREDICTION_ERROR = 1e-5
+MAX_LEVEL_DIFFERENCE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedPair:
+    fake_quant: DiffusersEngine
+    packed: DiffusersEngine
+    plain: DiffusersEngine
+
+
+def _fake_quantize(pipeline_dir: Path) -> DiffusersEngine:
+    """The pipeline with its block linears fake-quantized W4A4, clip tables as after training."""
+    pipeline = load_pipeline(pipeline_dir)
+    model = pipeline.transformer
+    quantize_linears(model, SCHEME, rank=0)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, QuantLinear):
+                noise = torch.randn(layer.act_quantizer.clip_logits.shape, generator=generator)
+                layer.act_quantizer.clip_logits.add_(noise)
+    bind_timestep_groups(model, SCHEME.clip_groups)
+    family = detect_family(pipeline_dir)
+    return DiffusersEngine(pipeline, family, resolve_target("cpu"), "fake-quant")
+
+
+@pytest.fixture(scope="module", params=["tiny_wan_dir", "tiny_cogvideox_dir"])
+def engines(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> QuantizedPair:
+    source: Path = request.getfixturevalue(request.param)
+    fake_quant = _fake_quantize(source)
+    packed_dir = tmp_path_factory.mktemp("packed") / "pipeline"
+    shutil.copytree(source, packed_dir)
+    shutil.rmtree(packed_dir / "transformer")
+    export_packed(fake_quant.pipeline.transformer, packed_dir / "transformer")
+    return QuantizedPair(
+        fake_quant=fake_quant,
+        packed=DiffusersEngine.from_pretrained(packed_dir),
+        plain=DiffusersEngine.from_pretrained(source),
+    )
+
+
+def test_packed_directory_loads_w4a4_layers(engines: QuantizedPair) -> None:
+    fake = [
+        m.name
+        for m in engines.fake_quant.pipeline.transformer.modules()
+        if isinstance(m, QuantLinear)
+    ]
+    packed = [
+        m.name for m in engines.packed.pipeline.transformer.modules() if isinstance(m, W4A4Linear)
+    ]
+    assert packed == fake
+    assert len(packed) > 0
+
+
+def _generate_recording(engine: DiffusersEngine) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """Frames, and every noise prediction the transformer made on the way."""
+    predictions: list[torch.Tensor] = []
+
+    def record(_module: nn.Module, _args: object, output: tuple[torch.Tensor, ...]) -> None:
+        predictions.append(output[0].detach().clone())
+
+    handle = engine.pipeline.transformer.register_forward_hook(record)
+    try:
+        frames = engine.generate(REQUEST).frames
+    finally:
+        handle.remove()
+    return frames, predictions
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_packed_output_equals_fake_quant_output(engines: QuantizedPair) -> None:
+    fake_frames, fake_predictions = _generate_recording(engines.fake_quant)
+    packed_frames, packed_predictions = _generate_recording(engines.packed)
+    assert len(packed_predictions) == len(fake_predictions) > 0
+    errors = [_relative(p, f) for p, f in zip(packed_predictions, fake_predictions, strict=True)]
+    assert max(errors) <= MAX_RELATIVE_PREDICTION_ERROR, errors
+    difference = np.abs(packed_frames.astype(np.int16) - fake_frames.astype(np.int16))
+    assert difference.max() <= MAX_LEVEL_DIFFERENCE, (difference.max(), difference.mean())
+    # The test can tell models apart: the unquantized model predicts something else.
+    _, plain_predictions = _generate_recording(engines.plain)
+    assert (
+        _relative(plain_predictions[0], fake_predictions[0]) > 100 * MAX_RELATIVE_PREDICTION_ERROR
+    )
+
+
+def test_packed_generation_is_reproducible(engines: QuantizedPair) -> None:
+    first = engines.packed.generate(REQUEST).frames
+    assert np.array_equal(first, engines.packed.generate(REQUEST).frames)
+    assert not np.array_equal(
+        first, engines.packed.generate(dataclasses.replace(REQUEST, seed=12)).frames
+    )
