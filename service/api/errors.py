@@ -1,0 +1,124 @@
+"""Errors in the OpenAI shape: HTTP status plus ``{"error": {message, type, param, code}}``.
+
+Every error the API answers goes through here, including FastAPI's own validation errors and
+Starlette's 404/405, so a client sees one shape whatever went wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorType(enum.StrEnum):
+    INVALID_REQUEST = "invalid_request_error"
+    AUTHENTICATION = "authentication_error"
+    NOT_FOUND = "not_found_error"
+    RATE_LIMIT = "rate_limit_error"
+    SERVICE_UNAVAILABLE = "service_unavailable_error"
+    SERVER = "server_error"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class APIError(Exception):
+    """An error answered to the client as ``status`` with the OpenAI error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: ErrorType = ErrorType.INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = ErrorDetail(message=message, type=type.value, param=param, code=code)
+        self.headers = headers or {}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    body = ErrorBody(error=error.detail).model_dump()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def from_validation_error(error: ValidationError | RequestValidationError) -> APIError:
+    """400 naming the first bad field, what was wrong and the value given."""
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    param = ".".join(location) or None
+    given = first.get("input")
+    message = f"{param or 'request'}: {first.get('msg', 'invalid value')}"
+    if given is not None and not isinstance(given, dict):
+        message += f" (got {given!r:.200})"
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def _status_type(status: int) -> ErrorType:
+    return {
+        401: ErrorType.AUTHENTICATION,
+        404: ErrorType.NOT_FOUND,
+        429: ErrorType.RATE_LIMIT,
+        503: ErrorType.SERVICE_UNAVAILABLE,
+    }.get(status, ErrorType.INVALID_REQUEST if status < 500 else ErrorType.SERVER)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, APIError)
+        return error_response(error)
+
+    async def on_validation(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        return error_response(from_validation_error(error))
+
+    async def on_http(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        status = error.status_code
+        api_error = APIError(
+            status, str(error.detail), type=_status_type(status), headers=dict(error.headers or {})
+        )
+        return error_response(api_error)
+
+    async def on_redis_down(_: Request, error: Exception) -> JSONResponse:
+        logger.warning("redis unreachable: %s", error)
+        unavailable = APIError(
+            503,
+            "the job store is unreachable; retry shortly",
+            type=ErrorType.SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
+        return error_response(unavailable)
+
+    async def on_unexpected(_: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=error)
+        return error_response(APIError(500, "internal error", type=ErrorType.SERVER))
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RedisConnectionError, on_redis_down)
+    app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    app.add_exception_handler(Exception, on_unexpected)

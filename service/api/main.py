@@ -1,0 +1,68 @@
+"""Wires the FastAPI application: state, middleware, error handlers, routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import asyncio as aioredis
+
+from service.api.errors import install_error_handlers
+from service.api.instrumentation import RequestTimer
+from service.api.limits import BodySizeLimit
+from service.api.routes import system, videos
+from service.api.state import ApiState
+from service.metrics import ApiMetrics
+from service.queue.producer import JobQueue
+from service.queue.redis_config import check_redis_async
+from service.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, health_check_interval=30
+        )
+        queue = JobQueue(client, settings)
+        await check_redis_async(client, settings)
+        await queue.ensure_groups(settings.models)
+        app.state.api = ApiState(
+            settings=settings,
+            redis=client,
+            queue=queue,
+            metrics=metrics,
+            started_at=int(time.time()),
+        )
+        logger.info(
+            "API ready: models %s, redis %s, %d API keys",
+            list(settings.models),
+            settings.redis_url,
+            len(settings.api_keys),
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(
+        title="qvgen video generation",
+        version="1",
+        description="OpenAI-compatible /v1/videos backed by a Redis Streams job queue.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(videos.router)
+    app.include_router(system.router)
+    # Added last = outermost: the timer sees every answer, the cap runs before any route.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTimer, metrics=metrics)
+    return app

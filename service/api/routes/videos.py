@@ -1,0 +1,257 @@
+"""``/v1/videos`` (the OpenAI Videos API) and ``/v1/jobs/{id}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from qvgen.video_io import THUMBNAIL_MEDIA_TYPE
+from service.api.errors import APIError, ErrorBody, ErrorType, from_validation_error
+from service.api.schemas import (
+    ParamError,
+    VideoCreateParams,
+    VideoDeleted,
+    VideoList,
+    VideoObject,
+    to_generation,
+)
+from service.api.state import ApiState, api_state, caller_scope
+from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor, now_ms
+from service.queue.records import JobRecord, JobStatus, is_job_id
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["videos"])
+
+POLL_HEADER = "openai-poll-after-ms"
+_MAX_FORM_FIELDS = 32
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Invalid field (the message names it and the allowed range)"),
+        (401, "Missing or wrong API key"),
+        (404, "Unknown id"),
+        (503, "Job store unreachable"),
+    )
+}
+_CREATE_SCHEMA = VideoCreateParams.model_json_schema()
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _CREATE_SCHEMA},
+            "multipart/form-data": {"schema": _CREATE_SCHEMA},
+        },
+    }
+}
+_CREATE_ERRORS = {
+    **_ERRORS,
+    413: {"model": ErrorBody, "description": "Body over the size cap"},
+    415: {"model": ErrorBody, "description": "Body neither JSON nor a form"},
+    429: {"model": ErrorBody, "description": "Queue full; see Retry-After"},
+}
+
+
+async def _read_body(request: Request) -> dict[str, Any]:
+    """The create fields from a JSON object or from form fields (the SDK sends multipart)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise APIError(400, f"body is not valid JSON: {error}", code="invalid_json") from error
+        if not isinstance(body, dict):
+            raise APIError(400, "body must be a JSON object", code="invalid_json")
+        return body
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        settings = api_state(request).settings
+        async with request.form(
+            max_files=1, max_fields=_MAX_FORM_FIELDS, max_part_size=settings.max_body_bytes
+        ) as form:
+            fields: dict[str, Any] = {}
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    raise APIError(
+                        400,
+                        f"file field {name!r} is not supported: this server generates from text",
+                        param=name,
+                        code="unsupported_parameter",
+                    )
+                fields[name] = value
+            return fields
+    raise APIError(
+        415,
+        f"content type {content_type or 'none'!r} is not accepted; send application/json "
+        "or multipart/form-data",
+        code="unsupported_media_type",
+    )
+
+
+def _video_response(record: JobRecord, state: ApiState, response: Response) -> VideoObject:
+    if not record.status.final:
+        response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
+    return VideoObject.from_record(record, now_ms())
+
+
+async def _record_or_404(state: ApiState, video_id: str) -> JobRecord:
+    record = await state.queue.get(video_id) if is_job_id(video_id) else None
+    if record is None:
+        raise APIError(
+            404, f"no video with id {video_id!r:.80}", type=ErrorType.NOT_FOUND, param="video_id"
+        )
+    return record
+
+
+@router.post(
+    "/v1/videos", response_model=VideoObject, openapi_extra=_CREATE_BODY, responses=_CREATE_ERRORS
+)
+async def create_video(
+    request: Request,
+    response: Response,
+    scope: Annotated[str, Depends(caller_scope)],
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> VideoObject:
+    """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` returns
+    the job made the first time."""
+    state = api_state(request)
+    try:
+        params = VideoCreateParams.model_validate(await _read_body(request))
+        model, generation, seconds = to_generation(params, state.settings)
+    except ValidationError as error:
+        raise from_validation_error(error) from error
+    except ParamError as error:
+        raise APIError(400, str(error), param=error.param, code="invalid_value") from error
+    try:
+        submitted = await state.queue.submit(
+            model,
+            generation,
+            seconds=seconds,
+            idempotency_key=idempotency_key,
+            idempotency_scope=scope,
+        )
+    except QueueFull as error:
+        state.metrics.jobs_rejected.labels(model).inc()
+        retry_after = str(state.settings.queue_full_retry_after_s)
+        raise APIError(
+            429,
+            f"{error}; retry after {retry_after} s",
+            type=ErrorType.RATE_LIMIT,
+            code="queue_full",
+            headers={"Retry-After": retry_after},
+        ) from error
+    if submitted.created:
+        state.metrics.jobs_submitted.labels(model).inc()
+    record = await _record_or_404(state, submitted.job_id)
+    return _video_response(record, state, response)
+
+
+@router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
+async def list_videos(
+    request: Request,
+    _: Annotated[str, Depends(caller_scope)],
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> VideoList:
+    """Jobs by creation time, a page at a time; pass the page's ``last_id`` as ``after``."""
+    state = api_state(request)
+    try:
+        records, more = await state.queue.list(after=after, limit=limit, descending=order == "desc")
+    except UnknownCursor as error:
+        raise APIError(400, str(error), param="after", code="invalid_value") from error
+    now = now_ms()
+    data = [VideoObject.from_record(record, now) for record in records]
+    return VideoList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=more,
+    )
+
+
+@router.get("/v1/videos/{video_id}", response_model=VideoObject, responses=_ERRORS)
+async def retrieve_video(
+    video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
+) -> VideoObject:
+    state = api_state(request)
+    return _video_response(await _record_or_404(state, video_id), state, response)
+
+
+@router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
+async def retrieve_job(
+    video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
+) -> VideoObject:
+    """The same object as ``GET /v1/videos/{id}``."""
+    state = api_state(request)
+    return _video_response(await _record_or_404(state, video_id), state, response)
+
+
+@router.get(
+    "/v1/videos/{video_id}/content",
+    response_class=FileResponse,
+    responses={
+        **_ERRORS,
+        200: {"content": {"video/mp4": {}, THUMBNAIL_MEDIA_TYPE: {}}},
+        409: {"model": ErrorBody, "description": "Not completed yet"},
+    },
+)
+async def download_video(
+    video_id: str,
+    request: Request,
+    _: Annotated[str, Depends(caller_scope)],
+    variant: Literal["video", "thumbnail"] = "video",
+) -> FileResponse:
+    """The MP4 (``variant=video``) or its first frame as PNG (``variant=thumbnail``)."""
+    state = api_state(request)
+    record = await _record_or_404(state, video_id)
+    if record.status is not JobStatus.COMPLETED:
+        raise APIError(
+            409,
+            f"video {video_id} is {record.status.value}; content exists once it is completed",
+            code="video_not_ready",
+        )
+    stored = record.video_path if variant == "video" else record.thumbnail_path
+    path = _inside_results(state, stored)
+    if path is None or not path.is_file():
+        raise APIError(404, f"the {variant} of {video_id} is gone", type=ErrorType.NOT_FOUND)
+    media_type = "video/mp4" if variant == "video" else THUMBNAIL_MEDIA_TYPE
+    return FileResponse(path, media_type=media_type, filename=f"{video_id}{path.suffix}")
+
+
+@router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, responses=_ERRORS)
+async def delete_video(
+    video_id: str, request: Request, _: Annotated[str, Depends(caller_scope)]
+) -> VideoDeleted:
+    """Cancel a queued or running job (its worker stops at the next step); delete a finished
+    job with its files. A cancelled job stays readable as ``cancelled`` until retention ends."""
+    state = api_state(request)
+    record = await _record_or_404(state, video_id)
+    cancelled = await state.queue.cancel(record)
+    if cancelled.outcome is CancelOutcome.MISSING:
+        raise APIError(404, f"no video with id {video_id!r}", type=ErrorType.NOT_FOUND)
+    if cancelled.outcome is CancelOutcome.CANCELLED:
+        state.metrics.jobs_cancelled.labels(record.model).inc()
+    for stored in cancelled.files:
+        path = _inside_results(state, stored)
+        if path is not None:
+            path.unlink(missing_ok=True)
+    job_dir = state.settings.results_dir / video_id
+    if cancelled.outcome is CancelOutcome.DELETED and job_dir.is_dir():
+        shutil.rmtree(job_dir, ignore_errors=True)
+    return VideoDeleted(id=video_id)
+
+
+def _inside_results(state: ApiState, stored: str | None) -> Path | None:
+    """The stored path if it lies under the results directory (never serve anything else)."""
+    if not stored:
+        return None
+    path = Path(stored).resolve()
+    root = state.settings.results_dir.resolve()
+    return path if path.is_relative_to(root) else None

@@ -1,0 +1,211 @@
+"""Request and response bodies of the HTTP API (the OpenAI Videos shape, plus our extras)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.engine.types import GenerationRequest
+from service.queue.records import JobRecord
+from service.settings import ServiceSettings
+
+MAX_PROMPT_CHARS = 4000
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 16, 2048, 16
+MAX_FRAMES = 1025
+_SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+class VideoCreateParams(BaseModel):
+    """``POST /v1/videos``: as JSON, or as the flat form fields the ``openai`` SDK sends."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: str | None = Field(default=None, max_length=128)
+    size: str | None = Field(
+        default=None,
+        pattern=r"^\d{1,5}x\d{1,5}$",
+        description=f"WIDTHxHEIGHT; each side in [{MIN_SIDE}, {MAX_SIDE}], a multiple of {SIDE_MULTIPLE}",
+    )
+    seconds: float | None = Field(default=None, gt=0, le=120, allow_inf_nan=False)
+    num_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES)
+    fps: int | None = Field(default=None, ge=1, le=60)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
+    guidance_scale: float | None = Field(default=None, ge=0, le=50, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class ParamError(ValueError):
+    """A create parameter that passed its own field check but not the combined ones."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"WxH"`` → (W, H), each in [MIN_SIDE, MAX_SIDE] and a multiple of SIDE_MULTIPLE."""
+    match = _SIZE_RE.fullmatch(size)
+    if match is None:
+        raise ParamError("size", f"size must read WIDTHxHEIGHT, e.g. '64x64'; got {size!r}")
+    width, height = int(match[1]), int(match[2])
+    for name, side in (("width", width), ("height", height)):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_MULTIPLE:
+            raise ParamError(
+                "size",
+                f"{name} must lie in [{MIN_SIDE}, {MAX_SIDE}] and be a multiple of "
+                f"{SIDE_MULTIPLE}; got {side} in size {size!r}",
+            )
+    return width, height
+
+
+def frames_for_seconds(seconds: float, fps: int) -> int:
+    """4k + 1 frames covering ``seconds`` at ``fps``: the count the video VAEs (Wan, CogVideoX)
+    accept, since they compress time by 4 after a first frame of their own."""
+    return 4 * math.ceil(seconds * fps / 4) + 1
+
+
+def to_generation(
+    params: VideoCreateParams, settings: ServiceSettings
+) -> tuple[str, GenerationRequest, str]:
+    """(model, engine request, ``seconds`` as the video object reports it); raise ParamError."""
+    model = params.model or settings.default_model
+    if model not in settings.models:
+        raise ParamError("model", f"model {model!r} is not served; served: {list(settings.models)}")
+    width, height = parse_size(params.size or settings.default_size)
+    fps = params.fps or settings.default_fps
+    if params.seconds is not None and params.num_frames is not None:
+        raise ParamError("seconds", "give seconds or num_frames, not both")
+    if params.num_frames is not None:
+        num_frames = params.num_frames
+    elif params.seconds is not None:
+        num_frames = frames_for_seconds(params.seconds, fps)
+    else:
+        num_frames = settings.default_num_frames
+    if num_frames > MAX_FRAMES:
+        raise ParamError(
+            "seconds", f"{params.seconds} s at {fps} fps is {num_frames} frames; max {MAX_FRAMES}"
+        )
+    request = GenerationRequest(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt or "",
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        num_inference_steps=params.num_inference_steps or settings.default_num_inference_steps,
+        guidance_scale=(
+            settings.default_guidance_scale
+            if params.guidance_scale is None
+            else params.guidance_scale
+        ),
+        seed=params.seed if params.seed is not None else 0,
+        fps=fps,
+    )
+    seconds = f"{(num_frames - 1) / fps:g}" if num_frames > 1 else f"{1 / fps:g}"
+    return model, request, seconds
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class VideoObject(BaseModel):
+    """The OpenAI video object; ``cancelled`` is our addition to ``status``, as are the fields
+    after ``error``."""
+
+    id: str
+    object: Literal["video"] = "video"
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+    progress: int = Field(ge=0, le=100)
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    prompt: str
+    seconds: str
+    size: str
+    error: VideoError | None
+    steps_done: int
+    steps_total: int
+    attempt: int
+    queue_wait_seconds: float | None
+    run_seconds: float | None
+
+    @classmethod
+    def from_record(cls, record: JobRecord, now_ms: int) -> VideoObject:
+        request = record.request
+        error = None
+        if record.error_code:
+            error = VideoError(code=record.error_code, message=record.error_message or "")
+        queue_wait = None
+        if record.started_at_ms is not None:
+            queue_wait = (record.started_at_ms - record.created_at_ms) / 1000
+        elif not record.status.final:
+            queue_wait = (now_ms - record.created_at_ms) / 1000
+        run = None
+        if record.attempt_started_at_ms is not None and record.status.value != "queued":
+            end = record.completed_at_ms if record.completed_at_ms is not None else now_ms
+            run = max(0, end - record.attempt_started_at_ms) / 1000
+        return cls(
+            id=record.id,
+            model=record.model,
+            status=record.status.value,
+            progress=record.progress,
+            created_at=record.created_at_ms // 1000,
+            completed_at=_seconds(record.completed_at_ms),
+            expires_at=_seconds(record.expires_at_ms),
+            prompt=request.prompt,
+            seconds=record.seconds,
+            size=f"{request.width}x{request.height}",
+            error=error,
+            steps_done=record.steps_done,
+            steps_total=record.steps_total,
+            attempt=record.attempt,
+            queue_wait_seconds=queue_wait,
+            run_seconds=run,
+        )
+
+
+def _seconds(ms: int | None) -> int | None:
+    return None if ms is None else ms // 1000
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VideoObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qvgen"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    redis: bool
+    workers: dict[str, int]

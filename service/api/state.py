@@ -1,0 +1,32 @@
+"""What the routes share: settings, the job queue, the Redis client, the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis import asyncio as aioredis
+
+from service.api.auth import authenticate
+from service.metrics import ApiMetrics
+from service.queue.producer import JobQueue
+from service.settings import ServiceSettings
+
+
+@dataclass(frozen=True)
+class ApiState:
+    settings: ServiceSettings
+    redis: aioredis.Redis
+    queue: JobQueue
+    metrics: ApiMetrics
+    started_at: int  # unix s, reported as the models' ``created``
+
+
+def api_state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+def caller_scope(request: Request) -> str:
+    """Dependency of every ``/v1`` route: authenticates, returns the caller's scope."""
+    return authenticate(request, api_state(request).settings)

@@ -1,0 +1,299 @@
+"""The worker loop: take a job, run it on the engine, store the result, say so — or stop.
+
+Shutdown (SIGTERM, SIGINT): no new job is taken; the running one may finish within
+``drain_timeout_s``, after which the engine stops at its next step and the job is handed back
+(requeued for any peer at once, without spending one of its deliveries).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import cast
+
+import redis
+from prometheus_client import start_http_server
+from redis.exceptions import RedisError
+
+from service.engine.types import Engine, GeneratedVideo, GenerationCancelled
+from service.metrics import WorkerMetrics
+from service.queue.consumer import Claim, Consumer, StartOutcome
+from service.queue.records import ErrorCode, JobRecord, JobStatus
+from service.queue.redis_config import check_redis
+from service.settings import ServiceSettings
+from service.worker.liveness import Heartbeat
+from service.worker.results import ResultStore
+
+logger = logging.getLogger(__name__)
+
+# How long one blocking read waits for a new job before looking at silent peers' jobs again.
+MAX_BLOCK_MS = 1000
+# Retry pause while Redis is unreachable (doubles up to the maximum).
+RETRY_PAUSE_S, MAX_RETRY_PAUSE_S = 0.05, 2.0
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class _Stop:
+    requested_at: float | None = None
+
+
+class Worker:
+    """Runs ``engine`` on the jobs of ``engine.model_id`` until asked to stop."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ServiceSettings,
+        device: str,
+        name: str | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.device = device
+        self.model = engine.model_id
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
+        self.results = ResultStore(settings.results_dir)
+        self.metrics = WorkerMetrics()
+        port = settings.worker_metrics_port if metrics_port is None else metrics_port
+        self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
+        self.metrics_port = int(self._metrics_server.server_port)
+        self.heartbeat = Heartbeat(
+            self.consumer, settings.heartbeat_interval_s, device, self.metrics, self.metrics_port
+        )
+        self._stop = _Stop()
+        self._stop_event = threading.Event()
+        self._last_janitor = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        logger.info("signal %d: taking no new job", signum)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        if self._stop.requested_at is None:
+            self._stop.requested_at = time.monotonic()
+        self._stop_event.set()
+
+    def _hand_back_due(self) -> bool:
+        requested = self._stop.requested_at
+        return (
+            requested is not None and time.monotonic() - requested >= self.settings.drain_timeout_s
+        )
+
+    def run(self) -> None:
+        check_redis(self.redis, self.settings)
+        self.consumer.ensure_group()
+        self.heartbeat.start()
+        self.heartbeat.beat()
+        logger.info(
+            "worker %s serving %r on %s; metrics on port %d",
+            self.consumer.name,
+            self.model,
+            self.device,
+            self.metrics_port,
+        )
+        pause = RETRY_PAUSE_S
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    self._step()
+                    pause = RETRY_PAUSE_S
+                except RedisError as error:
+                    logger.warning("Redis unreachable (%s); retrying in %.2f s", error, pause)
+                    self._stop_event.wait(pause)
+                    pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+        finally:
+            self.heartbeat.stop()
+            try:
+                self.consumer.retire()
+            except RedisError:
+                logger.warning("could not deregister; peers will see the heartbeat lapse")
+            self._metrics_server.shutdown()
+            self.redis.close()
+            logger.info("worker %s stopped", self.consumer.name)
+
+    def _step(self) -> None:
+        block_ms = min(MAX_BLOCK_MS, int(self.settings.claim_timeout_s * 500))
+        delivery = self.consumer.next_job(block_ms=max(1, block_ms))
+        if delivery is None:
+            self._janitor()
+            return
+        if delivery.outcome is StartOutcome.DEAD:
+            self.metrics.deadletters.labels(self.model).inc()
+            self._count_finished(JobStatus.FAILED, ErrorCode.MAX_DELIVERIES)
+        elif delivery.outcome is StartOutcome.EXPIRED:
+            self._count_finished(JobStatus.FAILED, ErrorCode.EXPIRED)
+        if delivery.claim is not None:
+            self._run(delivery.claim)
+
+    # --- one job -------------------------------------------------------------------------
+
+    def _run(self, claim: Claim) -> None:
+        job = claim.job
+        logger.info("job %s attempt %d started", job.id, claim.attempt)
+        if claim.attempt > 1:
+            self.metrics.redeliveries.labels(self.model).inc()
+        if job.started_at_ms is not None and claim.attempt == 1:
+            self.metrics.queue_wait.labels(self.model).observe(
+                max(0, job.started_at_ms - job.created_at_ms) / 1000
+            )
+        try:
+            self.engine.check(job.request)
+        except ValueError as error:
+            self._fail(claim, ErrorCode.INVALID_REQUEST, str(error))
+            return
+        self.heartbeat.watch(claim)
+        self.metrics.busy.labels(self.model).set(1)
+        try:
+            video = self._generate(claim)
+        finally:
+            self.heartbeat.watch(None)
+            self.metrics.busy.labels(self.model).set(0)
+        if video is not None:
+            self._store(claim, video)
+
+    def _generate(self, claim: Claim) -> GeneratedVideo | None:
+        """The engine's video, or None when it stopped (cancelled, fenced, handed back, failed)."""
+        last_step = [time.perf_counter()]
+
+        def on_step(done: int, total: int) -> None:
+            now = time.perf_counter()
+            self.metrics.step_duration.labels(self.model).observe(now - last_step[0])
+            last_step[0] = now
+            try:
+                if not self.consumer.progress(claim, done, total):
+                    self.heartbeat.lost.set()
+            except RedisError as error:
+                logger.warning("progress not recorded: %s", error)
+
+        def should_cancel() -> bool:
+            if self.heartbeat.lost.is_set() or self._hand_back_due():
+                return True
+            try:
+                return not self.consumer.still_mine(claim)
+            except RedisError:
+                return False  # keep generating through a Redis blip; fencing guards the end
+
+        try:
+            return self.engine.generate(claim.job.request, on_step, should_cancel)
+        except GenerationCancelled as stopped:
+            self._after_cancel(claim, stopped.steps_done)
+        except Exception as error:
+            logger.exception("job %s attempt %d: engine error", claim.job.id, claim.attempt)
+            self._fail(claim, ErrorCode.ENGINE_ERROR, f"{type(error).__name__}: {error}")
+        return None
+
+    def _after_cancel(self, claim: Claim, steps_done: int) -> None:
+        handing_back = self._hand_back_due() and not self.heartbeat.lost.is_set()
+        if handing_back and self._retrying(lambda: self.consumer.hand_back(claim)):
+            logger.info("job %s handed back after %d steps", claim.job.id, steps_done)
+            return
+        logger.info(
+            "job %s attempt %d stopped after %d steps: cancelled or taken over",
+            claim.job.id,
+            claim.attempt,
+            steps_done,
+        )
+        self.metrics.fenced_writes.labels(self.model).inc()
+
+    def _store(self, claim: Claim, video: GeneratedVideo) -> None:
+        paths = self.results.write(claim.job.id, claim.attempt, video)
+        written = self._retrying(
+            lambda: self.consumer.complete(claim, str(paths.video), str(paths.thumbnail))
+        )
+        if not written:
+            logger.warning(
+                "job %s attempt %d: result refused (a newer attempt owns the job, or it was "
+                "cancelled); deleting its files",
+                claim.job.id,
+                claim.attempt,
+            )
+            self.results.delete(paths)
+            self.metrics.fenced_writes.labels(self.model).inc()
+            return
+        logger.info("job %s attempt %d completed", claim.job.id, claim.attempt)
+        self._count_finished(JobStatus.COMPLETED, None)
+        self._observe_durations(claim.job)
+
+    def _fail(self, claim: Claim, code: ErrorCode, message: str) -> None:
+        if self._retrying(lambda: self.consumer.fail(claim, code, message)):
+            logger.info("job %s failed: %s", claim.job.id, code.value)
+            self._count_finished(JobStatus.FAILED, code)
+        else:
+            self.metrics.fenced_writes.labels(self.model).inc()
+
+    def _retrying(self, write: Callable[[], bool]) -> bool:
+        """Run a final write until Redis answers (or shutdown stops the wait after a while)."""
+        pause = RETRY_PAUSE_S
+        deadline = time.monotonic() + max(60.0, self.settings.claim_timeout_s * 4)
+        while True:
+            try:
+                return bool(write())
+            except RedisError as error:
+                if time.monotonic() > deadline:
+                    logger.error("giving up a final write after Redis stayed away: %s", error)
+                    return False
+                logger.warning("final write failed (%s); retrying in %.2f s", error, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _count_finished(self, status: JobStatus, code: ErrorCode | None) -> None:
+        label = code.value if code is not None else "none"
+        self.metrics.jobs_finished.labels(self.model, status.value, label).inc()
+
+    def _observe_durations(self, job: JobRecord) -> None:
+        record = cast(dict[str, str], self.redis.hgetall(self.consumer.keys.job(job.id)))
+        if not record:
+            return
+        done = JobRecord.from_hash(record)
+        if done.completed_at_ms is None:
+            return
+        if done.attempt_started_at_ms is not None:
+            self.metrics.run_time.labels(self.model).observe(
+                (done.completed_at_ms - done.attempt_started_at_ms) / 1000
+            )
+        self.metrics.end_to_end.labels(self.model).observe(
+            (done.completed_at_ms - done.created_at_ms) / 1000
+        )
+
+    def _janitor(self) -> None:
+        now = time.monotonic()
+        if now - self._last_janitor < self.settings.janitor_interval_s:
+            return
+        self._last_janitor = now
+        expired = self.consumer.expire_queued()
+        if expired:
+            self.metrics.jobs_finished.labels(
+                self.model, JobStatus.FAILED.value, ErrorCode.EXPIRED.value
+            ).inc(expired)
+        removed = self.results.sweep(self._kept_files, grace_s=self.settings.claim_timeout_s * 2)
+        if expired or removed:
+            logger.info("janitor: %d queued jobs expired, %d files removed", expired, removed)
+
+    def _kept_files(self, job_id: str) -> set[str] | None:
+        key = self.consumer.keys.job(job_id)
+        if not self.redis.exists(key):
+            return None
+        fields: list[str | None] = self.redis.hmget(key, ["video_path", "thumbnail_path"])  # type: ignore[assignment]
+        return {value for value in fields if value}
