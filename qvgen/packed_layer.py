@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -66,6 +66,17 @@ class PackedLinearWeights:
     @property
     def clip_groups(self) -> int:
         return int(self.act_clip.shape[0])
+
+    def to(self, device: torch.device | str) -> PackedLinearWeights:
+        """A copy with every tensor on ``device`` (dtypes unchanged)."""
+        return replace(
+            self,
+            qweight=self.qweight.to(device),
+            weight_scale=self.weight_scale.to(device),
+            weight_zero_point=self.weight_zero_point.to(device),
+            act_clip=self.act_clip.to(device),
+            bias=None if self.bias is None else self.bias.to(device),
+        )
 
     def weight_codes(self) -> torch.Tensor:
         """Unpacked codes q_w, int32 [N, K]."""

@@ -35,7 +35,12 @@ def _transformer_class(config: dict[str, object]) -> type[nn.Module]:
     return cls
 
 
-def _swap_in(model: nn.Module, checkpoint: PackedCheckpoint, backend: KernelBackend) -> None:
+def _swap_in(
+    model: nn.Module,
+    checkpoint: PackedCheckpoint,
+    device: torch.device,
+    backend: KernelBackend | None,
+) -> None:
     for name, layer in checkpoint.layers.items():
         try:
             current = model.get_submodule(name)
@@ -54,7 +59,8 @@ def _swap_in(model: nn.Module, checkpoint: PackedCheckpoint, backend: KernelBack
             raise CheckpointError(f"{name}: bias present in model and checkpoint disagree")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, W4A4Linear(layer, backend))
+        # Built on the serving device: the backend is chosen from where the codes live.
+        setattr(parent, child, W4A4Linear(layer.to(device), backend))
 
 
 def _check_keys(model: nn.Module, checkpoint: PackedCheckpoint) -> None:
@@ -72,18 +78,19 @@ def load_packed_transformer(
     transformer_dir: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    backend: KernelBackend = KernelBackend.REFERENCE,
+    backend: KernelBackend | None = None,
 ) -> nn.Module:
     """The transformer of ``transformer_dir`` with W4A4Linear layers, bound to its timesteps.
 
     ``dtype`` applies to the full-precision tensors; packed layers keep their stored dtypes.
+    ``backend`` None picks Triton where it runs (CUDA sm_80+) and the reference elsewhere.
     """
     checkpoint = read_packed(transformer_dir)
     cls = _transformer_class(checkpoint.config)
     config = {k: v for k, v in checkpoint.config.items() if not k.startswith("_")}
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config)  # type: ignore[attr-defined]
-    _swap_in(model, checkpoint, backend)
+    _swap_in(model, checkpoint, torch.device(device), backend)
     _check_keys(model, checkpoint)
     state = {
         k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint.tensors.items()
@@ -97,13 +104,14 @@ def load_packed_transformer(
     bind_timestep_groups(
         model, checkpoint.scheme.clip_groups, checkpoint.scheme.num_train_timesteps
     )
+    backends = sorted({m.backend.value for m in model.modules() if isinstance(m, W4A4Linear)})
     logger.info(
         "loaded %s: %d W%dA%d layers (%s backend), %d full-precision linears",
         transformer_dir,
         len(checkpoint.layers),
         checkpoint.scheme.weight_bits,
         checkpoint.scheme.activation_bits,
-        backend.value,
+        "/".join(backends),
         len(checkpoint.full_precision_modules),
     )
     return model

@@ -11,6 +11,7 @@ from qvgen.checkpoint import CheckpointError, read_packed
 from qvgen.timestep_groups import bind_timestep_groups
 from service.kernels.packed_transformer import load_packed_transformer
 from service.kernels.reference import clip_rows, packed_linear_reference
+from service.kernels.w4a4_linear import KernelBackend
 from tests.training.quant.tiny_transformers import (
     cogvideox_inputs,
     tiny_cogvideox,
@@ -82,7 +83,7 @@ def test_whole_transformer_export_load_matches_fake_quant(
     schedule = RankDecaySchedule(4, 1)
     sync_rank_decay(model, schedule, schedule.phi_free_step)
     export_packed(model, tmp_path)
-    loaded = load_packed_transformer(tmp_path)
+    loaded = load_packed_transformer(tmp_path, backend=KernelBackend.REFERENCE)
     for t in (999.0, 500.0, 3.0):
         kwargs = inputs(timestep=t)
         with torch.no_grad():
@@ -92,3 +93,17 @@ def test_whole_transformer_export_load_matches_fake_quant(
     stored = read_packed(tmp_path)
     assert stored.full_precision_modules  # the default policy keeps embedders and proj_out
     assert not [k for k in stored.tensors if ".phi." in k or k.endswith((".L", ".R"))]
+
+
+def test_auto_backend_transformer_matches_fake_quant(tmp_path: Path) -> None:
+    """The backend the loader picks by itself (Triton where it runs: under TRITON_INTERPRET=1
+    in ``make test``, on CUDA sm_80+ on a GPU) computes the same function."""
+    model = tiny_wan()
+    quantize_linears(model, QuantScheme(), rank=0)
+    bind_timestep_groups(model, 50)
+    export_packed(model, tmp_path)
+    loaded = load_packed_transformer(tmp_path)
+    with torch.no_grad():
+        fake = model(**wan_inputs(timestep=700.0), return_dict=False)[0]
+        packed = loaded(**wan_inputs(timestep=700.0), return_dict=False)[0]
+    assert _rel(packed, fake) <= REL_TOL
