@@ -38,6 +38,7 @@ import redis
 
 from service.queue.keys import Keys
 from service.settings import ServiceSettings
+from service.worker.engines import EngineKind
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class Cluster:
             "QVGEN_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
             "QVGEN_RESULTS_DIR": str(settings.results_dir),
             "QVGEN_WORKER_METRICS_PORT": "0",
+            "QVGEN_POLL_AFTER_MS": str(settings.poll_after_ms),
+            "QVGEN_QUEUED_TTL_S": str(settings.queued_ttl_s),
+            "QVGEN_MAX_DELIVERIES": str(settings.max_deliveries),
+            "QVGEN_API_KEYS": ",".join(k.get_secret_value() for k in settings.api_keys),
         }
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -112,10 +117,17 @@ class Cluster:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_worker(self, step_delay_s: float) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self,
+        step_delay_s: float = 0.0,
+        *,
+        model: str = RUN_MODEL,
+        engine: EngineKind = EngineKind.NOOP,
+        model_id: str = RUN_MODEL,
+    ) -> subprocess.Popen[bytes]:
         worker = self._qvgen(
-            "serve", "worker", "--engine", "noop", "--model", RUN_MODEL,
-            "--step-delay", str(step_delay_s),
+            "serve", "worker", "--engine", str(engine), "--model", model,
+            "--model-id", model_id, "--step-delay", str(step_delay_s),
         )  # fmt: skip
         self.workers.append(worker)
         return worker

@@ -1,0 +1,34 @@
+"""The no-op engine: deterministic frames, every step reported, cancellation honoured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.engine.types import GenerationCancelled, GenerationRequest
+from service.worker.noop_engine import NoopEngine
+
+REQUEST = GenerationRequest(prompt="p", width=8, height=4, num_frames=3, num_inference_steps=5)
+
+
+def test_frames_encode_seed_and_frame_index() -> None:
+    video = NoopEngine("m").generate(GenerationRequest(**{**REQUEST.__dict__, "seed": 7}))
+    assert video.frames.shape == (3, 4, 8, 3) and video.frames.dtype == np.uint8
+    assert video.frames[:, 0, 0, 0].tolist() == [7, 23, 39]
+    assert video.frames[0, :, 0, 1].tolist() == [0, 63, 127, 191]
+    again = NoopEngine("m").generate(GenerationRequest(**{**REQUEST.__dict__, "seed": 7}))
+    assert np.array_equal(video.frames, again.frames)
+
+
+def test_every_step_is_reported_and_cancel_stops_before_the_next() -> None:
+    steps: list[tuple[int, int]] = []
+    with pytest.raises(GenerationCancelled) as stopped:
+        NoopEngine("m").generate(
+            REQUEST, lambda done, total: steps.append((done, total)), lambda: len(steps) >= 2
+        )
+    assert steps == [(1, 5), (2, 5)] and stopped.value.steps_done == 2
+
+
+def test_check_quotes_the_range() -> None:
+    with pytest.raises(ValueError, match=r"width must be even and in \[2, 512\], got 7"):
+        NoopEngine("m").check(GenerationRequest(prompt="p", width=7))

@@ -1,0 +1,137 @@
+"""The worker loop in a thread of this process, with the no-op engine, on a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import redis
+
+from qvgen.video_io import probe_video
+from service.engine.types import GenerationRequest
+from service.queue.keys import Keys
+from service.queue.records import JobStatus
+from service.settings import ServiceSettings
+from service.worker.noop_engine import NoopEngine
+from service.worker.runner import Worker
+from tests.service.queue.helpers import produce
+
+REQUEST = GenerationRequest(prompt="p", width=16, height=16, num_frames=3, num_inference_steps=4)
+
+
+class Running:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.request_stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def start_worker(settings: ServiceSettings) -> Iterator[Callable[..., Running]]:
+    running: list[Running] = []
+
+    def start(step_delay_s: float = 0.0, name: str | None = None, **overrides: object) -> Running:
+        chosen = settings.model_copy(update=overrides) if overrides else settings
+        engine = NoopEngine("tiny", step_delay_s=step_delay_s)
+        run = Running(Worker(engine, chosen, "cpu", name=name, metrics_port=0))
+        running.append(run)
+        return run
+
+    yield start
+    for run in running:
+        if run.thread.is_alive():
+            run.stop()
+
+
+def _submit(settings: ServiceSettings, request: GenerationRequest = REQUEST) -> str:
+    submitted = produce(settings, lambda q: q.submit("tiny", request, seconds="1"))
+    return submitted.job_id
+
+
+def _wait(
+    settings: ServiceSettings, job_id: str, done: Callable[[dict[str, str]], bool]
+) -> dict[str, str]:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    deadline = time.monotonic() + 20
+    while True:
+        fields = client.hgetall(Keys(settings.key_prefix).job(job_id))
+        if done(fields) or time.monotonic() > deadline:
+            client.close()
+            return fields  # type: ignore[return-value]
+        time.sleep(0.02)
+
+
+def _final(fields: dict[str, str]) -> bool:
+    return JobStatus(fields["status"]).final
+
+
+def test_worker_runs_a_job_to_an_mp4_and_exports_metrics(
+    settings: ServiceSettings, start_worker: Callable[..., Running]
+) -> None:
+    run = start_worker()
+    job_id = _submit(settings)
+    fields = _wait(settings, job_id, _final)
+    assert fields["status"] == "completed" and fields["steps_done"] == "4"
+    assert fields["video_path"].endswith(f"{job_id}/attempt-1.mp4")
+    info = probe_video(fields["video_path"])
+    assert (info.frame_count, info.width, info.height) == (3, 16, 16)
+    metrics = httpx.get(f"http://127.0.0.1:{run.worker.metrics_port}/metrics").text
+    assert 'qvgen_jobs_finished_total{code="none",model="tiny",status="completed"} 1.0' in metrics
+    assert 'qvgen_step_duration_seconds_count{model="tiny"} 4.0' in metrics
+    assert "qvgen_job_queue_wait_seconds_bucket" in metrics
+    run.stop()
+
+
+def test_request_the_engine_refuses_fails_without_retry(
+    settings: ServiceSettings, start_worker: Callable[..., Running]
+) -> None:
+    start_worker()
+    bad = GenerationRequest(prompt="p", width=1000, height=16, num_frames=1, num_inference_steps=1)
+    fields = _wait(settings, _submit(settings, bad), _final)
+    assert (fields["status"], fields["error_code"], fields["attempt"]) == (
+        "failed",
+        "invalid_request",
+        "1",
+    )
+    assert "width" in fields["error_message"] and "512" in fields["error_message"]
+
+
+def test_cancel_stops_the_engine_at_the_next_step(
+    settings: ServiceSettings, start_worker: Callable[..., Running]
+) -> None:
+    start_worker(step_delay_s=0.05)
+    long = GenerationRequest(prompt="p", width=16, height=16, num_frames=1, num_inference_steps=200)
+    job_id = _submit(settings, long)
+    _wait(settings, job_id, lambda f: int(f.get("steps_done", "0")) >= 2)
+
+    async def cancel(queue):  # type: ignore[no-untyped-def]
+        return await queue.cancel(await queue.get(job_id))
+
+    produce(settings, cancel)
+    time.sleep(0.5)  # ten steps' time: the engine must have stopped long before
+    fields = _wait(settings, job_id, _final)
+    assert fields["status"] == "cancelled" and int(fields["steps_done"]) < 20
+    assert not (settings.results_dir / job_id).exists()
+
+
+def test_sigterm_hands_the_job_back_to_a_peer(
+    settings: ServiceSettings, start_worker: Callable[..., Running]
+) -> None:
+    first = start_worker(step_delay_s=0.05, name="first")
+    long = GenerationRequest(prompt="p", width=16, height=16, num_frames=1, num_inference_steps=40)
+    job_id = _submit(settings, long)
+    _wait(settings, job_id, lambda f: int(f.get("steps_done", "0")) >= 2)
+    first.stop()  # what the SIGTERM handler calls; drain_timeout_s = 0: hand back at once
+    handed = _wait(settings, job_id, lambda f: f["status"] == "queued")
+    assert handed["status"] == "queued" and handed["handbacks"] == "1"
+    start_worker(step_delay_s=0.0, name="second")
+    fields = _wait(settings, job_id, _final)
+    assert (fields["status"], fields["attempt"], fields["worker"]) == ("completed", "2", "second")
