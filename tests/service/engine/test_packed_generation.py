@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from qvgen.timestep_groups import bind_timestep_groups
 from service.engine.diffusers_engine import DiffusersEngine
-from service.engine.environment import resolve_target
-from service.engine.loading import detect_family, load_pipeline
 from service.engine.types import GenerationRequest
 from service.kernels.w4a4_linear import W4A4Linear
-from training.quant.config import QuantScheme
-from training.quant.export import export_packed
+from tests.service.engine.packed_pipelines import export_packed_pipeline, fake_quantized_engine
 from training.quant.quant_linear import QuantLinear
-from training.quant.swap import quantize_linears
 
-SCHEME = QuantScheme(4, 4, clip_groups=8, mse_candidates=10)
 REQUEST = GenerationRequest(
     prompt="a blue bird flies over the sea",
     negative_prompt="static",
@@ -50,32 +43,15 @@ class QuantizedPair:
     plain: DiffusersEngine
 
 
-def _fake_quantize(pipeline_dir: Path) -> DiffusersEngine:
-    """The pipeline with its block linears fake-quantized W4A4, clip tables as after training."""
-    pipeline = load_pipeline(pipeline_dir)
-    model = pipeline.transformer
-    quantize_linears(model, SCHEME, rank=0)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, QuantLinear):
-                noise = torch.randn(layer.act_quantizer.clip_logits.shape, generator=generator)
-                layer.act_quantizer.clip_logits.add_(noise)
-    bind_timestep_groups(model, SCHEME.clip_groups)
-    family = detect_family(pipeline_dir)
-    return DiffusersEngine(pipeline, family, resolve_target("cpu"), "fake-quant")
-
-
 @pytest.fixture(scope="module", params=["tiny_wan_dir", "tiny_cogvideox_dir"])
 def engines(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> QuantizedPair:
     source: Path = request.getfixturevalue(request.param)
-    fake_quant = _fake_quantize(source)
-    packed_dir = tmp_path_factory.mktemp("packed") / "pipeline"
-    shutil.copytree(source, packed_dir)
-    shutil.rmtree(packed_dir / "transformer")
-    export_packed(fake_quant.pipeline.transformer, packed_dir / "transformer")
+    fake_quant = fake_quantized_engine(source)
+    packed_dir = export_packed_pipeline(
+        source, fake_quant, tmp_path_factory.mktemp("packed") / "pipeline"
+    )
     return QuantizedPair(
         fake_quant=fake_quant,
         packed=DiffusersEngine.from_pretrained(packed_dir),
