@@ -75,7 +75,14 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 class DiffusersEngine:
-    """An ``Engine`` (``service.engine.types``) over a loaded diffusers pipeline."""
+    """An ``Engine`` (``service.engine.types``) over a loaded diffusers pipeline.
+
+    One generation at a time: the pipeline's scheduler and the transformer's clip-group state
+    belong to the running job, so callers (the worker) serialise ``generate`` calls.
+    Stats: ``seconds_per_step`` is the denoising loop's wall time (from the pipeline call to the
+    last step's end, latents set-up included) over the step count; ``extras`` holds
+    ``encode_seconds`` and ``decode_seconds`` (VAE decoding and conversion to uint8).
+    """
 
     def __init__(
         self,
@@ -95,6 +102,13 @@ class DiffusersEngine:
         self.geometry: ModelGeometry = pipeline_geometry(pipeline, family)
         # Progress belongs to the caller (on_step); keep diffusers' own bars out of logs.
         pipeline.set_progress_bar_config(disable=True)
+        if self._offloads_text_encoder:
+            # Between jobs the text encoder waits in CPU memory; _encode brings it over.
+            pipeline.text_encoder.to("cpu")
+
+    @property
+    def _offloads_text_encoder(self) -> bool:
+        return self.options.offload_text_encoder and self.target.is_cuda
 
     @classmethod
     def from_pretrained(
@@ -119,22 +133,24 @@ class DiffusersEngine:
     def _encode(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt (and, with guidance, negative prompt) embeddings on the target device."""
         encoder = self.pipeline.text_encoder
-        offload = self.options.offload_text_encoder and self.target.is_cuda
+        offload = self._offloads_text_encoder
         if offload:
             encoder.to(self.target.device)
-        with torch.no_grad():
-            positive, negative = self.pipeline.encode_prompt(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                do_classifier_free_guidance=request.guidance_scale > 1.0,
-                num_videos_per_prompt=1,
-                max_sequence_length=self.geometry.text_tokens,
-                device=self.target.device,
-                dtype=self.target.dtype,
-            )
-        if offload:
-            encoder.to("cpu")
-            torch.cuda.empty_cache()
+        try:
+            with torch.no_grad():
+                positive, negative = self.pipeline.encode_prompt(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt,
+                    do_classifier_free_guidance=request.guidance_scale > 1.0,
+                    num_videos_per_prompt=1,
+                    max_sequence_length=self.geometry.text_tokens,
+                    device=self.target.device,
+                    dtype=self.target.dtype,
+                )
+        finally:
+            if offload:
+                encoder.to("cpu")
+                torch.cuda.empty_cache()
         return positive, negative
 
     def _denoise_and_decode(
