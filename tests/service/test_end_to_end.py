@@ -1,0 +1,95 @@
+"""The official ``openai`` SDK against the running service: uvicorn API, worker processes,
+real Redis, real MP4 files — with the no-op engine and with a tiny diffusers Wan pipeline."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import openai
+import pytest
+
+from qvgen.video_io import probe_video
+from service.bench import Cluster
+from service.settings import ServiceSettings
+from service.worker.engines import EngineKind
+from tests.service.cluster_fixtures import (
+    API_KEY,
+    MODEL,
+    cluster,
+    result_files,
+    wait_ready,
+)
+from tests.service.redis_fixtures import redis_server
+
+__all__ = ["cluster", "redis_server"]
+
+# The SDK marks the Videos API deprecated (Sora's shutdown); the shape is what we serve.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _client(cluster: Cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{cluster.base_url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def _sdk_round_trip(
+    cluster: Cluster, settings: ServiceSettings, tmp_path: Path, extra: dict[str, object]
+) -> None:
+    client = _client(cluster)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        video = client.videos.create_and_poll(
+            prompt="a red ball rolls",
+            size="32x32",
+            extra_body=extra,  # type: ignore[arg-type]
+        )
+        assert video.status == "completed", video
+        assert video.progress == 100 and video.model == MODEL and video.size == "32x32"
+        assert video.completed_at is not None and video.expires_at is not None
+        assert client.videos.retrieve(video.id).id == video.id
+        listed = client.videos.list(limit=10)
+        assert [item.id for item in listed.data] == [video.id]
+        content = client.videos.download_content(video.id)
+        target = tmp_path / "downloaded.mp4"
+        content.write_to_file(target)
+        info = probe_video(target)
+        assert (info.width, info.height) == (32, 32)
+        thumbnail = client.videos.download_content(video.id, variant="thumbnail")
+        assert thumbnail.content.startswith(b"\x89PNG")
+        assert len(result_files(settings, video.id)) == 1
+        deleted = client.videos.delete(video.id)
+        assert deleted.deleted and deleted.id == video.id and deleted.object == "video.deleted"
+        with pytest.raises(openai.NotFoundError):
+            client.videos.retrieve(video.id)
+        assert not (settings.results_dir / video.id).exists()
+
+
+def test_openai_sdk_end_to_end_with_noop_engine(
+    cluster: tuple[Cluster, ServiceSettings], tmp_path: Path
+) -> None:
+    running, settings = cluster
+    running.start_worker(0.01, model=MODEL, model_id=MODEL)
+    wait_ready(running)
+    _sdk_round_trip(running, settings, tmp_path, {"num_inference_steps": 3, "num_frames": 5})
+
+
+def test_openai_sdk_errors_map_to_sdk_exceptions(cluster: tuple[Cluster, ServiceSettings]) -> None:
+    running, _ = cluster
+    client = _client(running)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.videos.create(prompt="x", size="33x32")  # type: ignore[arg-type]
+    assert bad.value.body["param"] == "size"  # type: ignore[index]
+    unauthorised = openai.OpenAI(base_url=f"{running.base_url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        unauthorised.videos.list()
+
+
+@pytest.mark.slow
+def test_openai_sdk_end_to_end_with_tiny_wan_pipeline(
+    cluster: tuple[Cluster, ServiceSettings], tmp_path: Path, tiny_wan_dir: Path
+) -> None:
+    running, settings = cluster
+    running.start_worker(model=str(tiny_wan_dir), engine=EngineKind.DIFFUSERS, model_id=MODEL)
+    wait_ready(running, timeout_s=180)
+    extra = {"num_inference_steps": 2, "num_frames": 5, "guidance_scale": 1.0}
+    _sdk_round_trip(running, settings, tmp_path, extra)
