@@ -10,10 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+from qvgen.timestep_groups import timestep_to_group
 from service.engine.diffusers_engine import DiffusersEngine
 from service.engine.types import GenerationRequest
 from service.kernels.w4a4_linear import W4A4Linear
-from tests.service.engine.packed_pipelines import export_packed_pipeline, fake_quantized_engine
+from tests.service.engine.packed_pipelines import (
+    SCHEME,
+    export_packed_pipeline,
+    fake_quantized_engine,
+)
 from training.quant.quant_linear import QuantLinear
 
 REQUEST = GenerationRequest(
@@ -112,3 +117,32 @@ def test_packed_generation_is_reproducible(engines: QuantizedPair) -> None:
     assert not np.array_equal(
         first, engines.packed.generate(dataclasses.replace(REQUEST, seed=12)).frames
     )
+
+
+def test_every_forward_call_uses_the_clip_group_of_its_timestep(engines: QuantizedPair) -> None:
+    """Issue 5 item 2: g(t) on every denoising step, with guidance (Wan: two calls per step,
+    CogVideoX: one call with a batch of two)."""
+    transformer = engines.packed.pipeline.transformer
+    layer = next(m for m in transformer.modules() if isinstance(m, W4A4Linear))
+    timesteps: list[torch.Tensor] = []
+    groups: list[torch.Tensor] = []
+
+    def record_timestep(_m: nn.Module, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
+        timesteps.append(kwargs["timestep"].detach().clone())
+
+    def record_group(m: nn.Module, _args: object) -> None:
+        groups.append(m._groups.clone())
+
+    handles = [
+        transformer.register_forward_pre_hook(record_timestep, with_kwargs=True),
+        layer.register_forward_pre_hook(record_group),
+    ]
+    try:
+        engines.packed.generate(REQUEST)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(timesteps) == len(groups) >= REQUEST.num_inference_steps
+    for t, g in zip(timesteps, groups, strict=True):
+        assert torch.equal(g, timestep_to_group(t, SCHEME.clip_groups))
+    assert len({int(g[0]) for g in groups}) > 1
