@@ -7,7 +7,9 @@ IEEE round-to-nearest divisions through ``tl.math.div_rn``, rounding floor(v + 0
     s_x = max((hi − lo) / (2^b − 1), EPS)      z_x = clamp(round(−lo / s_x), 0, 2^b − 1)
     c_x = clamp(round(x / s_x) + z_x, 0, 2^b − 1) − z_x                 ∈ [−(2^b − 1), 2^b − 1]
 
-Each program keeps whole rows in registers, so x is read once and the codes written once.
+x is read from memory once and the codes written once: short rows stay in registers; long
+rows are read in chunks twice (extremes, then codes), the second time from L2, which keeps every
+lane busy where a power-of-two register tile would idle up to 45 % of them (K = 8960).
 
 **Container choice: int8, not packed int4.** The GEMM is compute-bound at video token counts:
 at M = 32760, K = 5120 writing int8 codes instead of nibbles costs 84 MB more traffic, about
@@ -28,8 +30,22 @@ import triton.language as tl
 from qvgen.numerics import EPS, check_bits, qmax
 from service.kernels.weight_layout import MAX_KERNEL_BITS, padded_width
 
-# Elements of x one program holds; whole rows at a time (at least one).
-_ELEMENTS_PER_PROGRAM = 8192
+# Rows of up to this many (padded) columns stay in registers for one pass.
+_ONE_CHUNK_MAX = 1024
+# Longest chunk of the two-phase mode.
+_CHUNK_MAX = 1024
+# Elements of x per program in the two-phase mode: small enough that the re-read hits L2.
+_ROW_ELEMENTS = 16384
+
+
+@dataclass(frozen=True)
+class QuantLaunch:
+    """How rows are split among programs: ``block_m`` rows per program, read ``chunk`` columns
+    at a time (a power of two; ``chunk`` ≥ K_pad keeps each row in registers in one pass)."""
+
+    block_m: int
+    chunk: int
+    num_warps: int
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,24 @@ class QuantizedActivations:
     scale: torch.Tensor
     code_sum: torch.Tensor
     in_features: int
+
+
+@triton.jit
+def _centred_codes(x, scale, recip, zero, levels):
+    """c_x = clamp(round(x / s_x) + z_x, 0, 2^b − 1) − z_x as int32, for a [rows, cols] tile.
+
+    x / s_x must be the IEEE quotient. One division per element is the kernel's most costly
+    instruction sequence, so the quotient comes from Markstein's correction instead: with
+    recip = RN(1 / s_x), q0 = RN(x · recip) is within one ulp of x / s_x, the residual
+    x − s_x · q0 is exact through an FMA, and RN(q0 + residual · recip) is then the correctly
+    rounded quotient (Markstein 1990; Muller et al., Handbook of Floating-Point Arithmetic).
+    """
+    q0 = x * recip[:, None]
+    residual = tl.fma(-scale[:, None], q0, x)
+    quotient = tl.fma(residual, recip[:, None], q0)
+    q = tl.floor(quotient + 0.5) + zero[:, None]
+    q = tl.minimum(tl.maximum(q, 0.0), levels[:, None])
+    return (q - zero[:, None]).to(tl.int32)
 
 
 @triton.jit
@@ -67,43 +101,88 @@ def _quantize_tokens_kernel(  # type: ignore[no-untyped-def]  # Triton types the
     LEVELS: tl.constexpr,
     EPSILON: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    CHUNK: tl.constexpr,
+    ONE_CHUNK: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, CHUNK)
     row_ok = rows < M
-    # Columns past K load as 0. That cannot move lo or hi, which are clamped to include 0, and
-    # it quantizes to c_x = 0: exactly the zero padding the GEMM's K-blocks need.
-    x = tl.load(
-        x_ptr + rows[:, None] * stride_xm + cols[None, :],
-        mask=row_ok[:, None] & (cols[None, :] < K),
-        other=0.0,
-    ).to(tl.float32)
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    code_rows = codes_ptr + rows[:, None] * stride_codes_m
+    # Columns past K load as 0 (and the running extremes start at 0). That cannot move lo or
+    # hi, which are clamped to include 0, and it quantizes to c_x = 0: exactly the zero
+    # padding the GEMM's K-blocks need.
+    if ONE_CHUNK:
+        x = tl.load(x_rows + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < K), other=0.0)
+        x = x.to(tl.float32)
+        x_min = tl.min(x, axis=1)
+        x_max = tl.max(x, axis=1)
+    else:
+        run_min = tl.zeros([BLOCK_M, CHUNK], dtype=tl.float32)
+        run_max = tl.zeros([BLOCK_M, CHUNK], dtype=tl.float32)
+        for k0 in range(0, K, CHUNK):
+            mask = row_ok[:, None] & (k0 + cols[None, :] < K)
+            xc = tl.load(x_rows + k0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            run_min = tl.minimum(run_min, xc)
+            run_max = tl.maximum(run_max, xc)
+        x_min = tl.min(run_min, axis=1)
+        x_max = tl.max(run_max, axis=1)
+
     alpha_lo = tl.load(clip_ptr + rows * stride_clip_m, mask=row_ok, other=1.0)
     alpha_hi = tl.load(clip_ptr + rows * stride_clip_m + 1, mask=row_ok, other=1.0)
-    lo = tl.minimum(alpha_lo * tl.min(x, axis=1), 0.0)
-    hi = tl.maximum(alpha_hi * tl.max(x, axis=1), 0.0)
+    lo = tl.minimum(alpha_lo * x_min, 0.0)
+    hi = tl.maximum(alpha_hi * x_max, 0.0)
     levels = tl.full([BLOCK_M], LEVELS, tl.float32)
     scale = tl.maximum(tl.math.div_rn(hi - lo, levels), EPSILON)
     zero = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(-lo, scale) + 0.5), 0.0), levels)
-    q = tl.floor(tl.math.div_rn(x, scale[:, None]) + 0.5) + zero[:, None]
-    q = tl.minimum(tl.maximum(q, 0.0), levels[:, None])
-    codes = (q - zero[:, None]).to(tl.int32)
-    tl.store(
-        codes_ptr + rows[:, None] * stride_codes_m + cols[None, :],
-        codes.to(tl.int8),
-        mask=row_ok[:, None] & (cols[None, :] < K_PAD),
-    )
+    recip = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), scale)
     tl.store(scale_ptr + rows, scale, mask=row_ok)
-    tl.store(sum_ptr + rows, tl.sum(codes, axis=1), mask=row_ok)
+
+    if ONE_CHUNK:
+        codes = _centred_codes(x, scale, recip, zero, levels)
+        tl.store(
+            code_rows + cols[None, :],
+            codes.to(tl.int8),
+            mask=row_ok[:, None] & (cols[None, :] < K_PAD),
+        )
+        tl.store(sum_ptr + rows, tl.sum(codes, axis=1), mask=row_ok)
+    else:
+        sums = tl.zeros([BLOCK_M, CHUNK], dtype=tl.int32)
+        for k0 in range(0, K_PAD, CHUNK):
+            # The second read of the rows mostly hits L2: a program's rows are a few tens of KB.
+            mask = row_ok[:, None] & (k0 + cols[None, :] < K)
+            xc = tl.load(x_rows + k0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            codes = _centred_codes(xc, scale, recip, zero, levels)
+            tl.store(
+                code_rows + k0 + cols[None, :],
+                codes.to(tl.int8),
+                mask=row_ok[:, None] & (k0 + cols[None, :] < K_PAD),
+            )
+            sums += codes
+        tl.store(sum_ptr + rows, tl.sum(sums, axis=1), mask=row_ok)
+
+
+def default_launch(k_pad: int) -> QuantLaunch:
+    """Rows in registers when they are short; else chunks that divide K_pad (no idle lanes)."""
+    full = triton.next_power_of_2(k_pad)
+    if full <= _ONE_CHUNK_MAX:
+        return QuantLaunch(block_m=max(1, _ONE_CHUNK_MAX // full), chunk=full, num_warps=4)
+    chunk = min(_CHUNK_MAX, k_pad & -k_pad)  # largest power of two dividing K_pad
+    rows = max(1, _ROW_ELEMENTS // k_pad)
+    return QuantLaunch(block_m=1 << (rows.bit_length() - 1), chunk=chunk, num_warps=4)
 
 
 def quantize_activations(
-    x2d: torch.Tensor, clip: torch.Tensor, bits: int, block_k: int
+    x2d: torch.Tensor,
+    clip: torch.Tensor,
+    bits: int,
+    block_k: int,
+    launch: QuantLaunch | None = None,
 ) -> QuantizedActivations:
     """Quantize x [M, K] (bf16, fp16 or fp32) per token with per-row clip factors [M, 2].
 
     Codes come back zero-padded to a multiple of ``block_k`` columns (the GEMM's K-block).
+    ``launch`` None picks ``default_launch``.
     """
     check_bits(bits, "activation bits")
     if bits > MAX_KERNEL_BITS:
@@ -122,13 +201,12 @@ def quantize_activations(
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     code_sum = torch.empty((m,), dtype=torch.int32, device=x2d.device)
     if m:
-        block_k_full = triton.next_power_of_2(k_pad)
-        block_m = max(1, min(64, _ELEMENTS_PER_PROGRAM // block_k_full))
-        _quantize_tokens_kernel[(triton.cdiv(m, block_m),)](
+        shape = launch or default_launch(k_pad)
+        _quantize_tokens_kernel[(triton.cdiv(m, shape.block_m),)](
             x2d, clip, codes, scale, code_sum,
             m, k, k_pad,
             x2d.stride(0), clip.stride(0), codes.stride(0),
-            LEVELS=qmax(bits), EPSILON=EPS, BLOCK_M=block_m, BLOCK_K=block_k_full,
-            num_warps=16 if block_k_full > 8192 else 8,
+            LEVELS=qmax(bits), EPSILON=EPS, BLOCK_M=shape.block_m, CHUNK=shape.chunk,
+            ONE_CHUNK=shape.chunk >= k_pad, num_warps=shape.num_warps,
         )  # fmt: skip
     return QuantizedActivations(codes=codes, scale=scale, code_sum=code_sum, in_features=k)

@@ -49,8 +49,8 @@ _AMPERE = (
     GemmConfig(64, 64, 8, 4, 4),
 )
 
-# Small tiles for Triton's CPU interpreter (tests): many programs, every edge case exercised.
-INTERPRETER_CONFIG = GemmConfig(32, 32, 2, 4, 1)
+# Tiles for Triton's CPU interpreter (tests), where each program costs milliseconds.
+INTERPRETER_CONFIG = GemmConfig(64, 64, 2, 4, 1)
 
 
 def configs_for(device: torch.device) -> tuple[GemmConfig, ...]:

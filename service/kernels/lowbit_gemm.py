@@ -97,8 +97,10 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
         x_ptrs = x_ptr + rows_m[None, :] * stride_xm + half[:, None]
         for _ in range(0, K_PAD // BLOCK_K):
             packed = tl.load(w_ptrs)
-            acc = tl.dot((packed & 0xF).to(tl.int8), tl.load(x_ptrs), acc)
-            acc = tl.dot((packed >> 4).to(tl.int8), tl.load(x_ptrs + BLOCK_K // 2), acc)
+            acc = tl.dot((packed & 0xF).to(tl.int8), tl.load(x_ptrs), acc, out_dtype=tl.int32)
+            acc = tl.dot(
+                (packed >> 4).to(tl.int8), tl.load(x_ptrs + BLOCK_K // 2), acc, out_dtype=tl.int32
+            )
             w_ptrs += BLOCK_K // 2
             x_ptrs += BLOCK_K
     else:
@@ -106,7 +108,7 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
         w_ptrs = w_ptr + rows_n[:, None] * stride_wn + ks[None, :]
         x_ptrs = x_ptr + rows_m[None, :] * stride_xm + ks[:, None]
         for _ in range(0, K_PAD // BLOCK_K):
-            acc = tl.dot(tl.load(w_ptrs), tl.load(x_ptrs), acc)
+            acc = tl.dot(tl.load(w_ptrs), tl.load(x_ptrs), acc, out_dtype=tl.int32)
             w_ptrs += BLOCK_K
             x_ptrs += BLOCK_K
 

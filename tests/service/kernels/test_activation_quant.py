@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from qvgen.numerics import quantize_tokens
-from service.kernels.activation_quant import quantize_activations
+from service.kernels.activation_quant import QuantLaunch, quantize_activations
 from tests.service.kernels.compare import assert_close_verbose
 
 BLOCK_K = 64
@@ -46,6 +46,40 @@ def test_codes_scales_sums_equal_reference(m: int, k: int, bits: int, device: to
     assert_close_verbose(qa.codes[:, k:], torch.zeros(m, k_pad - k), 0, 0, "padding codes")
     assert_close_verbose(qa.scale, ref.scale[:, 0], 0, 0, "scales")
     assert_close_verbose(qa.code_sum, ref.codes.sum(dim=1), 0, 0, "code sums")
+
+
+@pytest.mark.parametrize(
+    ("launch", "k"),
+    [
+        (QuantLaunch(block_m=2, chunk=128, num_warps=4), 100),  # rows in registers, one pass
+        (QuantLaunch(block_m=4, chunk=32, num_warps=4), 100),  # chunked: extremes, then codes
+        (QuantLaunch(block_m=4, chunk=32, num_warps=4), 1100),
+        (None, 100),  # the defaults: one pass
+        (None, 1100),  # the defaults: chunked
+    ],
+)
+def test_both_launch_modes(launch: QuantLaunch | None, k: int, device: torch.device) -> None:
+    x = activations(33, k, torch.bfloat16, seed=k)
+    clip = clip_factors(33, seed=k)
+    qa = quantize_activations(x.to(device), clip.to(device), 4, BLOCK_K, launch)
+    ref = quantize_tokens(x, clip[:, 0:1], clip[:, 1:2], 4)
+    assert_close_verbose(qa.codes[:, :k], ref.codes, 0, 0, f"codes, {launch}")
+    assert_close_verbose(qa.codes[:, k:], torch.zeros_like(qa.codes[:, k:]), 0, 0, "padding")
+    assert_close_verbose(qa.scale, ref.scale[:, 0], 0, 0, f"scales, {launch}")
+    assert_close_verbose(qa.code_sum, ref.codes.sum(dim=1), 0, 0, f"code sums, {launch}")
+
+
+def test_division_exact_over_many_magnitudes(device: torch.device) -> None:
+    """The quotient x / s_x is formed without a division per element: check it everywhere."""
+    g = torch.Generator().manual_seed(123)
+    m, k = (512, 4096) if device.type == "cuda" else (16, 512)
+    magnitude = 10.0 ** torch.randint(-6, 6, (m, 1), generator=g).float()
+    x = (torch.randn(m, k, generator=g) * magnitude).to(torch.bfloat16)
+    clip = 0.05 + 0.95 * torch.rand(m, 2, generator=g)  # small α: many codes clamp
+    for bits in (2, 4, 7):
+        qa = quantize_activations(x.to(device), clip.to(device), bits, BLOCK_K)
+        ref = quantize_tokens(x, clip[:, 0:1], clip[:, 1:2], bits)
+        assert_close_verbose(qa.codes[:, :k], ref.codes, 0, 0, f"{bits}-bit codes")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
