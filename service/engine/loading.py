@@ -63,7 +63,7 @@ def detect_family(model_dir: str | Path) -> ModelFamily:
     index_path = Path(model_dir) / MODEL_INDEX_FILE
     if not index_path.is_file():
         raise FileNotFoundError(f"{index_path} not found: not a diffusers pipeline directory")
-    class_name = json.loads(index_path.read_text())["_class_name"]
+    class_name = json.loads(index_path.read_text()).get("_class_name")
     try:
         return ModelFamily(class_name)
     except ValueError:

@@ -28,6 +28,12 @@ def test_unsupported_pipeline_class_is_named(tmp_path: Path) -> None:
         detect_family(tmp_path)
 
 
+def test_model_index_without_class_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / MODEL_INDEX_FILE).write_text(json.dumps({"vae": ["diffusers", "AutoencoderKLWan"]}))
+    with pytest.raises(ValueError, match="pipeline class None is not supported"):
+        detect_family(tmp_path)
+
+
 def test_a_directory_without_model_index_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a diffusers pipeline directory"):
         load_pipeline(tmp_path)
