@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.synthetic.cli",
     "service.cli",
     "service.kernels.bench",
+    "training.cli",
 )
 
 
