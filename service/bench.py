@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import redis
+from pydantic import SecretStr
 
 from service.queue.keys import Keys
 from service.settings import ServiceSettings
@@ -74,27 +76,26 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def settings_environment(settings: ServiceSettings) -> dict[str, str]:
+    """``QVGEN_*`` variables that make a child process read back exactly ``settings``."""
+    env = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, tuple):
+            text = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else v for v in value)
+        else:
+            text = str(value.value if isinstance(value, enum.Enum) else value)
+        env[f"QVGEN_{name.upper()}"] = text
+    return env
+
+
 class Cluster:
     """The API and workers as child processes, all under one settings environment."""
 
     def __init__(self, settings: ServiceSettings, port: int) -> None:
         self.settings = settings
         self.port = port
-        self.env = {
-            **os.environ,
-            "QVGEN_REDIS_URL": settings.redis_url,
-            "QVGEN_KEY_PREFIX": settings.key_prefix,
-            "QVGEN_MODELS": ",".join(settings.models),
-            "QVGEN_MAX_QUEUE_DEPTH": str(settings.max_queue_depth),
-            "QVGEN_CLAIM_TIMEOUT_S": str(settings.claim_timeout_s),
-            "QVGEN_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
-            "QVGEN_RESULTS_DIR": str(settings.results_dir),
-            "QVGEN_WORKER_METRICS_PORT": "0",
-            "QVGEN_POLL_AFTER_MS": str(settings.poll_after_ms),
-            "QVGEN_QUEUED_TTL_S": str(settings.queued_ttl_s),
-            "QVGEN_MAX_DELIVERIES": str(settings.max_deliveries),
-            "QVGEN_API_KEYS": ",".join(k.get_secret_value() for k in settings.api_keys),
-        }
+        self.env = {**os.environ, **settings_environment(settings)}
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
 
@@ -277,6 +278,7 @@ def run_bench(args: argparse.Namespace) -> int:
             claim_timeout_s=1.0,
             heartbeat_interval_s=0.25,
             results_dir=Path(tmp),
+            worker_metrics_port=0,
         )
         client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         cluster = Cluster(settings, args.port)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,16 @@ def _status_type(status: int) -> ErrorType:
     }.get(status, ErrorType.INVALID_REQUEST if status < 500 else ErrorType.SERVER)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_api_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, APIError)
@@ -94,12 +105,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, RequestValidationError)
         return error_response(from_validation_error(error))
 
-    async def on_http(_: Request, error: Exception) -> JSONResponse:
+    async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         status = error.status_code
-        api_error = APIError(
-            status, str(error.detail), type=_status_type(status), headers=dict(error.headers or {})
-        )
+        headers = dict(error.headers or {})
+        if status == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        api_error = APIError(status, str(error.detail), type=_status_type(status), headers=headers)
         return error_response(api_error)
 
     async def on_redis_down(_: Request, error: Exception) -> JSONResponse:
