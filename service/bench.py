@@ -161,9 +161,12 @@ async def _submit_open_loop(
             nonlocal errors
             scheduled = start + index / rate
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            response = await client.post("/v1/videos", json=body)
+            try:
+                response = await client.post("/v1/videos", json=body)
+                errors += response.status_code != 200
+            except httpx.HTTPError:
+                errors += 1  # counted, and its latency (to the failure) kept
             latencies.append(time.perf_counter() - scheduled)
-            errors += response.status_code != 200
 
         await asyncio.gather(*(one(i) for i in range(count)))
         elapsed = time.perf_counter() - start

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return error_response(unavailable)
 
+    async def on_disconnect(_: Request, error: Exception) -> JSONResponse:
+        # The client went away mid-body; nobody reads this answer, and it is no server fault.
+        logger.debug("client disconnected before sending its whole body")
+        return error_response(APIError(400, "client disconnected", code="client_disconnected"))
+
     async def on_unexpected(_: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=error)
         return error_response(APIError(500, "internal error", type=ErrorType.SERVER))
@@ -133,4 +139,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
