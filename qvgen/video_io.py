@@ -155,7 +155,7 @@ def write_thumbnail(frame: np.ndarray, path: str | os.PathLike[str]) -> Path:
         )
     destination = Path(path)
     with _atomic_destination(destination, THUMBNAIL_SUFFIX) as tmp:
-        Image.fromarray(frame, mode="RGB").save(tmp, format="PNG", optimize=True)
+        Image.fromarray(frame).save(tmp, format="PNG", optimize=True)
     return destination
 
 
