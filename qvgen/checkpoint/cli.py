@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from qvgen.checkpoint.import_release import import_release
-
 logger = logging.getLogger(__name__)
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: the importer pulls in diffusers, which every other command would pay for.
+    from qvgen.checkpoint.import_release import import_release
+
     out = import_release(args.checkpoint, args.config, args.out, args.w_bits, args.a_bits)
     logger.info("wrote format v1 to %s", out)
     return 0

@@ -8,9 +8,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from service.engine.diffusers_engine import DiffusersEngine
-from service.engine.loading import MemoryOptions
-from service.engine.output import write_video_files
 from service.engine.types import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -52,6 +49,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, check, generate, write; returns the exit status (2 for a request the model refuses)."""
+    # Imported here: diffusers takes seconds to import, and every other qvgen command would pay.
+    from service.engine.diffusers_engine import DiffusersEngine
+    from service.engine.loading import MemoryOptions
+    from service.engine.output import write_video_files
+
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
