@@ -22,6 +22,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -76,6 +77,16 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+class LatentSource(Protocol):
+    """What the training step reads: clip i's (latents, text), and the empty prompt's text."""
+
+    empty_text: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class LatentCache:

@@ -42,13 +42,25 @@ class NoisyBatch:
 class Noiser:
     """Family-specific noising; ``noisy_batch`` builds the inputs of one step."""
 
-    def __init__(self, family: ModelFamily, model_dir: str, caption_dropout: float) -> None:
+    def __init__(
+        self,
+        family: ModelFamily,
+        caption_dropout: float,
+        alphas_cumprod: torch.Tensor | None = None,
+    ) -> None:
+        if (family is ModelFamily.COGVIDEOX) != (alphas_cumprod is not None):
+            raise ValueError("CogVideoX noising needs the scheduler's ᾱ; Wan's takes none")
         self.family = family
         self.caption_dropout = caption_dropout
-        self.alphas_cumprod: torch.Tensor | None = None
-        if family is ModelFamily.COGVIDEOX:
-            scheduler = CogVideoXDDIMScheduler.from_pretrained(model_dir, subfolder="scheduler")
-            self.alphas_cumprod = scheduler.alphas_cumprod.double()
+        self.alphas_cumprod = alphas_cumprod
+
+    @classmethod
+    def from_pipeline(cls, family: ModelFamily, model_dir: str, caption_dropout: float) -> Noiser:
+        """Read ᾱ from the pipeline's own scheduler config (CogVideoX)."""
+        if family is ModelFamily.WAN:
+            return cls(family, caption_dropout)
+        scheduler = CogVideoXDDIMScheduler.from_pretrained(model_dir, subfolder="scheduler")
+        return cls(family, caption_dropout, scheduler.alphas_cumprod.double())
 
     def _noise_one(self, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         eps = torch.randn(x0.shape, generator=g)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.data.cache import LatentCache, build_cache
+from training.data.cache import LatentCache, LatentSource, build_cache
 from training.data.frames import Bucket
 from training.data.order import SampleOrder
 from training.family import ModelFamily, PipelineGeometry
@@ -96,7 +96,7 @@ class Run:
     model: nn.Module  # what the step calls: the student, DDP(student) or the sharded student
     optimizer: torch.optim.AdamW
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    cache: LatentCache
+    cache: LatentSource
     order: SampleOrder
     noiser: Noiser
     schedule: RankDecaySchedule
@@ -240,7 +240,7 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume: bool) -> tuple[Run,
         scheduler=build_schedule(optimizer, config),
         cache=cache,
         order=SampleOrder(len(cache), config.batch_size, ctx.world_size, config.seed),
-        noiser=Noiser(geometry.family, config.model, config.caption_dropout),
+        noiser=Noiser.from_pipeline(geometry.family, config.model, config.caption_dropout),
         schedule=config.schedule(),
         teacher_dtype=teacher_dtype,
     )

@@ -82,9 +82,11 @@ def build_student(
     """A quantized copy of ``teacher`` with Φ of ``rank``; trains only the recipe's tensors."""
     _check_rank(teacher, policy, rank)
     student = copy.deepcopy(teacher)
+    names = quantize_linears(student, scheme, rank, policy)
+    # After the swap: QuantLinear makes fresh parameters (its bias too), which would otherwise
+    # require gradients that no optimizer group ever zeroes.
     for p in student.parameters():
         p.requires_grad_(False)
-    names = quantize_linears(student, scheme, rank, policy)
     for layer in quant_linears(student):
         for _, p in trainable_parameters(layer):
             p.requires_grad_(trainable)
