@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.synthetic.cli",
     "service.cli",
     "service.kernels.bench",
+    "service.engine.bench_e2e",
     "training.cli",
 )
 
