@@ -379,6 +379,8 @@ def run_benchmark(settings: E2ESettings, device: str = "cuda") -> list[ModelResu
         _reset_peak(target)
         attention = attention_ms_per_step(arch, tokens, target, settings)
         results.append(ModelResult(arch.name, tokens, attention, bf16, w4a4))
+        # Logged as it completes, so a run cut short still leaves the finished models.
+        logger.info("result %s", json.dumps(to_json(results[-1:])[0]))
     return results
 
 
