@@ -13,7 +13,7 @@ from redis import asyncio as aioredis
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
 from service.api.limits import BodySizeLimit
-from service.api.routes import system, videos
+from service.api.routes import playground, system, videos
 from service.api.state import ApiState
 from service.metrics import ApiMetrics
 from service.queue.producer import JobQueue
@@ -62,6 +62,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(videos.router)
     app.include_router(system.router)
+    app.include_router(playground.router)
     # Added last = outermost: the timer sees every answer, the cap runs before any route.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)

@@ -15,6 +15,12 @@ from service.settings import ServiceSettings
 MAX_PROMPT_CHARS = 4000
 MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 16, 2048, 16
 MAX_FRAMES = 1025
+MAX_STEPS = 500
+MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 50.0
+MIN_FPS, MAX_FPS = 1, 60
+MAX_SEED = 2**63 - 1
+# ``queue_position`` counts at most this many jobs ahead (one bounded XRANGE per poll).
+QUEUE_POSITION_CAP = 100
 _SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
@@ -32,11 +38,13 @@ class VideoCreateParams(BaseModel):
     )
     seconds: float | None = Field(default=None, gt=0, le=120, allow_inf_nan=False)
     num_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES)
-    fps: int | None = Field(default=None, ge=1, le=60)
+    fps: int | None = Field(default=None, ge=MIN_FPS, le=MAX_FPS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
-    guidance_scale: float | None = Field(default=None, ge=0, le=50, allow_inf_nan=False)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    guidance_scale: float | None = Field(
+        default=None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, allow_inf_nan=False
+    )
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
 class ParamError(ValueError):
@@ -135,6 +143,16 @@ class VideoObject(BaseModel):
     attempt: int
     queue_wait_seconds: float | None
     run_seconds: float | None
+    queue_position: int | None = Field(
+        default=None,
+        ge=0,
+        le=QUEUE_POSITION_CAP,
+        description=(
+            "While queued: unfinished jobs of the same model ahead of this one (running or "
+            f"waiting; 0 = starts next), counted up to {QUEUE_POSITION_CAP}. Null otherwise "
+            "and in listings."
+        ),
+    )
 
     @classmethod
     def from_record(cls, record: JobRecord, now_ms: int) -> VideoObject:
@@ -189,11 +207,64 @@ class VideoDeleted(BaseModel):
     deleted: bool = True
 
 
+class GenerationLimits(BaseModel):
+    """What ``POST /v1/videos`` accepts for one model, and what it fills in for a left-out field.
+
+    width, height ∈ [min_side, max_side], each a multiple of ``size_multiple``;
+    num_frames = 1 + frame_step · k ≤ max_frames; guidance_scale ∈ [min_guidance_scale,
+    max_guidance_scale]. These are the API's own checks; a worker may still refuse a request its
+    model cannot run, and the job then fails with the worker's message.
+    """
+
+    min_side: int
+    max_side: int
+    size_multiple: int
+    max_frames: int
+    frame_step: int
+    max_inference_steps: int
+    min_guidance_scale: float
+    max_guidance_scale: float
+    min_fps: int
+    max_fps: int
+    max_seed: int
+    max_prompt_chars: int
+    default_size: str
+    default_num_frames: int
+    default_num_inference_steps: int
+    default_guidance_scale: float
+    default_fps: int
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> GenerationLimits:
+        return cls(
+            min_side=MIN_SIDE,
+            max_side=MAX_SIDE,
+            size_multiple=SIDE_MULTIPLE,
+            max_frames=MAX_FRAMES,
+            frame_step=1,
+            max_inference_steps=MAX_STEPS,
+            min_guidance_scale=MIN_GUIDANCE,
+            max_guidance_scale=MAX_GUIDANCE,
+            min_fps=MIN_FPS,
+            max_fps=MAX_FPS,
+            max_seed=MAX_SEED,
+            max_prompt_chars=MAX_PROMPT_CHARS,
+            default_size=settings.default_size,
+            default_num_frames=settings.default_num_frames,
+            default_num_inference_steps=settings.default_num_inference_steps,
+            default_guidance_scale=settings.default_guidance_scale,
+            default_fps=settings.default_fps,
+        )
+
+
 class ModelObject(BaseModel):
+    """The OpenAI model object; ``limits`` is our addition."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "qvgen"
+    limits: GenerationLimits | None = None
 
 
 class ModelList(BaseModel):

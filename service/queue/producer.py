@@ -168,6 +168,18 @@ class JobQueue:
         files = tuple(path for path in result[1:] if path)
         return Cancelled(outcome=outcome, files=files)
 
+    async def jobs_ahead(self, record: JobRecord, cap: int) -> int:
+        """Unfinished jobs of the record's model whose stream entries precede its own, counted
+        up to ``cap``: finished and cancelled entries are deleted from the stream, so the entries
+        before this one are exactly the jobs running or waiting ahead of it. One XRANGE of at
+        most ``cap`` entries, whatever the queue's depth."""
+        if record.stream_id is None:
+            return 0
+        ahead: Any = await self._redis.xrange(
+            self.keys.stream(record.model), "-", f"({record.stream_id}", count=cap
+        )
+        return len(ahead)
+
     async def depth(self, model: str) -> int:
         """Unfinished jobs of ``model``: queued plus running (what ``max_queue_depth`` caps)."""
         return int(await self._redis.xlen(self.keys.stream(model)))

@@ -109,6 +109,7 @@ class JobRecord:
     error_message: str | None
     video_path: str | None
     thumbnail_path: str | None
+    stream_id: str | None = None  # the job's entry in its model's stream
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -141,6 +142,7 @@ class JobRecord:
             error_message=opt_str(JobField.ERROR_MESSAGE),
             video_path=opt_str(JobField.VIDEO_PATH),
             thumbnail_path=opt_str(JobField.THUMBNAIL_PATH),
+            stream_id=opt_str(JobField.STREAM_ID),
         )
 
     @property

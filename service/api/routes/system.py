@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from service.api.schemas import Health, ModelList, ModelObject, Readiness
+from service.api.schemas import GenerationLimits, Health, ModelList, ModelObject, Readiness
 from service.api.state import api_state, caller_scope
 
 router = APIRouter()
@@ -58,7 +58,12 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"])
 async def list_models(request: Request, _: str = Depends(caller_scope)) -> ModelList:
+    """The served models, each with the limits ``POST /v1/videos`` applies (``limits``)."""
     state = api_state(request)
+    limits = GenerationLimits.from_settings(state.settings)
     return ModelList(
-        data=[ModelObject(id=model, created=state.started_at) for model in state.settings.models]
+        data=[
+            ModelObject(id=model, created=state.started_at, limits=limits)
+            for model in state.settings.models
+        ]
     )

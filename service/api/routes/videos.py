@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from qvgen.video_io import THUMBNAIL_MEDIA_TYPE
 from service.api.errors import APIError, ErrorBody, ErrorType, from_validation_error
 from service.api.schemas import (
+    QUEUE_POSITION_CAP,
     ParamError,
     VideoCreateParams,
     VideoDeleted,
@@ -94,10 +95,13 @@ async def _read_body(request: Request) -> dict[str, Any]:
     )
 
 
-def _video_response(record: JobRecord, state: ApiState, response: Response) -> VideoObject:
+async def _video_response(record: JobRecord, state: ApiState, response: Response) -> VideoObject:
     if not record.status.final:
         response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
-    return VideoObject.from_record(record, now_ms())
+    video = VideoObject.from_record(record, now_ms())
+    if record.status is JobStatus.QUEUED:
+        video.queue_position = await state.queue.jobs_ahead(record, QUEUE_POSITION_CAP)
+    return video
 
 
 async def _record_or_404(state: ApiState, video_id: str) -> JobRecord:
@@ -149,7 +153,7 @@ async def create_video(
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
     record = await _record_or_404(state, submitted.job_id)
-    return _video_response(record, state, response)
+    return await _video_response(record, state, response)
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
@@ -181,7 +185,7 @@ async def retrieve_video(
     video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
 ) -> VideoObject:
     state = api_state(request)
-    return _video_response(await _record_or_404(state, video_id), state, response)
+    return await _video_response(await _record_or_404(state, video_id), state, response)
 
 
 @router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
@@ -190,7 +194,7 @@ async def retrieve_job(
 ) -> VideoObject:
     """The same object as ``GET /v1/videos/{id}``."""
     state = api_state(request)
-    return _video_response(await _record_or_404(state, video_id), state, response)
+    return await _video_response(await _record_or_404(state, video_id), state, response)
 
 
 @router.get(
