@@ -26,7 +26,8 @@ from tests.service.cluster_fixtures import API_KEY, auth
 from tests.service.redis_fixtures import RedisServer, free_port, make_settings
 
 WAN_MODEL, SLOW_MODEL = "tiny-wan", "slow-noop"
-SLOW_STEPS, SLOW_STEP_DELAY_S = 40, 0.2
+# 20 s per slow job: far longer than the page needs to start, queue and cancel two of them.
+SLOW_STEPS, SLOW_STEP_DELAY_S = 100, 0.2
 # Where to copy the screenshot too, e.g. docs/images/playground.png to refresh the README's.
 SCREENSHOT_COPY_ENV = "QVGEN_PLAYGROUND_SCREENSHOT"
 
@@ -158,6 +159,24 @@ def _generate_on_wan(page: Page) -> None:
     expect(page.locator("#download")).to_have_attribute("download", f"{_job_id(page)}.mp4")
 
 
+def _refused_job_shows_the_workers_message(page: Page) -> None:
+    """6 frames pass the API's checks but not the Wan VAE's 1 + 4k rule: the job fails."""
+    _fill_job(page, WAN_MODEL, "six frames", 2, "1")
+    page.fill("#num-frames", "6")
+    page.click("#submit")
+    expect(page.locator("#job")).to_have_attribute("data-status", "failed")
+    expect(page.locator("#job-error")).to_contain_text("num_frames: 6 is not allowed")
+
+
+def _history_survives_a_reload(page: Page) -> None:
+    statuses = page.eval_on_selector_all("#history li", "items => items.map(i => i.dataset.status)")
+    page.reload()
+    expect(page.locator("#key-state")).to_have_text("set for this tab")
+    expect(page.locator("#model option")).to_have_count(2)
+    reloaded = page.eval_on_selector_all("#history li", "items => items.map(i => i.dataset.status)")
+    assert reloaded == statuses == ["failed", "completed", "cancelled", "cancelled"], reloaded
+
+
 @pytest.mark.slow
 def test_playground_generates_plays_and_cancels_in_chromium(
     service: tuple[Cluster, ServiceSettings], tmp_path: Path
@@ -175,6 +194,8 @@ def test_playground_generates_plays_and_cancels_in_chromium(
         page.screenshot(path=screenshot, full_page=True)
         if os.environ.get(SCREENSHOT_COPY_ENV):
             shutil.copyfile(screenshot, os.environ[SCREENSHOT_COPY_ENV])
+        _refused_job_shows_the_workers_message(page)
+        _history_survives_a_reload(page)
     assert log.requests, "the page made no request at all"
     assert log.foreign_requests(cluster.base_url) == []
     assert not [line for line in log.console if "Content Security Policy" in line], log.console
