@@ -450,13 +450,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Add ``bench e2e``."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``bench e2e`` (defaults from ``E2ESettings``)."""
     defaults = E2ESettings()
-    parser = _bench_group(subparsers).add_parser(
-        "e2e",
-        help="Wan 2.1 1.3B/14B denoising step and generation peak VRAM, bf16 vs W4A4, on this GPU",
-    )
     names = [a.name for a in WAN_ARCHITECTURES]
     parser.add_argument("--models", nargs="+", choices=names, default=names)
     parser.add_argument("--frames", type=int, default=defaults.video.frames)
@@ -488,10 +484,21 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def register(subparsers: Any) -> None:
+    """Add ``bench e2e``."""
+    add_arguments(
+        _bench_group(subparsers).add_parser(
+            "e2e",
+            help="Wan 2.1 1.3B/14B guided step and generation peak VRAM, bf16 vs W4A4, on this GPU",
+        )
+    )
+
+
 def main() -> int:
-    """Run without the rest of the CLI (whose other commands import the HTTP service)."""
+    """``python -m service.engine.bench_e2e [flags]``: without the rest of the CLI (whose other
+    commands import the HTTP service)."""
     parser = argparse.ArgumentParser(prog="python -m service.engine.bench_e2e")
-    register(parser.add_subparsers(dest="command", required=True))
+    add_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return int(args.handler(args))
