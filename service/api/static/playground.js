@@ -162,26 +162,36 @@ function history() {
 }
 
 function saveHistory(entries) {
-  localStorage.setItem(HISTORY_STORAGE, JSON.stringify(entries.slice(0, HISTORY_LIMIT)));
+  const text = JSON.stringify(entries.slice(0, HISTORY_LIMIT));
+  // Unchanged (most polls): keep the list's elements, and so a click in progress on them.
+  if (text === localStorage.getItem(HISTORY_STORAGE)) return;
+  localStorage.setItem(HISTORY_STORAGE, text);
   renderHistory();
 }
 
-function remember(video) {
-  const entry = {
+function historyEntry(video) {
+  return {
     id: video.id,
     model: video.model,
     prompt: video.prompt,
     status: video.status,
     created_at: video.created_at,
   };
+}
+
+function remember(video) {
+  const others = history().filter((item) => item.id !== video.id);
+  saveHistory([historyEntry(video), ...others]);
+}
+
+// Update the job's entry; false when the list no longer holds it (cleared, or pushed out).
+function update(video) {
   const entries = history();
   const index = entries.findIndex((item) => item.id === video.id);
-  if (index >= 0) {
-    entries[index] = entry;
-  } else {
-    entries.unshift(entry);
-  }
+  if (index < 0) return false;
+  entries[index] = historyEntry(video);
   saveHistory(entries);
+  return true;
 }
 
 function markGone(id) {
@@ -252,9 +262,12 @@ async function poll(id) {
 }
 
 function received(video, delayMs) {
-  remember(video);
+  const listed = update(video);
   if (video.id === current) renderJob(video);
-  if (!FINAL.has(video.status)) schedule(video.id, delayMs);
+  // Polling stops for a job that is final, or neither listed nor on show.
+  if (!FINAL.has(video.status) && (listed || video.id === current)) {
+    schedule(video.id, delayMs);
+  }
 }
 
 // --- the job panel -----------------------------------------------------------------------
