@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
-# System packages the tests drive as real processes (Redis; later Prometheus, Chromium).
+# System packages the tests drive as real processes (Redis, Chromium, Prometheus, docker-compose, curl).
 system-deps:
 	@./scripts/ensure-system-deps.sh
 
@@ -34,7 +34,9 @@ unit: env system-deps
 
 test: lint typecheck unit
 
-run: env system-deps
+# Only the system programs the service needs (Redis, curl), not the tests' browser or Prometheus.
+run: env
+	@./scripts/ensure-system-deps.sh run
 	./scripts/run-local.sh
 
 clean:
