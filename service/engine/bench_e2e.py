@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import gc
 import json
 import logging
 import statistics
@@ -72,6 +73,8 @@ logger = logging.getLogger(__name__)
 _TIMED_TIMESTEP = 500.0
 _PROMPT = "a red car drives on a street at night"
 _NEGATIVE_PROMPT = "blurry low quality static"
+# Allocated memory at a generation's start beyond its models that is worth a warning.
+_STRAY_BYTES = 256 * 2**20
 
 
 class Variant(enum.Enum):
@@ -138,12 +141,18 @@ class E2ESettings:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """One whole generation; ``peak_bytes`` None off CUDA, ``error`` set when it failed."""
+    """One whole generation; ``error`` set when it failed.
+
+    ``start_bytes``: GPU memory allocated when the call began (should be the transformer and
+    VAE, ``model_bytes``); ``peak_bytes``: the maximum during the call. Both None off CUDA.
+    """
 
     steps: int
     seconds: float | None
     peak_bytes: int | None
     frames_shape: tuple[int, ...] | None
+    model_bytes: int
+    start_bytes: int | None
     error: str | None = None
 
 
@@ -277,6 +286,13 @@ def _build(variant: Variant, arch: WanArchitecture, target: RuntimeTarget, seed:
 
 
 def _reset_peak(target: RuntimeTarget) -> None:
+    """Free what earlier work left and restart the peak counter from what is still allocated.
+
+    A diffusers pipeline holds its components in reference cycles, so a model measured earlier
+    outlives its last reference until a collection; without one it would sit in the next
+    peak (seen on an H200: the bf16 14B transformer counted in the W4A4 generation's peak).
+    """
+    gc.collect()
     if target.is_cuda:
         torch.cuda.synchronize(target.device)
         torch.cuda.empty_cache()
@@ -302,7 +318,16 @@ def measure_generation(
     pipeline.vae.enable_tiling()
     pipeline.set_progress_bar_config(disable=True)
     video = settings.video
+    model_bytes = resident_bytes(transformer) + resident_bytes(vae)
     _reset_peak(target)
+    start_bytes = torch.cuda.memory_allocated(target.device) if target.is_cuda else None
+    if start_bytes is not None and start_bytes > model_bytes + _STRAY_BYTES:
+        logger.warning(
+            "%.2f GiB allocated before the generation, %.2f GiB of it not the pipeline's models: "
+            "the peak includes it",
+            start_bytes / GIB,
+            (start_bytes - model_bytes) / GIB,
+        )
     began = time.perf_counter()
     try:
         with torch.inference_mode():
@@ -322,13 +347,16 @@ def measure_generation(
         peak = torch.cuda.max_memory_allocated(target.device)
         message = f"out of memory (peak {peak / GIB:.1f} GiB before failing): {str(err)[:120]}"
         logger.warning("generation failed: %s", message)
-        return GenerationResult(settings.generation_steps, None, peak, None, message)
+        return GenerationResult(
+            settings.generation_steps, None, peak, None, model_bytes, start_bytes, message
+        )
     finally:
         del pipeline, vae
     seconds = time.perf_counter() - began
     peak_bytes = torch.cuda.max_memory_allocated(target.device) if target.is_cuda else None
+    frames_shape = tuple(output.frames.shape[1:])
     return GenerationResult(
-        settings.generation_steps, seconds, peak_bytes, tuple(output.frames.shape[1:])
+        settings.generation_steps, seconds, peak_bytes, frames_shape, model_bytes, start_bytes
     )
 
 

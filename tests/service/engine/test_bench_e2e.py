@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from diffusers import AutoencoderKLWan
 from torch import nn
 
 from qvgen.tiny_pipelines import TextEncoderSize
+from service.engine import bench_e2e
 from service.engine.bench_e2e import (
     E2ESettings,
     GenerationResult,
@@ -18,6 +20,7 @@ from service.engine.bench_e2e import (
     Variant,
     VariantResult,
     VideoSize,
+    measure_variant,
     run_benchmark,
     to_json,
 )
@@ -28,6 +31,7 @@ from service.engine.bench_e2e_report import (
     results_table,
     section_text,
 )
+from service.engine.environment import resolve_target
 from service.engine.random_models import (
     WAN_2_1_1_3B,
     WAN_2_1_14B,
@@ -113,14 +117,48 @@ def test_tiny_benchmark_runs_on_cpu() -> None:
         assert variant.generation.error is None
         assert variant.generation.frames_shape == (9, 16, 16, 3)
         assert variant.generation.peak_bytes is None  # no CUDA memory on CPU
+        assert variant.generation.start_bytes is None
+        assert variant.generation.model_bytes > variant.weight_bytes  # transformer + VAE
     assert result.w4a4.weight_bytes < result.bf16.weight_bytes
     json_rows = to_json([result])
     assert json_rows[0]["w4a4"]["variant"] == "w4a4"
     assert "| tiny-wan | 12 |" in results_table([result])
 
 
+def test_model_measured_with_a_generation_is_freed_before_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline's reference cycles must not keep a measured model alive into the next
+    model's peak (an H200 run counted the bf16 14B transformer in the W4A4 peak)."""
+    built: list[weakref.ref[nn.Module]] = []
+    build = bench_e2e._build
+
+    def spy(*args: object) -> nn.Module:
+        model = build(*args)  # type: ignore[arg-type]
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(bench_e2e, "_build", spy)
+    settings = E2ESettings(
+        architectures=(TINY_WAN,),
+        video=TINY_VIDEO,
+        vae=TINY_VAE,
+        text_encoder=TextEncoderSize(),
+        generation=(("tiny-wan", Variant.BF16),),
+        timed_steps=1,
+        generation_steps=1,
+    )
+    target = resolve_target("cpu")
+    result = measure_variant(Variant.BF16, TINY_WAN, settings, target)
+    assert result.generation is not None and result.generation.error is None
+    bench_e2e._reset_peak(target)
+    assert built and built[0]() is None
+
+
 def _result(bf16_ms: float, w4a4_ms: float, attention_ms: float, peak_gib: float) -> ModelResult:
-    generation = GenerationResult(2, 10.0, int(peak_gib * GIB), (81, 480, 832, 3))
+    generation = GenerationResult(
+        2, 10.0, int(peak_gib * GIB), (81, 480, 832, 3), int(7.2 * GIB), int(7.2 * GIB)
+    )
     return ModelResult(
         model="wan2.1-14b",
         tokens=32760,
