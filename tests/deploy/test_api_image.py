@@ -17,14 +17,16 @@ from tests.deploy.compose import REPO
 REQUIREMENTS_SCRIPT = REPO / "docker" / "api_requirements.py"
 MODEL_STACK = {"torch", "diffusers", "transformers", "accelerate", "triton", "safetensors"}
 PROJECT_PACKAGES = {"qvgen"}
-# Imported when installed, skipped when not: anyio tries sniffio.
-OPTIONAL_IMPORTS = {"sniffio"}
+# Imported when installed, skipped when not: anyio tries sniffio; httpx tries its command
+# line's rich and pygments.
+OPTIONAL_IMPORTS = {"sniffio", "rich", "pygments"}
 
 # Run in a fresh interpreter: the third-party distributions behind every module the API loads.
 _IMPORTED_DISTRIBUTIONS = """
-import json, sys
+import argparse, json, sys
 from importlib import metadata
 import service.cli, service.api.main, uvicorn
+service.cli.register(argparse.ArgumentParser().add_subparsers())  # as `python -m service.cli`
 from service.settings import ServiceSettings
 service.api.main.create_app(ServiceSettings())
 owners = metadata.packages_distributions()
