@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.engine.limits import EngineRules
 from service.engine.types import GenerationRequest
 from service.queue.records import JobRecord
 from service.settings import ServiceSettings
@@ -210,14 +211,17 @@ class VideoDeleted(BaseModel):
 class GenerationLimits(BaseModel):
     """What ``POST /v1/videos`` accepts for one model, and what it fills in for a left-out field.
 
-    width, height ∈ [min_side, max_side], each a multiple of ``size_multiple``;
-    num_frames = 1 + frame_step · k ≤ max_frames; guidance_scale ∈ [min_guidance_scale,
-    max_guidance_scale]. These are the API's own checks; a worker may still refuse a request its
-    model cannot run, and the job then fails with the worker's message.
+    width ∈ [min_side, max_width], height ∈ [min_side, max_height], each a multiple of
+    ``size_multiple``; num_frames = 1 + frame_step · k ≤ max_frames; guidance_scale ∈
+    [min_guidance_scale, max_guidance_scale]. ``from_worker``: the API's own bounds narrowed by
+    the rules the model's worker published (its engine refuses the rest: the job fails with its
+    message); without them, only the API's bounds (frame_step 1).
     """
 
+    from_worker: bool
     min_side: int
-    max_side: int
+    max_width: int
+    max_height: int
     size_multiple: int
     max_frames: int
     frame_step: int
@@ -235,10 +239,18 @@ class GenerationLimits(BaseModel):
     default_fps: int
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> GenerationLimits:
+    def for_model(cls, settings: ServiceSettings, rules: EngineRules | None) -> GenerationLimits:
+        """The API's bounds, intersected with ``rules`` when the model's worker published them."""
+        limits = cls._api_bounds(settings)
+        return limits if rules is None else limits._narrowed(rules)
+
+    @classmethod
+    def _api_bounds(cls, settings: ServiceSettings) -> GenerationLimits:
         return cls(
+            from_worker=False,
             min_side=MIN_SIDE,
-            max_side=MAX_SIDE,
+            max_width=MAX_SIDE,
+            max_height=MAX_SIDE,
             size_multiple=SIDE_MULTIPLE,
             max_frames=MAX_FRAMES,
             frame_step=1,
@@ -254,6 +266,30 @@ class GenerationLimits(BaseModel):
             default_num_inference_steps=settings.default_num_inference_steps,
             default_guidance_scale=settings.default_guidance_scale,
             default_fps=settings.default_fps,
+        )
+
+    def _narrowed(self, rules: EngineRules) -> GenerationLimits:
+        """Both sets of rules at once: sides a multiple of lcm(API, model) within both ranges,
+        frames 1 + k · model step within both maxima, every range the intersection."""
+        multiple = math.lcm(self.size_multiple, rules.geometry.size_multiple)
+        step = rules.geometry.frame_step
+        caps = rules.limits
+        return self.model_copy(
+            update={
+                "from_worker": True,
+                "size_multiple": multiple,
+                "min_side": -(-self.min_side // multiple) * multiple,
+                "max_width": min(self.max_width, caps.max_width) // multiple * multiple,
+                "max_height": min(self.max_height, caps.max_height) // multiple * multiple,
+                "frame_step": step,
+                "max_frames": (min(self.max_frames, caps.max_frames) - 1) // step * step + 1,
+                "max_inference_steps": min(self.max_inference_steps, caps.max_steps),
+                "min_guidance_scale": max(self.min_guidance_scale, caps.min_guidance),
+                "max_guidance_scale": min(self.max_guidance_scale, caps.max_guidance),
+                "min_fps": max(self.min_fps, caps.min_fps),
+                "max_fps": min(self.max_fps, caps.max_fps),
+                "max_prompt_chars": min(self.max_prompt_chars, caps.max_prompt_chars),
+            }
         )
 
 

@@ -20,6 +20,7 @@ import torch
 
 from service.engine.environment import RuntimeTarget, resolve_target
 from service.engine.limits import (
+    EngineRules,
     ModelFamily,
     ModelGeometry,
     ModelLimits,
@@ -105,6 +106,10 @@ class DiffusersEngine:
         if self._offloads_text_encoder:
             # Between jobs the text encoder waits in CPU memory; _encode brings it over.
             pipeline.text_encoder.to("cpu")
+
+    @property
+    def rules(self) -> EngineRules:
+        return EngineRules(geometry=self.geometry, limits=self.limits)
 
     @property
     def _offloads_text_encoder(self) -> bool:

@@ -14,9 +14,11 @@ Two kinds of rule decide whether a ``GenerationRequest`` can run:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from service.engine.types import GenerationRequest, InvalidRequest
 
@@ -68,6 +70,26 @@ class ModelLimits:
             )
         if not 1 <= self.min_fps <= self.max_fps:
             raise ValueError(f"ModelLimits fps range [{self.min_fps}, {self.max_fps}] is invalid")
+
+
+@dataclass(frozen=True)
+class EngineRules:
+    """Everything ``check_request`` holds a request to on one loaded model. Workers publish it
+    (``to_dict``) so that clients can offer only requests that will run."""
+
+    geometry: ModelGeometry
+    limits: ModelLimits
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            "geometry": dataclasses.asdict(self.geometry),
+            "limits": dataclasses.asdict(self.limits),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineRules:
+        """Inverse of ``to_dict``; a missing or unknown field raises ``TypeError``/``KeyError``."""
+        return cls(geometry=ModelGeometry(**data["geometry"]), limits=ModelLimits(**data["limits"]))
 
 
 def default_limits(family: ModelFamily) -> ModelLimits:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # limits imports this module's request types
+    from service.engine.limits import EngineRules
 
 # on_step(steps_done, steps_total), called after every denoising step.
 StepCallback = Callable[[int, int], None]
@@ -74,6 +77,11 @@ class Engine(Protocol):
     """A loaded model that turns requests into videos."""
 
     model_id: str
+
+    @property
+    def rules(self) -> EngineRules | None:
+        """What ``check`` holds a request to, published for clients; None when the engine has
+        no such description (the no-op engine)."""
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ``ValueError`` (``InvalidRequest``) quoting the bad value and the allowed range."""

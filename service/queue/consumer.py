@@ -20,6 +20,7 @@ from typing import Any, cast
 import redis
 from redis.exceptions import ResponseError
 
+from service.engine.limits import EngineRules
 from service.queue import scripts
 from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
 from service.queue.records import ErrorCode, JobRecord, JobStatus
@@ -248,6 +249,15 @@ class Consumer:
                 ex=max(1, int(self._settings.claim_timeout_s * 2)),
             )
             pipe.execute()
+
+    def publish_rules(self, rules: EngineRules | None) -> None:
+        """Store the model's request rules for the API's model list (None: remove them, so that
+        rules of an engine served earlier under this model id do not linger)."""
+        key = self.keys.rules(self.model)
+        if rules is None:
+            self._redis.delete(key)
+        else:
+            self._redis.set(key, json.dumps(rules.to_dict()))
 
     def retire(self) -> None:
         with self._redis.pipeline(transaction=True) as pipe:

@@ -9,6 +9,8 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:deadletter``           stream: one record per job that ran out of deliveries
 - ``P:workers:<model>``      sorted set: worker ids scored by their last heartbeat (unix s)
 - ``P:worker:<id>``          string (JSON, expires): a worker's model, device, pid, metrics port
+- ``P:rules:<model>``        string (JSON): the model's request rules, as its last started worker
+                             published them (``service.engine.limits.EngineRules.to_dict``)
 """
 
 from __future__ import annotations
@@ -49,3 +51,6 @@ class Keys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
+
+    def rules(self, model: str) -> str:
+        return f"{self.prefix}:rules:{model}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from typing import Any, cast
 from redis import asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from service.engine.limits import EngineRules
 from service.engine.types import GenerationRequest
 from service.queue import scripts
 from service.queue.keys import GROUP, Keys
@@ -23,6 +26,8 @@ from service.queue.records import (
     request_to_json,
 )
 from service.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -179,6 +184,20 @@ class JobQueue:
             self.keys.stream(record.model), "-", f"({record.stream_id}", count=cap
         )
         return len(ahead)
+
+    async def published_rules(self, models: Sequence[str]) -> dict[str, EngineRules]:
+        """The request rules the models' workers published (one MGET); a model without any, or
+        with a record this version cannot read, is left out."""
+        raw: Any = await self._redis.mget([self.keys.rules(model) for model in models])
+        rules: dict[str, EngineRules] = {}
+        for model, text in zip(models, raw, strict=True):
+            if text is None:
+                continue
+            try:
+                rules[model] = EngineRules.from_dict(json.loads(text))
+            except (ValueError, TypeError, KeyError) as error:
+                logger.warning("unreadable rules of model %r ignored: %s", model, error)
+        return rules
 
     async def depth(self, model: str) -> int:
         """Unfinished jobs of ``model``: queued plus running (what ``max_queue_depth`` caps)."""

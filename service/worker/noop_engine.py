@@ -29,6 +29,9 @@ class NoopEngine:
     """Sleeps ``step_delay_s`` per step, then returns frame t filled with a seed-dependent
     gradient: pixel (t, y, x) = ((seed + 16 t) mod 256, 255 · y / H, 255 · x / W)."""
 
+    # Its own caps (above) are all it checks; it publishes no model rules.
+    rules = None
+
     def __init__(self, model_id: str, step_delay_s: float = 0.0) -> None:
         if step_delay_s < 0:
             raise ValueError(f"step_delay_s must be ≥ 0, got {step_delay_s}")

@@ -102,6 +102,7 @@ class Worker:
     def run(self) -> None:
         check_redis(self.redis, self.settings)
         self.consumer.ensure_group()
+        self.consumer.publish_rules(self.engine.rules)
         self.heartbeat.start()
         self.heartbeat.beat()
         logger.info(

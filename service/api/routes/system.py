@@ -60,10 +60,18 @@ async def metrics(request: Request) -> Response:
 async def list_models(request: Request, _: str = Depends(caller_scope)) -> ModelList:
     """The served models, each with the limits ``POST /v1/videos`` applies (``limits``)."""
     state = api_state(request)
-    limits = GenerationLimits.from_settings(state.settings)
+    models = state.settings.models
+    try:
+        rules = await state.queue.published_rules(models)
+    except RedisError:
+        rules = {}  # the list still answers; limits fall back to the API's own bounds
     return ModelList(
         data=[
-            ModelObject(id=model, created=state.started_at, limits=limits)
-            for model in state.settings.models
+            ModelObject(
+                id=model,
+                created=state.started_at,
+                limits=GenerationLimits.for_model(state.settings, rules.get(model)),
+            )
+            for model in models
         ]
     )

@@ -60,7 +60,9 @@ async function errorMessage(response) {
 
 let models = new Map();
 
-async function loadModels() {
+// Fetched again on every model change: a worker started since the page loaded may have
+// published its model's rules, which narrow the limits.
+async function loadModels(fillDefaults) {
   showError("form-error", "");
   try {
     const list = await (await api("/v1/models")).json();
@@ -75,7 +77,7 @@ async function loadModels() {
   select.replaceChildren(
     ...[...models.keys()].map((id) => new Option(id, id, false, id === previous)),
   );
-  applyLimits(true);
+  applyLimits(fillDefaults);
 }
 
 function setBounds(input, min, max, step) {
@@ -93,9 +95,8 @@ function applyLimits(fillDefaults) {
   }
   const l = model.limits;
   const m = l.size_multiple;
-  const maxSide = Math.floor(l.max_side / m) * m;
-  setBounds($("width"), Math.ceil(l.min_side / m) * m, maxSide, m);
-  setBounds($("height"), Math.ceil(l.min_side / m) * m, maxSide, m);
+  setBounds($("width"), l.min_side, l.max_width, m);
+  setBounds($("height"), l.min_side, l.max_height, m);
   setBounds($("num-frames"), 1, l.max_frames, l.frame_step);
   setBounds($("steps"), 1, l.max_inference_steps, 1);
   $("guidance").min = String(l.min_guidance_scale);
@@ -103,9 +104,13 @@ function applyLimits(fillDefaults) {
   $("seed").max = String(l.max_seed);
   $("prompt").maxLength = l.max_prompt_chars;
   $("negative-prompt").maxLength = l.max_prompt_chars;
+  const frames =
+    l.frame_step > 1 ? `1 + ${l.frame_step}k frames up to ${l.max_frames}` : `up to ${l.max_frames} frames`;
   $("limits").textContent =
-    `Sides ${l.min_side}–${l.max_side} px in steps of ${m}; up to ${l.max_frames} frames; ` +
-    `up to ${l.max_inference_steps} steps; guidance ${l.min_guidance_scale}–${l.max_guidance_scale}.`;
+    `Width ${l.min_side}–${l.max_width}, height ${l.min_side}–${l.max_height} px in steps of ${m}; ` +
+    `${frames}; up to ${l.max_inference_steps} steps; ` +
+    `guidance ${l.min_guidance_scale}–${l.max_guidance_scale}` +
+    (l.from_worker ? " (this model's own limits)." : " (the API's bounds; the model may refuse more).");
   if (fillDefaults) {
     const [width, height] = l.default_size.split("x");
     $("width").value = width;
@@ -412,7 +417,7 @@ function forgetKey() {
 // --- start -------------------------------------------------------------------------------
 
 function restart() {
-  loadModels();
+  loadModels(true);
   for (const item of history()) {
     if (!FINAL.has(item.status)) schedule(item.id, 0);
   }
@@ -420,7 +425,7 @@ function restart() {
 
 function start() {
   $("create-form").addEventListener("submit", submit);
-  $("model").addEventListener("change", () => applyLimits(false));
+  $("model").addEventListener("change", () => loadModels(false));
   $("cancel").addEventListener("click", cancel);
   $("key-save").addEventListener("click", saveKey);
   $("key-forget").addEventListener("click", forgetKey);

@@ -4,6 +4,7 @@ the page and its assets with their security headers, ``limits`` on the model obj
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -15,8 +16,16 @@ from fastapi.testclient import TestClient
 
 from service.api.main import create_app
 from service.api.routes.playground import STATIC_DIR, Asset
-from service.api.schemas import MAX_SIDE, MAX_STEPS, QUEUE_POSITION_CAP
+from service.api.schemas import MAX_SIDE, MAX_STEPS, QUEUE_POSITION_CAP, SIDE_MULTIPLE
+from service.engine.limits import (
+    EngineRules,
+    ModelFamily,
+    ModelGeometry,
+    ModelLimits,
+    default_limits,
+)
 from service.queue.consumer import Consumer
+from service.queue.keys import Keys
 from service.settings import ServiceSettings
 from tests.service.redis_fixtures import RedisServer, make_settings
 
@@ -113,16 +122,64 @@ def test_page_needs_no_key_but_the_api_does(redis_server: RedisServer, tmp_path:
         assert "secret-key" not in keyed.get("/").text
 
 
-def test_models_carry_the_limits_the_api_applies(client: TestClient) -> None:
+def _limits(client: TestClient) -> dict[str, object]:
     (model,) = client.get("/v1/models").json()["data"]
-    limits = model["limits"]
-    assert limits["max_side"] == MAX_SIDE and limits["max_inference_steps"] == MAX_STEPS
+    limits: dict[str, object] = model["limits"]
+    return limits
+
+
+def test_models_carry_the_limits_the_api_applies(client: TestClient) -> None:
+    limits = _limits(client)
+    assert limits["from_worker"] is False and limits["frame_step"] == 1
+    assert limits["max_width"] == limits["max_height"] == MAX_SIDE
+    assert limits["max_inference_steps"] == MAX_STEPS
     assert limits["default_size"] == "64x64" and limits["default_num_frames"] == 17
-    too_big = f"{MAX_SIDE + limits['size_multiple']}x64"
-    refused = client.post("/v1/videos", json={"prompt": "x", "size": too_big})
+    too_wide = f"{MAX_SIDE + SIDE_MULTIPLE}x64"
+    refused = client.post("/v1/videos", json={"prompt": "x", "size": too_wide})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "size"
-    fits = f"{MAX_SIDE}x64"
-    assert client.post("/v1/videos", json={"prompt": "x", "size": fits}).status_code == 200
+    widest = f"{MAX_SIDE}x64"
+    assert client.post("/v1/videos", json={"prompt": "x", "size": widest}).status_code == 200
+
+
+def test_a_workers_published_rules_narrow_the_limits(
+    client: TestClient, settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    consumer = Consumer(sync_redis, settings, "tiny", "w1")
+    wan = EngineRules(
+        geometry=ModelGeometry(size_multiple=16, frame_step=4, text_tokens=8),
+        limits=default_limits(ModelFamily.WAN),
+    )
+    consumer.publish_rules(wan)
+    limits = _limits(client)
+    assert limits["from_worker"] is True
+    assert (limits["max_width"], limits["max_height"]) == (1280, 1280)
+    assert (limits["frame_step"], limits["max_frames"]) == (4, 81)
+    assert limits["max_inference_steps"] == wan.limits.max_steps
+    assert (limits["min_guidance_scale"], limits["max_guidance_scale"]) == (1.0, 20.0)
+    assert limits["max_prompt_chars"] == wan.limits.max_prompt_chars
+
+    # Sides must satisfy both multiples; frame counts the model's step below its cap.
+    odd = EngineRules(
+        geometry=ModelGeometry(size_multiple=24, frame_step=8, text_tokens=8),
+        limits=ModelLimits(max_width=1000, max_height=4000, max_frames=80),
+    )
+    consumer.publish_rules(odd)
+    limits = _limits(client)
+    assert (limits["size_multiple"], limits["min_side"]) == (48, 48)
+    assert (limits["max_width"], limits["max_height"]) == (960, MAX_SIDE // 48 * 48)
+    assert limits["max_frames"] == 73
+
+    consumer.publish_rules(None)
+    assert _limits(client)["from_worker"] is False
+
+
+def test_unreadable_rules_fall_back_to_the_api_bounds(
+    client: TestClient, settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    key = Keys(settings.key_prefix).rules("tiny")
+    for text in ("not json", json.dumps({"geometry": {"size_multiple": 16}, "limits": {}})):
+        sync_redis.set(key, text)
+        assert _limits(client)["from_worker"] is False
 
 
 def test_queue_position_counts_the_unfinished_jobs_ahead(

@@ -100,9 +100,9 @@ def _enter_key(page: Page) -> None:
     page.click("#key-save")
     expect(page.locator("#model option")).to_have_count(2)
     expect(page.locator("#form-error")).to_be_hidden()
-    # The model's limits reach the inputs.
+    # The limits reach the inputs (the API's, or narrower once the model's worker is up).
     expect(page.locator("#width")).to_have_attribute("step", "16")
-    expect(page.locator("#steps")).to_have_attribute("max", "500")
+    expect(page.locator("#limits")).to_contain_text("steps of 16")
 
 
 def _cancel_two_slow_jobs(page: Page, cluster: Cluster) -> None:
@@ -140,6 +140,10 @@ def _cancel_two_slow_jobs(page: Page, cluster: Cluster) -> None:
 
 def _generate_on_wan(page: Page) -> None:
     _fill_job(page, WAN_MODEL, "a red ball rolls across a white floor", 4, "1")
+    # The Wan worker's published rules: 1 + 4k frames, its own step and guidance caps.
+    expect(page.locator("#num-frames")).to_have_attribute("step", "4")
+    expect(page.locator("#steps")).to_have_attribute("max", "100")
+    expect(page.locator("#guidance")).to_have_attribute("min", "1")
     _record_progress(page)
     page.click("#submit")
     expect(page.locator("#job")).to_have_attribute("data-status", "completed", timeout=60_000)
@@ -160,8 +164,10 @@ def _generate_on_wan(page: Page) -> None:
 
 
 def _refused_job_shows_the_workers_message(page: Page) -> None:
-    """6 frames pass the API's checks but not the Wan VAE's 1 + 4k rule: the job fails."""
+    """6 frames pass the API's checks but not the Wan VAE's 1 + 4k rule: a page that does not
+    know the rule (its step attribute gone) submits them, and the job fails."""
     _fill_job(page, WAN_MODEL, "six frames", 2, "1")
+    page.eval_on_selector("#num-frames", "input => input.removeAttribute('step')")
     page.fill("#num-frames", "6")
     page.click("#submit")
     expect(page.locator("#job")).to_have_attribute("data-status", "failed")
