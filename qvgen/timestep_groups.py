@@ -70,8 +70,9 @@ def set_clip_groups(model: nn.Module, groups: torch.Tensor) -> int:
 
 def _per_sample_timestep(timestep: torch.Tensor) -> torch.Tensor:
     # Wan 2.2-style pipelines pass one timestep per token ([B, S]); all tokens of a sample
-    # share the step's clip group, read from the first token.
-    t = timestep.detach()
+    # share the step's clip group, read from the first token. The groups go to the CPU once per
+    # transformer call, so no quantized layer ever waits on the GPU to read them.
+    t = timestep.detach().to("cpu")
     if t.ndim == 0:
         return t.reshape(1)
     return t.reshape(t.shape[0], -1)[:, 0]

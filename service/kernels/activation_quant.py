@@ -210,7 +210,9 @@ def quantize_activations(
     if tuple(clip.shape) != (m, 2):
         raise ValueError(f"clip must be [{m}, 2], got {tuple(clip.shape)}")
     x2d = x2d if x2d.stride(1) == 1 else x2d.contiguous()
-    clip = clip.to(device=x2d.device, dtype=torch.float32).contiguous()
+    clip = clip.to(device=x2d.device, dtype=torch.float32)
+    if clip.stride(1) != 1:  # a stride-0 row view (one group for all rows) is read as it is
+        clip = clip.contiguous()
     k_pad = padded_width(k, block_k)
     codes = torch.empty((m, k_pad), dtype=torch.int8, device=x2d.device)
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)

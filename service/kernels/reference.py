@@ -34,12 +34,19 @@ def integer_matmul(x_codes: torch.Tensor, w_codes: torch.Tensor, bound: int) -> 
 def clip_rows(act_clip: torch.Tensor, groups: torch.Tensor, rows_per_sample: int) -> torch.Tensor:
     """Per-row clip factors [B · rows_per_sample, 2] for samples in timestep groups ``groups`` [B].
 
-    ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi).
+    ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi); ``groups`` lives on the CPU (the
+    timestep hook puts it there once per transformer call), so checking it never waits for the
+    GPU. When every sample shares one group — every denoising step of a served request — the
+    result is a stride-0 view of one table row: no gather, no copy, no host-device transfer.
     """
     n_groups = act_clip.shape[0]
-    if int(groups.max()) >= n_groups or int(groups.min()) < 0:
-        raise ValueError(f"clip group {groups.tolist()} outside [0, {n_groups - 1}]")
-    clip = act_clip[groups.to(act_clip.device)]
+    values = groups.tolist()
+    if min(values) < 0 or max(values) >= n_groups:
+        raise ValueError(f"clip group {values} outside [0, {n_groups - 1}]")
+    rows = len(values) * rows_per_sample
+    if len(set(values)) == 1:
+        return act_clip[values[0]].expand(rows, 2)
+    clip = act_clip[torch.tensor(values, device=act_clip.device)]
     return clip.repeat_interleave(rows_per_sample, dim=0)
 
 
