@@ -107,7 +107,6 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self._check_method()
         for flag, value in (("--w-bits", self.w_bits), ("--a-bits", self.a_bits)):
             _check_int(flag, value, 2, 8)
         _check_int("--clip-groups", self.clip_groups, 1, 1000)
@@ -126,6 +125,7 @@ class TrainConfig:
         _check_float("--warmup", self.warmup, 0.0, 0.99, open_low=False)
         _check_float("--grad-clip", self.grad_clip, 0.0, 1e6, open_low=True)
         _check_float("--caption-dropout", self.caption_dropout, 0.0, 1.0, open_low=False)
+        self._check_method()
 
     def _check_method(self) -> None:
         if self.method is Method.RTN:
@@ -143,8 +143,14 @@ class TrainConfig:
             _check_int("--rank", self.rank, 1, 4096)
         if self.phase_steps is not None:
             _check_int("--phase-steps", self.phase_steps, 1, 10**9)
-        schedule = self.schedule()
         assert self.steps is not None
+        phases = RankDecaySchedule(self.rank, 1).num_phases
+        if self.steps < phases:
+            raise ValueError(
+                f"--steps {self.steps} cannot hold the {phases} rank-decay phases of --rank "
+                f"{self.rank} (≥ 1 step each): use --steps ≥ {phases} or a smaller --rank"
+            )
+        schedule = self.schedule()
         if schedule.phi_free_step > self.steps:
             raise ValueError(
                 f"--phase-steps {schedule.phase_steps} × {schedule.num_phases} rank-decay phases "

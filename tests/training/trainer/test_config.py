@@ -13,8 +13,9 @@ from training.trainer.config import Method, TrainConfig
 
 
 def _config(*flags: str) -> TrainConfig:
+    steps = [] if "--steps" in flags else ["--steps", "1000"]
     args = build_parser().parse_args(
-        ["train", "--model", "m", "--out", "o", "--data", "d", "--steps", "1000", *flags]
+        ["train", "--model", "m", "--out", "o", "--data", "d", *steps, *flags]
     )
     return config_from_args(args)
 
@@ -39,6 +40,7 @@ def _config(*flags: str) -> TrainConfig:
             r"--method lsq is QAT without Φ: --rank must be 0, got 8",
         ),
         (["--method", "rtn"], r"--method rtn trains nothing: drop --steps"),
+        (["--steps", "5"], r"--steps 5 cannot hold the 6 rank-decay phases of --rank 32"),
     ],
 )
 def test_bad_flags_are_named_with_their_range(flags: list[str], message: str) -> None:

@@ -13,7 +13,7 @@ from tests.training.trainer.runs import read_log, tiny_config
 from training.trainer.loop import LOG_FILE
 from training.trainer.train import train
 
-STEPS = 10
+STEPS = 8
 
 
 def _cli_args(model: Path, out: Path, data: Path, cache: Path) -> list[str]:
