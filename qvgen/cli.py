@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -21,7 +22,21 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service.kernels.bench",
     "service.engine.bench_e2e",
     "training.cli",
+    "training.tiny_model.cli",
 )
+
+
+def command_group(subparsers: Any, name: str, help: str) -> Any:
+    """The sub-command set under ``qvgen <name>``, created by the first module that registers in
+    it and shared with every later one (``qvgen bench kernels``, ``qvgen bench e2e``, …)."""
+    parser = subparsers.choices.get(name)
+    if parser is None:
+        parser = subparsers.add_parser(name, help=help)
+        parser.add_subparsers(dest=f"{name}_target", metavar="TARGET", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError(f"`qvgen {name}` exists without sub-commands; cannot add to it")
 
 
 def build_parser() -> argparse.ArgumentParser:

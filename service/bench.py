@@ -38,6 +38,7 @@ import httpx
 import redis
 from pydantic import SecretStr
 
+from qvgen.provenance import git_commit
 from service.queue.keys import Keys
 from service.settings import ServiceSettings
 from service.worker.engines import EngineKind
@@ -243,15 +244,6 @@ def _cleanup(client: redis.Redis, prefix: str) -> None:
         client.delete(key)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _append(out: Path, machine: str, figures: Figures, rate: float) -> None:
     header = "| date | machine | commit | benchmark | figures |\n|---|---|---|---|---|\n"
     if not out.exists():
@@ -260,7 +252,7 @@ def _append(out: Path, machine: str, figures: Figures, rate: float) -> None:
     if "| benchmark |" not in text:
         text += "\n" + header
     row = (
-        f"| {datetime.now(UTC).date()} | {machine} | {_commit()} | service (noop engine) | "
+        f"| {datetime.now(UTC).date()} | {machine} | {git_commit()} | service (noop engine) | "
         f"submit at {rate:.0f}/s: {figures.submit_rps:.0f} req/s achieved, "
         f"p50 {figures.submit_p50_ms:.1f} ms, p99 {figures.submit_p99_ms:.1f} ms, "
         f"{figures.submit_errors} errors; enqueue→start p50 {figures.start_p50_ms:.1f} ms, "

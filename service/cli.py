@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
+from qvgen.cli import command_group
 from service.settings import ServiceSettings
 from service.worker.engines import EngineKind, build_engine, model_id_for
 
@@ -21,18 +22,6 @@ logger = logging.getLogger(__name__)
 
 # Seconds ``serve all`` waits for its workers to hand back their jobs before killing them.
 WORKER_EXIT_GRACE_S = 15.0
-
-
-def _command_group(subparsers: Any, name: str, help: str) -> Any:
-    """The sub-command set under ``qvgen <name>``, shared with any other module registering it."""
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=help)
-        parser.add_subparsers(dest=f"{name}_target", metavar="TARGET", required=True)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError(f"`qvgen {name}` exists without sub-commands; cannot add to it")
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +41,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    serve = _command_group(subparsers, "serve", "run the video-generation service")
+    serve = command_group(subparsers, "serve", "run the video-generation service")
     api = serve.add_parser("api", help="the HTTP API (FastAPI under uvicorn)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
@@ -71,7 +60,7 @@ def register(subparsers: Any) -> None:
     both.add_argument("--port", type=int, default=8000)
     both.set_defaults(handler=run_all)
 
-    bench = _command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md")
+    bench = command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md")
     service = bench.add_parser("service", help="submit and enqueue→start latency, kill trials")
     from service.bench import add_arguments, run_bench
 

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from qvgen.cli import command_group
 from qvgen.tiny_pipelines import TextEncoderSize
 from service.engine.bench_e2e_report import (
     GIB,
@@ -427,18 +428,6 @@ def to_json(results: list[ModelResult]) -> list[dict[str, Any]]:
     return [plain(dataclasses.asdict(r)) for r in results]
 
 
-def _bench_group(subparsers: Any) -> Any:
-    """The ``qvgen bench`` sub-command set, created here or shared with another module's."""
-    bench = subparsers.choices.get("bench")
-    if bench is None:
-        bench = subparsers.add_parser("bench", help="benchmarks that append to BENCHMARKS.md")
-        return bench.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("`qvgen bench` exists without sub-commands; cannot add `e2e`")
-
-
 def settings_from_args(args: argparse.Namespace) -> E2ESettings:
     known = {a.name: a for a in WAN_ARCHITECTURES}
     generation = tuple(
@@ -462,7 +451,8 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         logger.error("qvgen bench e2e needs a CUDA GPU")
         return 2
-    from service.kernels.bench import BENCHMARKS_HEADER, environment, git_commit
+    from qvgen.provenance import git_commit
+    from service.kernels.bench import BENCHMARKS_HEADER, environment
 
     settings = settings_from_args(args)
     env = environment(args.commit or git_commit())
@@ -515,7 +505,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     """Add ``bench e2e``."""
     add_arguments(
-        _bench_group(subparsers).add_parser(
+        command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md").add_parser(
             "e2e",
             help="Wan 2.1 1.3B/14B guided step and generation peak VRAM, bf16 vs W4A4, on this GPU",
         )

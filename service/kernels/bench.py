@@ -11,12 +11,14 @@ import argparse
 import datetime
 import json
 import logging
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from qvgen.cli import command_group
+from qvgen.provenance import git_commit
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +117,6 @@ def goal_lines(results: list[CaseResult]) -> list[str]:
     return lines
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
 def environment(commit: str) -> dict[str, Any]:
     import triton
 
@@ -178,23 +170,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_group(subparsers: Any) -> Any:
-    """The ``qvgen bench`` sub-command set, created here or shared with another module's."""
-    bench = subparsers.choices.get("bench")
-    if bench is None:
-        bench = subparsers.add_parser("bench", help="benchmarks that append to BENCHMARKS.md")
-        return bench.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("`qvgen bench` exists without sub-commands; cannot add `kernels`")
-
-
 def register(subparsers: Any) -> None:
     """Add ``bench kernels``."""
     from service.kernels.bench_cases import MODELS
 
-    parser = _bench_group(subparsers).add_parser(
+    parser = command_group(
+        subparsers, "bench", "benchmarks that append to BENCHMARKS.md"
+    ).add_parser(
         "kernels",
         help="time the W4A4 linear against bf16, int8 and FP8 cuBLAS on this GPU",
     )
