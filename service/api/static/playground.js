@@ -290,6 +290,10 @@ function show(id) {
   $("job-id").textContent = id;
   renderHistory();
   const known = history().find((item) => item.id === id);
+  // What the list knows until the first answer: nothing of the previous job stays on show.
+  $("job-prompt").textContent = known ? known.prompt : "";
+  $("job-queue").textContent = "";
+  $("job-steps").textContent = "";
   if (known && known.status === "gone") {
     renderGone(id);
     return;
