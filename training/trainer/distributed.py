@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -85,17 +85,21 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def shard(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """FSDP2 units per block and at the root; Φ stays replicated (module docstring)."""
+    """FSDP2 units per block and at the root; Φ stays replicated (module docstring).
+
+    ``fully_shard`` moves each process's shards to its device, so the whole model never has to
+    fit one device; Φ, which FSDP ignores, is moved here. Parameters are gathered in their own
+    dtype (float32 for the student, as on one process; bf16 autocast does the compute), so the
+    quantizer arithmetic is the same as without FSDP.
+    """
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
     ignored = {p for n, p in model.named_parameters() if ".phi." in n}
-    mp = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if ctx.device.type == "cuda"
-        else MixedPrecisionPolicy()
-    )
     for block in _blocks(model):
-        fully_shard(block, mesh=mesh, mp_policy=mp, ignored_params=ignored)
-    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=ignored)
+        fully_shard(block, mesh=mesh, ignored_params=ignored)
+    fully_shard(model, mesh=mesh, ignored_params=ignored)
+    for name, module in model.named_modules():
+        if name.endswith(".phi"):
+            module.to(ctx.device)
     return model
 
 

@@ -40,7 +40,7 @@ from training.data.order import SampleOrder
 from training.family import ModelFamily, PipelineGeometry
 from training.quant.rank_decay import RankDecaySchedule, sync_rank_decay
 from training.trainer import distributed as D
-from training.trainer.config import TrainConfig
+from training.trainer.config import Parallelism, TrainConfig
 from training.trainer.denoiser import Noiser, NoisyBatch, cogvideox_rotary, run_transformer
 from training.trainer.models import freeze, load_transformer, phi_rank
 from training.trainer.optim import (
@@ -70,6 +70,10 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _sharded(config: TrainConfig, ctx: D.DistContext) -> bool:
+    return config.parallel is Parallelism.FSDP and ctx.distributed
 
 
 def _batch_to(batch: NoisyBatch, device: torch.device, dtype: torch.dtype) -> NoisyBatch:
@@ -153,7 +157,7 @@ def _trainer_state(run: Run, steps_done: int) -> dict[str, Any]:
 
 
 def _student_state(run: Run) -> dict[str, torch.Tensor]:
-    if run.config.parallel.value == "fsdp" and run.ctx.distributed:
+    if _sharded(run.config, run.ctx):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -163,7 +167,7 @@ def _student_state(run: Run) -> dict[str, torch.Tensor]:
 
 
 def save(run: Run, steps_done: int) -> None:
-    sharded = run.config.parallel.value == "fsdp" and run.ctx.distributed
+    sharded = _sharded(run.config, run.ctx)
     student_state = _student_state(run)  # collective under FSDP: every process calls it
     if sharded:
         staging = staging_dir(run.run_dir, steps_done)
@@ -177,7 +181,7 @@ def save(run: Run, steps_done: int) -> None:
 
 
 def _restore_trainer(run: Run, checkpoint: Path) -> None:
-    sharded = run.config.parallel.value == "fsdp" and run.ctx.distributed
+    sharded = _sharded(run.config, run.ctx)
     state = load_trainer_state(checkpoint, run.ctx.rank if sharded else None)
     groups = named_groups(run.student)
     names = [groups.names[g] for g in Group]
@@ -210,13 +214,15 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume: bool) -> tuple[Run,
     cache = _open_cache(config, ctx)
     checkpoint = latest_checkpoint(Path(config.out)) if resume else None
     steps_done = 0 if checkpoint is None else steps_done_of(checkpoint)
-    fsdp = config.parallel.value == "fsdp" and ctx.distributed
+    fsdp = _sharded(config, ctx)
     teacher = freeze(load_transformer(config.model))
     # Build the student where its weight search is fast; under FSDP the full model may not
     # fit one device, so it is built on the CPU and moves in shards.
     build_device = torch.device("cpu") if fsdp else ctx.device
     teacher.to(build_device)
-    student = rebuild_student(teacher, config, checkpoint, steps_done).to(ctx.device)
+    student = rebuild_student(teacher, config, checkpoint, steps_done)
+    if not fsdp:
+        student.to(ctx.device)
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()  # type: ignore[operator]
     student.train()
@@ -224,9 +230,10 @@ def prepare(config: TrainConfig, ctx: D.DistContext, resume: bool) -> tuple[Run,
     if teacher_dtype != torch.float32:
         del teacher
         teacher = freeze(load_transformer(config.model, teacher_dtype))
-    teacher.to(ctx.device)
     if fsdp:
         D.shard(teacher, ctx)
+    else:
+        teacher.to(ctx.device)
     model = D.wrap_student(student, ctx, config.parallel)
     optimizer = build_optimizer(student, config)
     run = Run(

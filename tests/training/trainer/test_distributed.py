@@ -58,3 +58,16 @@ def test_two_processes_match_one_at_the_same_global_batch(
         for key in ("loss", "grad_norm"):
             rel = abs(mine[key] - theirs[key]) / abs(theirs[key])
             assert rel <= REL_TOL, (parallel, mine["step"], key, mine[key], theirs[key])
+
+    # Rewind the run to its step-2 checkpoint (as if killed after it) and resume on two
+    # processes: the same processes in the same order, so the losses repeat exactly.
+    (out / "checkpoints" / "latest").write_text("step-00000002\n")
+    resumed = subprocess.run(
+        [*args[:7], "--master_port", str(_free_port()), *args[9:], "--resume"],
+        env=env, capture_output=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    again = read_log(out)
+    assert [r["step"] for r in again] == list(range(STEPS))
+    for mine, theirs in zip(again, got, strict=True):
+        assert (mine["loss"], mine["grad_norm"]) == (theirs["loss"], theirs["grad_norm"]), mine
