@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from service.cli import register
@@ -172,10 +173,10 @@ class Processes:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def stop_all(self) -> None:
+        """One at a time, last started first: Redis outlives the worker's hand-back."""
         for process in reversed(self.started):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in reversed(self.started):
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -188,15 +189,25 @@ def processes(logs: Path) -> Iterator[Processes]:
     running = Processes(logs)
     try:
         yield running
+    except BaseException as error:
+        for process in running.started:
+            error.add_note(f"--- exit {process.poll()}: {process.args}")
+        for path in sorted(logs.glob("*.log")):
+            error.add_note(f"--- {path.name}:\n{path.read_text(errors='replace')[-3000:]}")
+        raise
     finally:
         running.stop_all()
+
+
+# What a server that is still starting answers.
+NOT_YET = (httpx.HTTPError, redis.exceptions.ConnectionError, ConnectionError)
 
 
 def wait_until(check: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
     """Calls ``check()`` until it returns something truthy; fails with ``what`` after the timeout."""
     deadline = time.monotonic() + timeout_s
     while True:
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(*NOT_YET):
             result = check()
             if result:
                 return result

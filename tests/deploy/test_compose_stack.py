@@ -205,6 +205,8 @@ def test_compose_commands_serve_a_job_that_prometheus_sees(
         )
         running.start("prometheus", command, dict(os.environ))
         prometheus = f"http://127.0.0.1:{prom_port}"
+        # Until its storage is open Prometheus answers 503 in plain text.
+        wait_until(lambda: httpx.get(f"{prometheus}/-/ready").status_code == 200, 30, "Prometheus")
 
         def scraped() -> bool:
             up = {series["metric"]["job"]: series["value"][1] for series in query(prometheus, "up")}
