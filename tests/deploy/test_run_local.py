@@ -1,25 +1,28 @@
-"""``scripts/run-local.sh`` (``make run``) end to end: it starts Redis, the API and a worker on a
-model directory, prints the README's curl example, which yields an MP4, and SIGINT stops every
-process it started. A missing model directory is refused before anything starts."""
+"""``scripts/run-local.sh`` (``make run``) end to end: it starts Redis (or uses one that answers),
+the API and a worker on a model directory, prints the README's curl example, which yields an
+MP4, and SIGINT stops every process it started and nothing else. A missing model directory is
+refused before anything starts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
+import redis
 
 from qvgen.video_io import probe_video
 from service.settings import ServiceSettings
 from tests.deploy.compose import REPO, require_program, wait_until
 from tests.deploy.readme_tables import curl_example
-from tests.service.redis_fixtures import free_port
+from tests.service.redis_fixtures import free_port, running_redis
 
 SCRIPT = REPO / "scripts" / "run-local.sh"
 EXAMPLE_HEADER = "Try it:"
@@ -35,16 +38,18 @@ def script_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def started(tiny_wan_dir: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+@contextlib.contextmanager
+def running_script(tmp_path: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``run-local.sh`` with ``env`` overrides; killed with its children if a test fails."""
     require_program("redis-server")
     require_program("curl")
-    port = free_port()
-    env = script_environment(tmp_path, MODEL_DIR=str(tiny_wan_dir), API_PORT=str(port))
+    full_env = script_environment(tmp_path, **env)
     with (tmp_path / "out.log").open("wb") as out, (tmp_path / "err.log").open("wb") as err:
-        script = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=out, stderr=err)
+        script = subprocess.Popen(
+            ["bash", str(SCRIPT)], cwd=REPO, env=full_env, stdout=out, stderr=err
+        )
     try:
-        yield script, port
+        yield script
     finally:
         if script.poll() is None:
             for child in psutil.Process(script.pid).children(recursive=True):
@@ -83,10 +88,27 @@ def gone(process: psutil.Process) -> bool:
         return True
 
 
-def test_make_run_serves_the_readme_example_and_ctrl_c_stops_everything(
-    started: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+def interrupt_and_check_children_gone(
+    script: subprocess.Popen[bytes], children: list[psutil.Process], tmp_path: Path
 ) -> None:
-    script, port = started
+    """Ctrl-C: the script exits as interrupted and none of its children is left."""
+    script.send_signal(signal.SIGINT)
+    assert script.wait(timeout=60) == 128 + signal.SIGINT
+    time.sleep(0.2)  # orphans of the script are reaped by init
+    alive = [" ".join(child.cmdline()) for child in children if not gone(child)]
+    assert not alive, f"still running after Ctrl-C: {alive}"
+    assert "stopped" in (tmp_path / "err.log").read_text()
+
+
+def test_make_run_serves_the_readme_example_and_ctrl_c_stops_everything(
+    tiny_wan_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    with running_script(tmp_path, MODEL_DIR=str(tiny_wan_dir), API_PORT=str(port)) as script:
+        run_readme_example(script, port, tmp_path)
+
+
+def run_readme_example(script: subprocess.Popen[bytes], port: int, tmp_path: Path) -> None:
     output = wait_printed(script, tmp_path)
     base = f"http://127.0.0.1:{port}"
     assert f"at {base}" in output
@@ -108,12 +130,32 @@ def test_make_run_serves_the_readme_example_and_ctrl_c_stops_everything(
     assert f"{info.width}x{info.height}" == defaults.default_size
     assert info.frame_count == defaults.default_num_frames
 
-    script.send_signal(signal.SIGINT)
-    assert script.wait(timeout=60) == 128 + signal.SIGINT
-    time.sleep(0.2)  # orphans of the script are reaped by init
-    alive = [" ".join(child.cmdline()) for child in children if not gone(child)]
-    assert not alive, f"still running after Ctrl-C: {alive}"
-    assert "stopped" in (tmp_path / "err.log").read_text()
+    interrupt_and_check_children_gone(script, children, tmp_path)
+
+
+def test_make_run_uses_a_running_redis_and_leaves_it_running(
+    tiny_wan_dir: Path, tmp_path: Path
+) -> None:
+    with running_redis(tmp_path / "redis", "--appendonly", "no") as server:
+        port = free_port()
+        env = {
+            "MODEL_DIR": str(tiny_wan_dir),
+            "API_PORT": str(port),
+            "REDIS_PORT": str(server.port),
+            "QVGEN_KEY_PREFIX": f"t{uuid.uuid4().hex[:12]}",
+        }
+        with running_script(tmp_path, **env) as script:
+            wait_printed(script, tmp_path)
+            assert (
+                f"using the Redis that answers on 127.0.0.1:{server.port}"
+                in (tmp_path / "err.log").read_text()
+            )
+            children = psutil.Process(script.pid).children(recursive=True)
+            assert not any("redis-server" in " ".join(c.cmdline()) for c in children)
+            interrupt_and_check_children_gone(script, children, tmp_path)
+        client = redis.Redis(port=server.port)
+        assert client.ping(), "make run stopped a Redis it did not start"
+        client.close()
 
 
 def test_make_run_refuses_a_missing_model_and_starts_nothing(tmp_path: Path) -> None:
