@@ -61,7 +61,11 @@ _WORDS = (
 
 @dataclass(frozen=True)
 class TextEncoderSize:
-    """T5 / UMT5 encoder: ``d_model`` is also the transformer's text embedding width."""
+    """T5 / UMT5 encoder: ``d_model`` is also the transformer's text embedding width.
+
+    ``words`` are the tokenizer's real words (ids 3, 4, … after the special tokens); the rest of
+    the vocabulary is filler. A model trained on a task passes that task's words.
+    """
 
     vocab_size: int = 96
     d_model: int = 16
@@ -70,11 +74,18 @@ class TextEncoderSize:
     d_kv: int = 8
     d_ff: int = 32
     max_tokens: int = 16  # the pipelines pad / truncate prompts to this many tokens
+    words: tuple[str, ...] = _WORDS
 
     def __post_init__(self) -> None:
-        minimum = len(_SPECIAL_TOKENS) + len(_WORDS)
+        minimum = len(_SPECIAL_TOKENS) + len(self.words)
         if self.vocab_size < minimum:
             raise ValueError(f"vocab_size must be ≥ {minimum}, got {self.vocab_size}")
+        clashes = sorted(set(self.words) & set(_SPECIAL_TOKENS))
+        if len(set(self.words)) != len(self.words) or clashes:
+            raise ValueError(
+                f"words must be distinct and not special tokens {_SPECIAL_TOKENS}, got "
+                f"{len(self.words) - len(set(self.words))} repeats and {clashes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -142,8 +153,8 @@ def _seeded(seed: int) -> Iterator[None]:
 
 def build_tokenizer(size: TextEncoderSize) -> PreTrainedTokenizerFast:
     """Lower-casing, whitespace-split, word-level tokenizer that appends ``</s>`` like T5."""
-    words = list(_WORDS) + [
-        f"tok{i}" for i in range(size.vocab_size - len(_SPECIAL_TOKENS) - len(_WORDS))
+    words = list(size.words) + [
+        f"tok{i}" for i in range(size.vocab_size - len(_SPECIAL_TOKENS) - len(size.words))
     ]
     vocab = {token: i for i, token in enumerate((*_SPECIAL_TOKENS, *words))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
@@ -263,12 +274,17 @@ def _cogvideox_pipeline(spec: TinyPipelineSpec) -> Any:
     )
 
 
+def tiny_wan_pipeline(seed: int = 0, spec: TinyPipelineSpec | None = None) -> Any:
+    """A seeded ``WanPipeline`` in memory (float32), for code that trains it before saving."""
+    with _seeded(seed):
+        return _wan_pipeline(spec or TinyPipelineSpec())
+
+
 def build_tiny_wan(
     out_dir: str | Path, seed: int = 0, spec: TinyPipelineSpec | None = None
 ) -> Path:
     """Save a seeded ``WanPipeline`` to ``out_dir`` (``WanPipeline.from_pretrained`` loads it)."""
-    with _seeded(seed):
-        pipeline = _wan_pipeline(spec or TinyPipelineSpec())
+    pipeline = tiny_wan_pipeline(seed, spec)
     out = Path(out_dir)
     pipeline.save_pretrained(out)
     return out

@@ -1,0 +1,1 @@
+"""qvgen-tiny: the from-scratch recipe of the embedded default model (VAE, then transformer)."""

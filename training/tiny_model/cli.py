@@ -1,0 +1,128 @@
+"""``qvgen tiny``: the embedded model's recipe and its comparison.
+
+qvgen tiny train-base --out DIR [--seed 0 --vae-steps … --flow-steps … --device cuda]
+qvgen tiny compare --model fp=DIR --model rtn-w4a4=DIR … --reference fp --out DIR
+qvgen tiny figures --comparison DIR --run lsq-w4a4=RUN --run qvgen-w4a4=RUN … --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from training.tiny_model.config import RecipeConfig, SpecName
+
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = RecipeConfig()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_train_base(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train-base",
+        help="train the full-precision qvgen-tiny pipeline (VAE, then transformer) from scratch",
+    )
+    p.add_argument("--out", type=Path, required=True, help="a new run directory")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    for field in fields(RecipeConfig):
+        default = getattr(_DEFAULTS, field.name)
+        if field.name == "spec":
+            p.add_argument("--spec", default=default.value, choices=[s.value for s in SpecName])
+            continue
+        p.add_argument(_flag(field.name), type=type(default), default=default)
+    p.set_defaults(handler=_run_train_base)
+
+
+def _run_train_base(args: argparse.Namespace) -> int:
+    from training.tiny_model.recipe import train_base
+
+    values = {f.name: getattr(args, f.name) for f in fields(RecipeConfig)}
+    values["spec"] = SpecName(values["spec"])
+    try:
+        config = RecipeConfig(**values)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        train_base(config, args.out, device)
+    except ValueError as err:
+        logger.error("qvgen tiny train-base: %s", err)
+        return 2
+    return 0
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    from training.tiny_model.compare import EvalSettings
+
+    d = EvalSettings()
+    p = commands.add_parser(
+        "compare",
+        help="generate the fixed evaluation set with every model; scores, PSNR/SSIM against FP",
+    )
+    p.add_argument("--model", type=_named_path, action="append", required=True, help="NAME=DIR")
+    p.add_argument("--reference", required=True, help="NAME of the full-precision model")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="scoring processes")
+    p.add_argument("--count", type=int, default=d.count, help="evaluation pairs (≤ 270)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--guidance", type=float, default=d.guidance)
+    p.add_argument("--batch", type=int, default=d.batch, help="clips per pipeline call")
+    p.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from training.tiny_model.compare import EvalSettings, compare
+
+    try:
+        settings = EvalSettings(
+            count=args.count, steps=args.steps, guidance=args.guidance, batch=args.batch
+        )
+        compare(dict(args.model), args.reference, args.out, settings, args.device, args.workers)
+    except ValueError as err:
+        logger.error("qvgen tiny compare: %s", err)
+        return 2
+    return 0
+
+
+def _add_figures(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "figures", help="gradient-norm curves, frames side by side and the comparison table"
+    )
+    p.add_argument("--comparison", type=Path, required=True, help="a qvgen tiny compare --out")
+    p.add_argument("--run", type=_named_path, action="append", default=[], help="NAME=RUN_DIR")
+    p.add_argument("--side-by-side", nargs="+", default=["fp", "qvgen-w4a4", "rtn-w4a4"])
+    p.add_argument("--out", type=Path, required=True, help="directory for the PNG files")
+    p.set_defaults(handler=_run_figures)
+
+
+def _run_figures(args: argparse.Namespace) -> int:
+    from training.tiny_model.figures import write_figures
+
+    try:
+        write_figures(args.comparison, dict(args.run), args.side_by_side, args.out)
+    except (ValueError, KeyError) as err:
+        logger.error("qvgen tiny figures: %s", err)
+        return 2
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``tiny`` with its subcommands."""
+    tiny = subparsers.add_parser("tiny", help="the embedded qvgen-tiny model: recipe, comparison")
+    commands = tiny.add_subparsers(dest="tiny_command", metavar="TINY_COMMAND", required=True)
+    _add_train_base(commands)
+    _add_compare(commands)
+    _add_figures(commands)

@@ -1,0 +1,151 @@
+"""The paper's comparison at small scale: generate a fixed evaluation set with every model and
+score it — the synthetic task's scorer on each clip, PSNR and SSIM against the FP model's clip.
+
+Evaluation set: every one of the task's 270 prompts (``all_prompts()``) once, prompt i with
+generation seed ``EVAL_SEED_BASE + i``. Training saw rendered clips and its own noise draws,
+never these (prompt, seed) pairs: a generation from seed s starts from the noise of
+``torch.Generator(device).manual_seed(s)``, as ``qvgen generate --seed s`` does.
+
+Generation is batched: ``WanPipeline`` draws each sample's initial noise from that sample's own
+generator, so clip i is the clip a single request with seed s_i gives (up to the batch's
+floating-point reduction order). Defaults are the service's: 17×64×64, 20 steps, guidance 5,
+negative prompt "".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from service.engine.loading import load_pipeline
+from training.synthetic.scorer import SCORE_NAMES, score_clip
+from training.synthetic.vocabulary import all_prompts
+from training.tiny_model.fidelity import psnr, ssim
+
+logger = logging.getLogger(__name__)
+
+EVAL_SEED_BASE = 10_000
+RESULTS_FILE = "comparison.json"
+FRAMES_FILE = "frames.npz"
+# Clips kept for pictures: one per motion and shape, on all three backgrounds.
+PICTURE_CLIPS = (0, 61, 122, 183, 244)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    count: int = 270
+    frames: int = 17
+    side: int = 64
+    steps: int = 20
+    guidance: float = 5.0
+    batch: int = 54
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= len(all_prompts()):
+            raise ValueError(f"--count must lie in [1, {len(all_prompts())}], got {self.count}")
+        if self.batch < 1:
+            raise ValueError(f"--batch must be ≥ 1, got {self.batch}")
+
+
+def evaluation_set(count: int) -> list[tuple[str, int]]:
+    """(prompt, seed) pairs: the first ``count`` prompts in enum order, seeds from the base."""
+    return [(p.text, EVAL_SEED_BASE + i) for i, p in enumerate(all_prompts()[:count])]
+
+
+@torch.no_grad()
+def generate_set(model_dir: Path, settings: EvalSettings, device: str) -> tuple[np.ndarray, float]:
+    """uint8 [N, T, H, W, 3] clips of the evaluation set, and the seconds generation took."""
+    pipeline = load_pipeline(model_dir, device)
+    pairs = evaluation_set(settings.count)
+    length = int(pipeline.tokenizer.model_max_length)
+    clips = []
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(pairs), settings.batch), desc=model_dir.name, unit="batch"):
+        chunk = pairs[start : start + settings.batch]
+        positive, negative = pipeline.encode_prompt(
+            prompt=[p for p, _ in chunk],
+            negative_prompt=[""] * len(chunk),
+            do_classifier_free_guidance=settings.guidance > 1.0,
+            max_sequence_length=length,
+            device=pipeline.device,
+            dtype=pipeline.transformer.dtype,
+        )
+        generators = [torch.Generator(pipeline.device).manual_seed(s) for _, s in chunk]
+        frames = pipeline(
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            height=settings.side,
+            width=settings.side,
+            num_frames=settings.frames,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            generator=generators,
+            output_type="np",
+        ).frames
+        clips.append(np.clip(np.rint(np.asarray(frames) * 255.0), 0, 255).astype(np.uint8))
+    return np.concatenate(clips), time.perf_counter() - started
+
+
+def _score_one(args: tuple[np.ndarray, str]) -> tuple[float, ...]:
+    return astuple(score_clip(*args))
+
+
+def score_set(clips: np.ndarray, prompts: list[str], workers: int) -> dict[str, float]:
+    """Mean of every scorer dimension over the clips, keyed by ``SCORE_NAMES``."""
+    jobs = list(zip(clips, prompts, strict=True))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_score_one, jobs, chunksize=8))
+    else:
+        rows = [_score_one(job) for job in jobs]
+    means = np.asarray(rows, dtype=np.float64).mean(axis=0)
+    return {name: float(v) for name, v in zip(SCORE_NAMES, means, strict=True)}
+
+
+def compare(
+    models: dict[str, Path],
+    reference: str,
+    out: Path,
+    settings: EvalSettings,
+    device: str,
+    workers: int,
+) -> dict[str, Any]:
+    """Generate and score with every model; ``reference`` names the FP model of ``models``.
+
+    Writes ``comparison.json`` (settings, device, per model: scores, PSNR, SSIM, seconds) and
+    ``frames.npz`` (the ``PICTURE_CLIPS`` of every model) to ``out``.
+    """
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the models {sorted(models)}")
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = [p for p, _ in evaluation_set(settings.count)]
+    generated = {name: generate_set(path, settings, device) for name, path in models.items()}
+    fp_clips = generated[reference][0]
+    results: dict[str, Any] = {
+        "settings": settings.__dict__,
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "eval_seed_base": EVAL_SEED_BASE,
+        "models": {},
+    }
+    for name, (clips, seconds) in generated.items():
+        entry: dict[str, Any] = {"scores": score_set(clips, prompts, workers)}
+        entry["psnr"] = float(np.mean([psnr(c, r) for c, r in zip(clips, fp_clips, strict=True)]))
+        entry["ssim"] = float(np.mean([ssim(c, r) for c, r in zip(clips, fp_clips, strict=True)]))
+        entry["generation_seconds"] = seconds
+        results["models"][name] = entry
+        logger.info("%s: %s", name, json.dumps(entry))
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    keep = [i for i in PICTURE_CLIPS if i < settings.count]
+    arrays: dict[str, Any] = {name: clips[keep] for name, (clips, _) in generated.items()}
+    arrays["prompts"] = np.asarray([prompts[i] for i in keep])
+    np.savez_compressed(out / FRAMES_FILE, **arrays)
+    return results

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Rebuild qvgen-tiny end to end on one GPU: the FP base model, then RTN / LSQ / QVGen at W4A4
+# and W3A3 with `qvgen train` + `qvgen export`, then the comparison of all seven models.
+#
+#   training/tiny_model/reproduce.sh base WORK       # the FP model, ~9 min on an H200
+#   training/tiny_model/reproduce.sh quantize WORK   # QAT, export, comparison (needs WORK/base)
+#   training/tiny_model/reproduce.sh all WORK        # both, one after the other
+#
+# WORK/base/pipeline is the FP model (models/qvgen-tiny); WORK/export/qvgen-w4a4 and
+# WORK/export/qvgen-w3a3 are models/qvgen-tiny-w4a4 and models/qvgen-tiny-w3a3;
+# WORK/compare/comparison.json holds the table of README.md. The stage budgets below are what
+# the shipped run used (a lent GPU machine allows 10 minutes a command); each stage's step
+# count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to").
+# Runs on machines without the service's dependencies: the training commands alone.
+set -euo pipefail
+STAGE=${1:?usage: reproduce.sh all|base|quantize WORK}
+WORK=${2:?usage: reproduce.sh all|base|quantize WORK}
+QVGEN=(python3 -m training.tiny_model.training_cli)
+WORKERS=${WORKERS:-14}
+DEVICE=${DEVICE:-cuda}
+COUNT=${COUNT:-270}
+QAT_BATCH=${QAT_BATCH:-16}
+QAT_STEPS=${QAT_STEPS:-400}
+
+data() {
+  mkdir -p "$WORK/logs"
+  [[ -f $WORK/data/videos.txt ]] || "${QVGEN[@]}" data synthetic --out "$WORK/data" \
+    --count "${QAT_CLIPS:-256}" --seed 2000 > "$WORK/logs/data.log" 2>&1
+}
+
+base() {
+  "${QVGEN[@]}" tiny train-base --out "$WORK/base" --device "$DEVICE" --workers "$WORKERS" \
+    --clips 12000 --vae-steps 3000 --vae-batch 24 --flow-steps 12000 --flow-batch 128 \
+    --vae-seconds "${VAE_SECONDS:-250}" --flow-seconds "${FLOW_SECONDS:-230}"
+}
+
+qat() {  # qat METHOD BITS
+  local name="$1-w$2a$2"
+  local extra=()
+  if [[ $1 != rtn ]]; then
+    extra=(--data "$WORK/data" --steps "$QAT_STEPS" --batch-size "$QAT_BATCH" --lr 1e-4
+           --no-gradient-checkpointing --checkpoint-every 100000 --cache-dir "$WORK/cache")
+  fi
+  [[ $1 == qvgen ]] && extra+=(--rank "${QVGEN_RANK:-32}")
+  timeout "${QAT_SECONDS:-3000}" "${QVGEN[@]}" train --model "$WORK/base/pipeline" \
+    --out "$WORK/runs/$name" --method "$1" --w-bits "$2" --a-bits "$2" --frames 17 \
+    --height 64 --width 64 --device "$DEVICE" "${extra[@]}" > "$WORK/logs/train-$name.log" 2>&1
+  "${QVGEN[@]}" export --checkpoint "$WORK/runs/$name" --out "$WORK/export/$name" \
+    > "$WORK/logs/export-$name.log" 2>&1
+}
+
+warm_cache() {
+  # One process encodes the clips (the VAE encoder is launch-bound: parallel runs encoding at
+  # once crawl); the QAT runs then share the finished cache. A one-step run builds it through
+  # the trainer's own cache code.
+  "${QVGEN[@]}" train --model "$WORK/base/pipeline" --data "$WORK/data" --out "$WORK/runs/cache" \
+    --method lsq --steps 1 --frames 17 --height 64 --width 64 --device "$DEVICE" \
+    --cache-dir "$WORK/cache" > "$WORK/logs/cache.log" 2>&1
+}
+
+quantize() {
+  mkdir -p "$WORK/logs" "$WORK/runs" "$WORK/export"
+  data
+  warm_cache
+  local pids=() failed=0
+  for method in qvgen lsq rtn; do
+    for bits in 4 3; do
+      qat "$method" "$bits" & pids+=($!)
+    done
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  local models=(--model "fp=$WORK/base/pipeline")
+  for name in rtn-w4a4 lsq-w4a4 qvgen-w4a4 rtn-w3a3 lsq-w3a3 qvgen-w3a3; do
+    [[ -d $WORK/export/$name ]] && models+=(--model "$name=$WORK/export/$name")
+  done
+  timeout "${COMPARE_SECONDS:-3000}" "${QVGEN[@]}" tiny compare "${models[@]}" --reference fp \
+    --out "$WORK/compare" --device "$DEVICE" --workers "$WORKERS" --batch 270 \
+    --count "$COUNT" ${COMPARE_STEPS:+--steps "$COMPARE_STEPS"} || failed=1
+  return $failed
+}
+
+all() {
+  mkdir -p "$WORK/logs"
+  data & local data_pid=$!
+  base
+  wait "$data_pid"
+  quantize
+}
+
+"$STAGE"
