@@ -6,9 +6,12 @@ generation seed ``EVAL_SEED_BASE + i``. Training saw rendered clips and its own 
 never these (prompt, seed) pairs: a generation from seed s starts from the noise of
 ``torch.Generator(device).manual_seed(s)``, as ``qvgen generate --seed s`` does.
 
-Generation is batched: ``WanPipeline`` draws each sample's initial noise from that sample's own
-generator, so clip i is the clip a single request with seed s_i gives (up to the batch's
-floating-point reduction order). Defaults are the service's: 17×64×64, 20 steps, guidance 5,
+PSNR and SSIM are ``qvgen eval``'s (``training.evaluation.metrics``: PSNR over the clip, SSIM
+on luma). Generation differs from ``qvgen eval`` only in being batched — ``qvgen eval`` runs one
+engine request at a time and regenerates FP per quantized model, 2 × 6 × 270 generations where
+this needs 7 batched passes, which is what fits a GPU lent by the minute. ``WanPipeline``
+draws each sample's initial noise from that sample's own generator, so clip i is the clip a
+single request with seed s_i gives (up to the batch's floating-point reduction order). Defaults are the service's: 17×64×64, 20 steps, guidance 5,
 negative prompt "".
 """
 
@@ -27,9 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from service.engine.loading import load_pipeline
+from training.evaluation.metrics import psnr, ssim
 from training.synthetic.scorer import SCORE_NAMES, score_clip
 from training.synthetic.vocabulary import all_prompts
-from training.tiny_model.fidelity import psnr, ssim
 
 logger = logging.getLogger(__name__)
 
@@ -99,16 +102,28 @@ def _score_one(args: tuple[np.ndarray, str]) -> tuple[float, ...]:
     return astuple(score_clip(*args))
 
 
-def score_set(clips: np.ndarray, prompts: list[str], workers: int) -> dict[str, float]:
-    """Mean of every scorer dimension over the clips, keyed by ``SCORE_NAMES``."""
-    jobs = list(zip(clips, prompts, strict=True))
+def score_sets(
+    sets: dict[str, np.ndarray], prompts: list[str], workers: int
+) -> dict[str, dict[str, float]]:
+    """Per set, the mean of every scorer dimension over its clips, keyed by ``SCORE_NAMES``.
+
+    All sets go through one process pool: the scorer is pure numpy, one clip a task.
+    """
+    jobs = [
+        (clip, prompt)
+        for clips in sets.values()
+        for clip, prompt in zip(clips, prompts, strict=True)
+    ]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_score_one, jobs, chunksize=8))
+            rows = list(pool.map(_score_one, jobs, chunksize=16))
     else:
         rows = [_score_one(job) for job in jobs]
-    means = np.asarray(rows, dtype=np.float64).mean(axis=0)
-    return {name: float(v) for name, v in zip(SCORE_NAMES, means, strict=True)}
+    table = np.asarray(rows, dtype=np.float64).reshape(len(sets), len(prompts), len(SCORE_NAMES))
+    return {
+        name: {key: float(v) for key, v in zip(SCORE_NAMES, table[i].mean(axis=0), strict=True)}
+        for i, name in enumerate(sets)
+    }
 
 
 def compare(
@@ -136,10 +151,12 @@ def compare(
         "eval_seed_base": EVAL_SEED_BASE,
         "models": {},
     }
+    scores = score_sets({name: clips for name, (clips, _) in generated.items()}, prompts, workers)
     for name, (clips, seconds) in generated.items():
-        entry: dict[str, Any] = {"scores": score_set(clips, prompts, workers)}
-        entry["psnr"] = float(np.mean([psnr(c, r) for c, r in zip(clips, fp_clips, strict=True)]))
-        entry["ssim"] = float(np.mean([ssim(c, r) for c, r in zip(clips, fp_clips, strict=True)]))
+        entry: dict[str, Any] = {"scores": scores[name]}
+        pairs = list(zip(fp_clips, clips, strict=True))
+        entry["psnr"] = float(np.mean([psnr(r, c) for r, c in pairs]))
+        entry["ssim"] = float(np.mean([ssim(r, c) for r, c in pairs]))
         entry["generation_seconds"] = seconds
         results["models"][name] = entry
         logger.info("%s: %s", name, json.dumps(entry))

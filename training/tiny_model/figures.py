@@ -2,8 +2,8 @@
 
 - ``grad_norms.png``: the gradient norm of every QAT run per step (``train_log.jsonl``), raw and
   smoothed by a moving average, log scale — the paper's argument that Φ keeps it small;
-- ``side_by_side.png``: the picture clips (``compare.PICTURE_CLIPS``), frames 0, 8 and 16 of
-  each, one column group per model;
+- ``side_by_side.png``: the picture clips (``compare.PICTURE_CLIPS``), first, middle and last
+  frame of each (0, 8, 16 of 17), one column group per model;
 - ``comparison.md``: the table, every scorer dimension and its ratio to FP, PSNR and SSIM.
 """
 
@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 GRAD_NORMS_PNG = "grad_norms.png"
 SIDE_BY_SIDE_PNG = "side_by_side.png"
 TABLE_MD = "comparison.md"
-SHOWN_FRAMES = (0, 8, 16)
 _SCALE = 2  # pixels per clip pixel in the picture
 _GAP = 4
 
@@ -67,17 +66,18 @@ def side_by_side(frames_file: Path, models: list[str], out: Path) -> None:
     if missing:
         raise KeyError(f"{frames_file} holds no clips of {missing}; it has {data.files}")
     clips = {m: data[m] for m in models}
-    n, _, h, w, _ = clips[models[0]].shape
+    n, t, h, w, _ = clips[models[0]].shape
+    shown = (0, t // 2, t - 1)
     tile_w, tile_h = w * _SCALE, h * _SCALE
-    group_w = len(SHOWN_FRAMES) * tile_w + _GAP
+    group_w = len(shown) * tile_w + _GAP
     label_h = 14
     canvas = Image.new("RGB", (len(models) * group_w, label_h + n * (tile_h + _GAP)), "white")
     draw = ImageDraw.Draw(canvas)
     for g, model in enumerate(models):
         draw.text((g * group_w + 2, 1), model, fill="black")
         for row in range(n):
-            for k, t in enumerate(SHOWN_FRAMES):
-                tile = Image.fromarray(clips[model][row, t]).resize(
+            for k, frame in enumerate(shown):
+                tile = Image.fromarray(clips[model][row, frame]).resize(
                     (tile_w, tile_h), Image.Resampling.NEAREST
                 )
                 canvas.paste(tile, (g * group_w + k * tile_w, label_h + row * (tile_h + _GAP)))
