@@ -10,7 +10,8 @@
 # WORK/export/qvgen-w3a3 are models/qvgen-tiny-w4a4 and models/qvgen-tiny-w3a3;
 # WORK/compare/comparison.json holds the table of README.md. The stage budgets below are what
 # the shipped run used (a lent GPU machine allows 10 minutes a command); each stage's step
-# count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to").
+# count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to"). QAT runs save a
+# checkpoint every 50 steps, so a run stopped by QAT_SECONDS still exports its latest Φ-free one.
 # Runs on machines without the service's dependencies: the training commands alone.
 set -euo pipefail
 STAGE=${1:?usage: reproduce.sh all|base|quantize WORK}
@@ -39,7 +40,7 @@ qat() {  # qat METHOD BITS
   local extra=()
   if [[ $1 != rtn ]]; then
     extra=(--data "$WORK/data" --steps "$QAT_STEPS" --batch-size "$QAT_BATCH" --lr 1e-4
-           --no-gradient-checkpointing --checkpoint-every 100000 --cache-dir "$WORK/cache")
+           --no-gradient-checkpointing --checkpoint-every 50 --cache-dir "$WORK/cache")
   fi
   [[ $1 == qvgen ]] && extra+=(--rank "${QVGEN_RANK:-32}")
   timeout "${QAT_SECONDS:-3000}" "${QVGEN[@]}" train --model "$WORK/base/pipeline" \
