@@ -13,9 +13,7 @@ _SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("", "_bucket"
 
 def _series_names(registry: CollectorRegistry) -> set[str]:
     return {
-        family.name + suffix
-        for family in registry.collect()
-        for suffix in _SUFFIXES[family.type]
+        family.name + suffix for family in registry.collect() for suffix in _SUFFIXES[family.type]
     }
 
 
