@@ -13,16 +13,28 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-# Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "service.engine.cli",
-    "qvgen.checkpoint.cli",
-    "training.synthetic.cli",
-    "service.cli",
-    "service.kernels.bench",
-    "service.engine.bench_e2e",
-    "training.cli",
-    "training.tiny_model.cli",
+# Top-level commands: their one-line help and the modules that register them. Each module
+# defines ``register(subparsers)``; only the modules of the command being run are imported, so
+# ``qvgen serve`` never pays for diffusers and ``qvgen --help`` imports nothing heavy.
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "generate": ("generate a video from a text prompt", ("service.engine.cli",)),
+    "serve": ("run the video-generation service", ("service.cli",)),
+    "train": ("QVGen quantization-aware training of a pipeline's transformer", ("training.cli",)),
+    "export": ("write a trained run as a pipeline with a packed transformer", ("training.cli",)),
+    "eval": ("compare a quantized pipeline with its full-precision one", ("training.cli",)),
+    "data": ("make training and evaluation data sets", ("training.synthetic.cli",)),
+    "tiny": ("the embedded qvgen-tiny model: recipe, comparison", ("training.tiny_model.cli",)),
+    "import-release": (
+        "convert a QVGen release checkpoint to format v1",
+        ("qvgen.checkpoint.cli",),
+    ),
+    "bench": (
+        "benchmarks that append to BENCHMARKS.md",
+        ("service.cli", "service.kernels.bench", "service.engine.bench_e2e"),
+    ),
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(
+    dict.fromkeys(module for _, modules in COMMANDS.values() for module in modules)
 )
 
 
@@ -39,7 +51,22 @@ def command_group(subparsers: Any, name: str, help: str) -> Any:
     raise RuntimeError(f"`qvgen {name}` exists without sub-commands; cannot add to it")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """The first positional argument (the command), skipping ``--log-level VALUE``."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log-level":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every command's full parser when ``argv`` is None, otherwise
+    the full parser of the requested command and one-line entries for the others."""
     parser = argparse.ArgumentParser(
         prog="qvgen",
         description=(
@@ -51,14 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    requested = None if argv is None else _requested_command(argv)
+    if argv is None or requested in COMMANDS:
+        modules = COMMAND_MODULES if argv is None else COMMANDS[str(requested)][1]
+        for name in modules:
+            importlib.import_module(name).register(subparsers)
+    for command, (help_text, _) in COMMANDS.items():
+        if command not in subparsers.choices:
+            subparsers.add_parser(command, help=help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

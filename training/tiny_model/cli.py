@@ -56,6 +56,36 @@ def _run_train_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_finetune_decoder(commands: argparse._SubParsersAction) -> None:
+    from training.tiny_model.decoder_stage import DecoderFinetune
+
+    d = DecoderFinetune()
+    p = commands.add_parser(
+        "finetune-decoder",
+        help="repair a VAE decoder on whole clips with the encoder frozen (transformer stays valid)",
+    )
+    p.add_argument("--vae", type=Path, required=True, help="the pipeline's vae/ directory")
+    p.add_argument("--out", type=Path, required=True, help="where to save the fine-tuned VAE")
+    p.add_argument("--device", default="cpu")
+    for field in fields(DecoderFinetune):
+        p.add_argument(
+            _flag(field.name), type=type(getattr(d, field.name)), default=getattr(d, field.name)
+        )
+    p.set_defaults(handler=_run_finetune_decoder)
+
+
+def _run_finetune_decoder(args: argparse.Namespace) -> int:
+    from training.tiny_model.decoder_stage import DecoderFinetune, finetune_decoder
+
+    try:
+        run = DecoderFinetune(**{f.name: getattr(args, f.name) for f in fields(DecoderFinetune)})
+    except ValueError as err:
+        logger.error("qvgen tiny finetune-decoder: %s", err)
+        return 2
+    finetune_decoder(args.vae, args.out, run, torch.device(args.device))
+    return 0
+
+
 def _named_path(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -124,5 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny = subparsers.add_parser("tiny", help="the embedded qvgen-tiny model: recipe, comparison")
     commands = tiny.add_subparsers(dest="tiny_command", metavar="TINY_COMMAND", required=True)
     _add_train_base(commands)
+    _add_finetune_decoder(commands)
     _add_compare(commands)
     _add_figures(commands)
