@@ -12,11 +12,11 @@
 # the shipped run used (a lent GPU machine allows 10 minutes a command); each stage's step
 # count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to"). QAT runs save a
 # checkpoint every 50 steps, so a run stopped by QAT_SECONDS still exports its latest Φ-free one.
-# Runs on machines without the service's dependencies: the training commands alone.
+# Runs on machines without the service's dependencies: qvgen.cli imports only the command it runs.
 set -euo pipefail
 STAGE=${1:?usage: reproduce.sh all|base|quantize WORK}
 WORK=${2:?usage: reproduce.sh all|base|quantize WORK}
-QVGEN=(python3 -m training.tiny_model.training_cli)
+QVGEN=(python3 -m qvgen.cli)  # imports only the command it runs: no service stack needed
 WORKERS=${WORKERS:-14}
 DEVICE=${DEVICE:-cuda}
 COUNT=${COUNT:-270}
