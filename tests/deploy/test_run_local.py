@@ -93,7 +93,9 @@ def interrupt_and_check_children_gone(
 ) -> None:
     """Ctrl-C: the script exits as interrupted and none of its children is left."""
     script.send_signal(signal.SIGINT)
-    assert script.wait(timeout=60) == 128 + signal.SIGINT
+    # Stopping waits for each worker's hand-back; on a saturated 2-core machine (another job
+    # training beside the suite) that took over 60 s once, so allow 120.
+    assert script.wait(timeout=120) == 128 + signal.SIGINT
     time.sleep(0.2)  # orphans of the script are reaped by init
     alive = [" ".join(child.cmdline()) for child in children if not gone(child)]
     assert not alive, f"still running after Ctrl-C: {alive}"
