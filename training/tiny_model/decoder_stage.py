@@ -24,7 +24,7 @@ from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 
 from training.tiny_model.clips import render_clips
-from training.tiny_model.vae_stage import pixel_weights
+from training.tiny_model.vae_stage import reconstruction_terms
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +73,8 @@ def finetune_decoder(
         x = clips.video_batch(torch.randint(0, len(clips), (run.batch,), generator=order), device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
-        error = vae.decode(z).sample - x
-        w = pixel_weights(x, run.object_weight)
-        loss = (w * error.abs()).mean() + (w * error.square()).mean()
+        l1, l2 = reconstruction_terms(vae.decode(z).sample, x, run.object_weight)
+        loss = l1 + l2
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -55,13 +55,19 @@ def pixel_weights(x: torch.Tensor, object_weight: float) -> torch.Tensor:
     return 1.0 + (object_weight - 1.0) * differs.float()
 
 
+def reconstruction_terms(
+    reconstruction: torch.Tensor, x: torch.Tensor, object_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean(w·|x̂ − x|), mean(w·(x̂ − x)²)) with the object-weighted ``pixel_weights``."""
+    w = pixel_weights(x, object_weight)
+    error = reconstruction.float() - x
+    return (w * error.abs()).mean(), (w * error.square()).mean()
+
+
 def vae_loss(vae: nn.Module, x: torch.Tensor, config: RecipeConfig) -> dict[str, torch.Tensor]:
     posterior = vae.encode(x).latent_dist  # type: ignore[operator]
     reconstruction = vae.decode(posterior.sample()).sample  # type: ignore[operator]
-    w = pixel_weights(x, config.object_weight)
-    error = reconstruction.float() - x
-    l1 = (w * error.abs()).mean()
-    l2 = (w * error.square()).mean()
+    l1, l2 = reconstruction_terms(reconstruction, x, config.object_weight)
     kl = posterior.kl().mean() / x[0].numel()
     return {"loss": l1 + l2 + config.kl_weight * kl, "l1": l1, "l2": l2, "kl": kl}
 
