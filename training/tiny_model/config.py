@@ -56,7 +56,8 @@ class RecipeConfig:
     warmup_steps: int = 200
     workers: int = 1
     # Each stage's step count is cut to what fits this many seconds, measured over its first
-    # steps (``progress.StepBudget``; logged as "steps_cut_to"): for machines lent by the minute.
+    # steps, and the stage stops when they are spent (``progress.StepBudget``; logged as
+    # "steps_cut_to" and "stopped_at_deadline"): for machines lent by the minute.
     vae_seconds: float = 1e9
     flow_seconds: float = 1e9
 

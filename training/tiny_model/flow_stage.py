@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training.tiny_model.config import RecipeConfig
-from training.tiny_model.progress import JsonlLog, StepBudget, warmup_cosine
+from training.tiny_model.progress import JsonlLog, StepBudget, stop_at_deadline, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,15 @@ def train_transformer(
     generator = torch.Generator(device).manual_seed(config.seed + 1)
     bar = tqdm(range(config.flow_steps), desc="transformer", unit="step")
     for step in bar:
+        now = time.monotonic()
         if step >= budget.total:
             break
-        if budget.observe(step, time.monotonic()):
+        if budget.observe(step, now):
             bar.total = budget.total
             logger.info("transformer: %d steps fit %.0f s", budget.total, budget.seconds)
             log.write({"stage": "transformer", "steps_cut_to": budget.total})
+        if stop_at_deadline(budget, "transformer", step, now, log):
+            break
         started = time.perf_counter()
         indices = torch.randint(
             len(latents), (config.flow_batch,), generator=generator, device=device

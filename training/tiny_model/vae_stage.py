@@ -2,7 +2,8 @@
 
 Curriculum in clip length. Steps first train on windows of ``vae_frames`` consecutive frames
 (default 9) at a random offset, then the last ``vae_full_fraction`` of the steps on whole
-clips. Short windows make a step ~2× cheaper (the Wan VAE walks its causal feature cache latent
+clips (earlier if the clock says so: whole clips start at the latest when only their planned
+share of ``vae_seconds`` is left, so a stage stopped by its deadline has had them). Short windows make a step ~2× cheaper (the Wan VAE walks its causal feature cache latent
 frame by latent frame, so a step's cost grows with the frame count, hardly with the batch);
 the whole-clip phase is needed because the VAE does not generalise in length: a run trained
 only on 9-frame windows reconstructed frames 0–8 (L1 ≈ 0.006) and broke from frame 10 on
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from training.tiny_model.clips import ClipSet
 from training.tiny_model.config import RecipeConfig
-from training.tiny_model.progress import JsonlLog, StepBudget, warmup_cosine
+from training.tiny_model.progress import JsonlLog, StepBudget, stop_at_deadline, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,11 @@ def train_vae(
     # A whole-clip step costs about frames / vae_frames short ones: the budget probes short
     # steps, so it scales their time by the mean cost over the curriculum.
     cost = 1.0 + config.vae_full_fraction * (config.frames / config.vae_frames - 1.0)
-    budget = StepBudget(config.vae_steps, config.vae_seconds / cost)
+    budget = StepBudget(config.vae_steps, config.vae_seconds, probe_cost=cost)
+    # Whole clips also start by the clock, when only their planned share of the seconds is
+    # left: a stage that slows down and meets its deadline still trains on whole clips, without
+    # which the VAE breaks beyond its window (module docstring).
+    whole_clips_after = config.vae_seconds * (1.0 - config.vae_full_fraction) / cost
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, budget.total, config.warmup_steps)
@@ -88,15 +93,21 @@ def train_vae(
     order = torch.Generator().manual_seed(config.seed)
     bar = tqdm(range(config.vae_steps), desc="vae", unit="step")
     for step in bar:
+        now = time.monotonic()
         if step >= budget.total:
             break
-        if budget.observe(step, time.monotonic()):
+        if budget.observe(step, now):
             bar.total = budget.total
             logger.info("vae: %d steps fit %.0f s", budget.total, budget.seconds)
             log.write({"stage": "vae", "steps_cut_to": budget.total})
+        if stop_at_deadline(budget, "vae", step, now, log):
+            break
         started = time.perf_counter()
         indices = torch.randint(len(clips), (config.vae_batch,), generator=order)
-        full = step >= budget.total * (1.0 - config.vae_full_fraction)
+        full = (
+            step >= budget.total * (1.0 - config.vae_full_fraction)
+            or budget.elapsed(now) >= whole_clips_after
+        )
         length = config.frames if full else config.vae_frames
         first = int(torch.randint(config.frames - length + 1, (), generator=order))
         x = clips.video_batch(indices, device)[:, :, first : first + length]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
+import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from diffusers import WanPipeline
 from safetensors import safe_open
 
 from training.synthetic.vocabulary import all_prompts
+from training.tiny_model import flow_stage, vae_stage
 from training.tiny_model.config import RecipeConfig, SpecName
 from training.tiny_model.flow_stage import noised
 from training.tiny_model.progress import LOG_FILE, StepBudget, warmup_cosine
@@ -88,6 +92,38 @@ def test_step_budget_cuts_once_after_the_probe() -> None:
     assert cuts == [False, False, False, False, True] and budget.total == 10
     generous = StepBudget(steps=8, seconds=1e6, probe=2)
     assert not any(generous.observe(s, float(s)) for s in range(5)) and generous.total == 8
+
+
+def test_step_budget_scales_the_probe_by_its_cost_and_expires_at_its_seconds() -> None:
+    budget = StepBudget(steps=1000, seconds=10.0, probe=2, probe_cost=2.0)
+    cuts = [budget.observe(step, float(step)) for step in range(4)]  # 1 s per probed step
+    assert cuts == [False, False, False, True] and budget.total == 5  # 10 s / (2 × 1 s)
+    assert not budget.expired(9.99) and budget.expired(10.0)
+    assert budget.elapsed(4.0) == pytest.approx(4.0)
+    assert not StepBudget(steps=5, seconds=1.0).expired(1e9)  # no step began: no clock yet
+
+
+def test_stages_stop_at_their_deadline_and_the_pipeline_is_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that advances 1 s per step: the probe (20 steps) never ends, so only the
+    # deadline can stop a stage that asks for 1000 steps.
+    for module in (vae_stage, flow_stage):
+        clock = map(float, itertools.count())
+        fake = types.SimpleNamespace(monotonic=clock.__next__, perf_counter=time.perf_counter)
+        monkeypatch.setattr(module, "time", fake)
+    config = replace(TOY, vae_steps=1000, vae_seconds=5.0, flow_steps=1000, flow_seconds=3.0)
+    train_base(config, tmp_path, torch.device("cpu"))
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    vae = [r["frames"] for r in records if r["stage"] == "vae" and "step" in r]
+    flow = [r for r in records if r["stage"] == "transformer" and "step" in r]
+    stops = [(r["stage"], r["stopped_at_deadline"]) for r in records if "stopped_at_deadline" in r]
+    assert len(vae) == 5 and len(flow) == 3
+    assert stops == [("vae", 5), ("transformer", 3)]
+    # the whole-clip phase came by the clock (1000 steps never reach its step threshold): its
+    # planned share of 5 s is 0.3 × 9/5 / (1 + 0.3 × 4/5) = 44 %, so from 2.8 s on, steps 3 and 4
+    assert vae == [TOY.vae_frames] * 3 + [TOY.frames] * 2
+    assert (tmp_path / PIPELINE_DIR / "model_index.json").is_file()
 
 
 def test_warmup_cosine_rises_then_decays_to_a_tenth() -> None:
