@@ -62,6 +62,15 @@ def qmax(bits: int) -> int:
     return (1 << bits) - 1
 
 
+def divide(a: torch.Tensor, b: float) -> torch.Tensor:
+    """The IEEE quotient a / b for a Python number b, on every device.
+
+    PyTorch's CUDA kernel for ``tensor / scalar`` multiplies by the scalar's reciprocal, which
+    misses the correctly rounded quotient by one ulp for some a; dividing by a tensor divides.
+    """
+    return a / torch.tensor(b, dtype=a.dtype, device=a.device)
+
+
 def round_half_up(v: torch.Tensor) -> torch.Tensor:
     """floor(v + 0.5): the one rounding every backend reproduces exactly."""
     return torch.floor(v + 0.5)
@@ -95,7 +104,7 @@ def token_scale_zero(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """s_x and z_x from a per-token range (see the module docstring)."""
     levels = qmax(bits)
-    scale = torch.clamp((hi - lo) / levels, min=EPS)
+    scale = torch.clamp(divide(hi - lo, levels), min=EPS)
     zero = torch.clamp(rounding(-lo / scale), 0, levels)
     return scale, zero
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from qvgen.numerics import check_bits, quantize_tokens
+from training.quant.kernels.dispatch import use_triton
 from training.quant.ste import round_ste
 
 
@@ -34,6 +35,9 @@ class ActivationQuantizer(nn.Module, abc.ABC):
         self.bits = bits
         self.groups = groups
         self._current: torch.Tensor | None = None
+        # The groups' copy on the device of the last input: one host-to-device copy per set,
+        # not one per call (each such copy from pageable memory waits for the GPU).
+        self._on_device: torch.Tensor | None = None
 
     @abc.abstractmethod
     def clip_table(self) -> torch.Tensor:
@@ -45,13 +49,20 @@ class ActivationQuantizer(nn.Module, abc.ABC):
         if g.numel() == 0 or int(g.min()) < 0 or int(g.max()) >= self.groups:
             raise ValueError(f"clip group {g.tolist()} outside [0, {self.groups - 1}]")
         self._current = g
+        self._on_device = None
 
-    def _alphas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _clip_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(α_lo, α_hi) of each sample's group, [B, 2] (or [1, 2]) on x's device."""
         if self._current is None:
             raise RuntimeError(
                 "no timestep group set: call set_clip_group (or bind_timestep_groups) first"
             )
-        table = self.clip_table()[self._current.to(x.device)]  # [B, 2]
+        if self._on_device is None or self._on_device.device != x.device:
+            self._on_device = self._current.to(x.device)
+        return self.clip_table()[self._on_device]
+
+    def _alphas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        table = self._clip_rows(x)  # [B, 2]
         if table.shape[0] > 1:
             if x.ndim < 2 or x.shape[0] != table.shape[0]:
                 raise ValueError(
@@ -67,6 +78,17 @@ class ActivationQuantizer(nn.Module, abc.ABC):
         alpha_lo, alpha_hi = self._alphas(x)
         tq = quantize_tokens(x, alpha_lo, alpha_hi, self.bits, round_ste)
         return tq.codes * tq.scale
+
+    def fake_quant(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """x̂ in ``out_dtype``: the fused kernels where ``dispatch`` picks them, else ``forward``.
+
+        The values are the same either way: x̂ is computed in float32 and rounded once.
+        """
+        if not use_triton(x):
+            return self(x).to(out_dtype)
+        from training.quant.kernels.autograd import fake_quant_tokens
+
+        return fake_quant_tokens(x, self._clip_rows(x), self.bits, out_dtype)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, groups={self.groups}"

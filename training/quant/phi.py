@@ -88,6 +88,9 @@ class LowRankBranch(nn.Module):
 
     def forward(self, x_hat: torch.Tensor) -> torch.Tensor:
         """Φ applied to the quantized input: ((x̂ Rᵀ) ⊙ γ) Lᵀ, without forming L·R."""
+        if not torch.is_autocast_enabled(x_hat.device.type):
+            # A half-precision x̂ holds the float32 values exactly; autocast casts by itself.
+            x_hat = x_hat.to(self.R.dtype)
         return ((x_hat @ self.R.t()) * self.gamma) @ self.L.t()
 
     def extra_repr(self) -> str:

@@ -109,10 +109,10 @@ class QuantLinear(nn.Module):
                 f"{self.name}: expected input [..., {self.in_features}], got {tuple(x.shape)}"
             )
         compute = x.dtype if x.dtype in _HALF else torch.float32
-        x_hat = self.act_quantizer(x)
-        w_hat = self.weight_quantizer(self.weight)
+        x_hat = self.act_quantizer.fake_quant(x, compute)
+        w_hat = self.weight_quantizer.fake_quant(self.weight, compute)
         bias = None if self.bias is None else self.bias.to(compute)
-        y = F.linear(x_hat.to(compute), w_hat.to(compute), bias)
+        y = F.linear(x_hat, w_hat, bias)
         if self.phi is not None:
             y = y + self.phi(x_hat).to(y.dtype)
         return y

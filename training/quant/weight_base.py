@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from qvgen.numerics import Rounding, check_bits, dequantize_weight, round_half_up, weight_codes
+from training.quant.kernels.dispatch import use_triton
 from training.quant.ste import round_ste
 
 
@@ -42,6 +43,15 @@ class WeightQuantizer(nn.Module):
         """ŵ with straight-through rounding; float32 [N, K]."""
         s, z = self.effective_scale_zero()
         return dequantize_weight(weight_codes(weight, s, z, self.bits, round_ste), s, z)
+
+    def fake_quant(self, weight: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """ŵ in ``out_dtype``: the fused kernels where ``dispatch`` picks them, else ``forward``."""
+        if not use_triton(weight):
+            return self(weight).to(out_dtype)
+        from training.quant.kernels.autograd import fake_quant_weight
+
+        s, z = self.effective_scale_zero()
+        return fake_quant_weight(weight, s, z, self.bits, out_dtype)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, channels={self.scale.shape[0]}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from qvgen.numerics import EPS, qmax, round_half_up
+from qvgen.numerics import EPS, divide, qmax, round_half_up
 from training.quant.weight_base import WeightQuantizer
 
 
@@ -23,7 +23,7 @@ def minmax_scale_zero(
     w = weight.detach().float()
     lo = w.amin(dim=1, keepdim=True) * ratio
     hi = w.amax(dim=1, keepdim=True) * ratio
-    scale = torch.clamp((hi - lo) / qmax(bits), min=EPS)
+    scale = torch.clamp(divide(hi - lo, qmax(bits)), min=EPS)
     return scale, -lo / scale
 
 

@@ -1,0 +1,1 @@
+"""Fused Triton kernels of fake quantization for QAT on the GPU (``dispatch`` chooses them)."""
