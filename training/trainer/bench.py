@@ -8,7 +8,8 @@ checkpointing, and times on the current GPU:
   every parameter, MSE to a random target: forward, backward, optimizer step;
 * ``qvgen``: the real training step (``loop.train_step``) — frozen bf16 teacher forward, W4A4
   student with Φ of rank 32 forward and backward, gradient clipping, AdamW on the recipe's
-  groups — on random latents and prompt embeddings.
+  groups — on random latents and prompt embeddings, once per fake-quant implementation
+  (``--backends``: eager PyTorch, the fused Triton kernels), one student built for all.
 
 Each: warm-up steps, then the median of timed steps (``torch.cuda.synchronize`` around each),
 peak memory (``max_memory_allocated``) and tokens per second. Prints a table and one JSON line.
@@ -17,6 +18,7 @@ peak memory (``max_memory_allocated``) and tokens per second. Prints a table and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -30,6 +32,7 @@ from diffusers import WanTransformer3DModel
 
 from training.data.order import SampleOrder
 from training.family import ModelFamily
+from training.quant.kernels.dispatch import FakeQuantBackend, fake_quant_backend
 from training.trainer.config import Method, TrainConfig
 from training.trainer.denoiser import Noiser
 from training.trainer.distributed import DistContext
@@ -111,69 +114,121 @@ def bench_bf16(batch: int, warmup: int, steps: int) -> tuple[float, float]:
     return _time(step, warmup, steps)
 
 
-def bench_qvgen(batch: int, warmup: int, steps: int) -> tuple[float, float, float]:
-    torch.manual_seed(0)
-    fp = freeze(WanTransformer3DModel(**WAN_13B)).cuda()  # type: ignore[arg-type]
-    config = TrainConfig(
-        model="(random Wan 2.1 1.3B)", out="-", data="-", method=Method.QVGEN, rank=32,
-        steps=2667, frames=17, height=480, width=832, batch_size=batch,
-    )  # fmt: skip
-    started = time.perf_counter()
-    student = build_student(fp, config.scheme(), 32, config.layers.policy(), trainable=True)
-    student.to("cuda")  # the clip tables are created on the CPU
-    torch.cuda.synchronize()
-    build_seconds = time.perf_counter() - started
-    student.enable_gradient_checkpointing()  # type: ignore[operator]
-    student.train()
-    teacher = fp.to(torch.bfloat16)
-    optimizer = build_optimizer(student, config)
-    run = Run(
-        config=config,
-        ctx=DistContext(0, 1, 0, torch.device("cuda")),
-        family=ModelFamily.WAN,
-        teacher=teacher,
-        student=student,
-        model=student,
-        optimizer=optimizer,
-        scheduler=build_schedule(optimizer, config),
-        cache=RandomLatents(8, torch.zeros(TEXT)),
-        order=SampleOrder(8, batch, 1, 0),
-        noiser=Noiser(ModelFamily.WAN, config.caption_dropout),
-        schedule=config.schedule(),
-        teacher_dtype=torch.bfloat16,
-    )
-    counter = iter(range(10**6))
-    median, peak = _time(lambda: train_step(run, next(counter)), warmup, steps)
-    return median, peak, build_seconds
+@dataclass
+class QatBench:
+    """The student, teacher and trainer state of the ``qvgen`` step, built once and reused for
+    every batch size and fake-quant backend (the build is the expensive part)."""
+
+    run: Run
+    build_seconds: float
+
+    @classmethod
+    def build(cls) -> QatBench:
+        torch.manual_seed(0)
+        fp = freeze(WanTransformer3DModel(**WAN_13B)).cuda()  # type: ignore[arg-type]
+        config = TrainConfig(
+            model="(random Wan 2.1 1.3B)", out="-", data="-", method=Method.QVGEN, rank=32,
+            steps=2667, frames=17, height=480, width=832, batch_size=1,
+        )  # fmt: skip
+        started = time.perf_counter()
+        student = build_student(fp, config.scheme(), 32, config.layers.policy(), trainable=True)
+        student.to("cuda")  # the clip tables are created on the CPU
+        torch.cuda.synchronize()
+        build_seconds = time.perf_counter() - started
+        student.enable_gradient_checkpointing()  # type: ignore[operator]
+        student.train()
+        optimizer = build_optimizer(student, config)
+        run = Run(
+            config=config,
+            ctx=DistContext(0, 1, 0, torch.device("cuda")),
+            family=ModelFamily.WAN,
+            teacher=fp.to(torch.bfloat16),
+            student=student,
+            model=student,
+            optimizer=optimizer,
+            scheduler=build_schedule(optimizer, config),
+            cache=RandomLatents(8, torch.zeros(TEXT)),
+            order=SampleOrder(8, 1, 1, 0),
+            noiser=Noiser(ModelFamily.WAN, config.caption_dropout),
+            schedule=config.schedule(),
+            teacher_dtype=torch.bfloat16,
+        )
+        return cls(run, build_seconds)
+
+    def time(
+        self, batch: int, backend: FakeQuantBackend, warmup: int, steps: int
+    ) -> tuple[float, float]:
+        self.run.config = dataclasses.replace(self.run.config, batch_size=batch)
+        self.run.order = SampleOrder(8, batch, 1, 0)
+        counter = iter(range(10**6))
+        torch.cuda.empty_cache()
+        with fake_quant_backend(backend):
+            return _time(lambda: train_step(self.run, next(counter)), warmup, steps)
+
+    def profile(self, batch: int, backend: FakeQuantBackend, rows: int) -> str:
+        """The CUDA kernels of one step by total time (``torch.profiler``)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        self.run.config = dataclasses.replace(self.run.config, batch_size=batch)
+        self.run.order = SampleOrder(8, batch, 1, 0)
+        with fake_quant_backend(backend), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            train_step(self.run, 0)
+            torch.cuda.synchronize()
+        table: str = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+        return table
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=[FakeQuantBackend.EAGER.value, FakeQuantBackend.TRITON.value],
+        choices=[b.value for b in FakeQuantBackend if b is not FakeQuantBackend.AUTO],
+        help="fake-quant implementations to time the qvgen step with",
+    )
+    parser.add_argument("--profile", type=int, default=0, help="kernel rows of a profile (0: none)")
     args = parser.parse_args(argv)
-    tokens = TOKENS * args.batch
-    bf16_s, bf16_mem = bench_bf16(args.batch, args.warmup, args.steps)
-    print(f"bf16: {bf16_s:.3f} s/step, peak {bf16_mem:.1f} GiB", flush=True)
-    torch.cuda.empty_cache()
-    qat_s, qat_mem, build_s = bench_qvgen(args.batch, args.warmup, args.steps)
-    result = {
+    result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "batch": args.batch,
         "tokens_per_sample": TOKENS,
-        "bf16": {"step_s": bf16_s, "peak_gib": bf16_mem, "tokens_per_s": tokens / bf16_s},
-        "qvgen": {"step_s": qat_s, "peak_gib": qat_mem, "tokens_per_s": tokens / qat_s,
-                  "student_build_s": build_s},
-        "ratio": qat_s / bf16_s,
-    }  # fmt: skip
-    print(f"| step | s/step | peak GiB | tokens/s |  ({result['device']}, batch {args.batch})")
-    print("|---|---|---|---|")
-    for name in ("bf16", "qvgen"):
-        r = result[name]
-        print(f"| {name} | {r['step_s']:.3f} | {r['peak_gib']:.1f} | {r['tokens_per_s']:.0f} |")
-    print(f"qvgen / bf16 step time: {result['ratio']:.2f}×; student build {build_s:.1f} s")
+        "runs": [],
+    }
+    for batch in args.batch:
+        bf16_s, bf16_mem = bench_bf16(batch, args.warmup, args.steps)
+        result["runs"].append(
+            {"batch": batch, "step": "bf16", "step_s": bf16_s, "peak_gib": bf16_mem}
+        )
+        print(f"batch {batch} bf16: {bf16_s:.3f} s/step, peak {bf16_mem:.1f} GiB", flush=True)
+    torch.cuda.empty_cache()
+    qat = QatBench.build()
+    result["student_build_s"] = qat.build_seconds
+    for batch in args.batch:
+        bf16_s = next(r["step_s"] for r in result["runs"] if r["batch"] == batch)
+        for name in args.backends:
+            seconds, peak = qat.time(batch, FakeQuantBackend(name), args.warmup, args.steps)
+            result["runs"].append({
+                "batch": batch, "step": f"qvgen-{name}", "step_s": seconds, "peak_gib": peak,
+                "ratio_to_bf16": seconds / bf16_s,
+            })  # fmt: skip
+            print(f"batch {batch} qvgen ({name} fake quant): {seconds:.3f} s/step, "
+                  f"{seconds / bf16_s:.2f}× bf16, peak {peak:.1f} GiB", flush=True)  # fmt: skip
+    print(f"| batch | step | s/step | × bf16 | peak GiB | tokens/s |  ({result['device']})")
+    print("|---|---|---|---|---|---|")
+    for r in result["runs"]:
+        r["tokens_per_s"] = TOKENS * r["batch"] / r["step_s"]
+        ratio = f"{r['ratio_to_bf16']:.2f}" if "ratio_to_bf16" in r else "1"
+        print(f"| {r['batch']} | {r['step']} | {r['step_s']:.3f} | {ratio} | "
+              f"{r['peak_gib']:.1f} | {r['tokens_per_s']:.0f} |")  # fmt: skip
+    print(f"student build {qat.build_seconds:.1f} s")
+    if args.profile:
+        for name in args.backends:
+            print(f"profile, batch {args.batch[0]}, {name} fake quant:")
+            print(qat.profile(args.batch[0], FakeQuantBackend(name), args.profile))
     print(json.dumps(result))
     return result
 

@@ -134,3 +134,15 @@ def test_auto_backend_takes_the_kernels_on_a_gpu_only() -> None:
         else:
             with pytest.raises(RuntimeError, match="not a CUDA GPU"):
                 use_triton(x)
+
+
+def test_backend_from_the_environment_names_the_allowed_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training.quant.kernels import dispatch
+
+    monkeypatch.setenv(dispatch.ENV_VAR, "eager")
+    assert dispatch._from_environment() is FakeQuantBackend.EAGER
+    monkeypatch.setenv(dispatch.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="QVGEN_FAKE_QUANT must be one of auto, eager, triton"):
+        dispatch._from_environment()

@@ -4,12 +4,17 @@ Both compute the same forward values bit for bit (``qvgen.numerics``) and the sa
 float32 rounding. ``AUTO`` takes the kernels for CUDA tensors on the GPUs the serving kernels
 support (sm_8x, sm_9x) and eager PyTorch everywhere else; under ``TRITON_INTERPRET=1`` the
 kernels run on the CPU too, which is how the tests compare the two.
+
+The process starts with the backend named by the environment variable ``QVGEN_FAKE_QUANT``
+(``auto``, ``eager`` or ``triton``; default ``auto``), so a run can be repeated with the other
+implementation without a code change.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import os
 from collections.abc import Iterator
 
 import torch
@@ -23,7 +28,19 @@ class FakeQuantBackend(enum.Enum):
     TRITON = "triton"
 
 
-_backend = FakeQuantBackend.AUTO
+ENV_VAR = "QVGEN_FAKE_QUANT"
+
+
+def _from_environment() -> FakeQuantBackend:
+    value = os.environ.get(ENV_VAR, FakeQuantBackend.AUTO.value)
+    try:
+        return FakeQuantBackend(value)
+    except ValueError:
+        allowed = ", ".join(b.value for b in FakeQuantBackend)
+        raise ValueError(f"{ENV_VAR} must be one of {allowed}, got {value!r}") from None
+
+
+_backend = _from_environment()
 
 
 def set_fake_quant_backend(backend: FakeQuantBackend) -> None:
