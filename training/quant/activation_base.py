@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from qvgen.numerics import check_bits, quantize_tokens
+from training.quant.device_copy import shared_copy
 from training.quant.kernels.dispatch import use_triton
 from training.quant.ste import round_ste
 
@@ -35,9 +36,6 @@ class ActivationQuantizer(nn.Module, abc.ABC):
         self.bits = bits
         self.groups = groups
         self._current: torch.Tensor | None = None
-        # The groups' copy on the device of the last input: one host-to-device copy per set,
-        # not one per call (each such copy from pageable memory waits for the GPU).
-        self._on_device: torch.Tensor | None = None
 
     @abc.abstractmethod
     def clip_table(self) -> torch.Tensor:
@@ -49,7 +47,6 @@ class ActivationQuantizer(nn.Module, abc.ABC):
         if g.numel() == 0 or int(g.min()) < 0 or int(g.max()) >= self.groups:
             raise ValueError(f"clip group {g.tolist()} outside [0, {self.groups - 1}]")
         self._current = g
-        self._on_device = None
 
     def _clip_rows(self, x: torch.Tensor) -> torch.Tensor:
         """(α_lo, α_hi) of each sample's group, [B, 2] (or [1, 2]) on x's device."""
@@ -57,9 +54,8 @@ class ActivationQuantizer(nn.Module, abc.ABC):
             raise RuntimeError(
                 "no timestep group set: call set_clip_group (or bind_timestep_groups) first"
             )
-        if self._on_device is None or self._on_device.device != x.device:
-            self._on_device = self._current.to(x.device)
-        return self.clip_table()[self._on_device]
+        # Every layer of a forward call receives the same groups tensor: one copy serves all.
+        return self.clip_table()[shared_copy(self._current, x.device)]
 
     def _alphas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         table = self._clip_rows(x)  # [B, 2]

@@ -1,7 +1,9 @@
 """Φ, the auxiliary low-rank module that absorbs quantization error during QAT.
 
 Φ = L · diag(γ) · R with L [N, r] and R [r, K]: the layer computes
-y = Q_a(x) · (Q_w(W) + Φ)^T + b, i.e. Φ adds L·diag(γ)·R·x̂ for the quantized input x̂.
+y = Q_a(x) · (Q_w(W) + Φ)^T + b, i.e. Φ adds L·diag(γ)·R·x̂ for the quantized input x̂. The
+layer forms Q_w(W) + Φ (``delta_weight``) and multiplies once: Φ then costs 2·r·N·K flops per
+call whatever the number of tokens, and no second pass over the activations.
 
 Initialisation (``from_error``): the truncated SVD of the initial quantization error
 E = W − Q_w(W) = U S Vᵀ, split evenly as L = U_r √S_r and R = √S_r V_rᵀ, so Φ starts as the
@@ -70,8 +72,10 @@ class LowRankBranch(nn.Module):
         self.gamma.copy_(gamma)
 
     def delta_weight(self) -> torch.Tensor:
-        """L · diag(γ) · R, float32 [N, K]."""
-        return (self.L * self.gamma) @ self.R
+        """L · diag(γ) · R, float32 [N, K] (also under autocast: the layer adds it to Q_w(W)
+        in float32 and rounds the sum once)."""
+        with torch.autocast(self.L.device.type, enabled=False):
+            return (self.L * self.gamma) @ self.R
 
     @torch.no_grad()
     def truncated(self, keep: int) -> LowRankBranch | None:
@@ -85,13 +89,6 @@ class LowRankBranch(nn.Module):
         u, s, vh = torch.linalg.svd(t_l @ t_r.t())
         left, right = _split_svd(q_l @ u, s, vh @ q_r.t())
         return LowRankBranch(left, right)
-
-    def forward(self, x_hat: torch.Tensor) -> torch.Tensor:
-        """Φ applied to the quantized input: ((x̂ Rᵀ) ⊙ γ) Lᵀ, without forming L·R."""
-        if not torch.is_autocast_enabled(x_hat.device.type):
-            # A half-precision x̂ holds the float32 values exactly; autocast casts by itself.
-            x_hat = x_hat.to(self.R.dtype)
-        return ((x_hat @ self.R.t()) * self.gamma) @ self.L.t()
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, out={self.L.shape[0]}, in={self.R.shape[1]}"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from training.quant.device_copy import shared_copy
 from training.quant.quant_linear import QuantLinear
 
 
@@ -123,5 +124,5 @@ def sync_rank_decay(model: nn.Module, schedule: RankDecaySchedule, step: int) ->
                 "it was built with a smaller initial rank than the schedule's"
             )
         if layer.phi is not None:
-            layer.phi.set_gamma(gamma.to(layer.phi.gamma.device))
+            layer.phi.set_gamma(shared_copy(gamma, layer.phi.gamma.device))
     return changed

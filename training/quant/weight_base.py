@@ -44,14 +44,18 @@ class WeightQuantizer(nn.Module):
         s, z = self.effective_scale_zero()
         return dequantize_weight(weight_codes(weight, s, z, self.bits, round_ste), s, z)
 
-    def fake_quant(self, weight: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """ŵ in ``out_dtype``: the fused kernels where ``dispatch`` picks them, else ``forward``."""
+    def fake_quant(
+        self, weight: torch.Tensor, out_dtype: torch.dtype, addend: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ŵ + ``addend`` (float32 [N, K] or None), rounded once to ``out_dtype``: the fused
+        kernels where ``dispatch`` picks them, else ``forward``; the same values either way."""
         if not use_triton(weight):
-            return self(weight).to(out_dtype)
+            w_hat = self(weight)
+            return (w_hat if addend is None else w_hat + addend).to(out_dtype)
         from training.quant.kernels.autograd import fake_quant_weight
 
         s, z = self.effective_scale_zero()
-        return fake_quant_weight(weight, s, z, self.bits, out_dtype)
+        return fake_quant_weight(weight, s, z, self.bits, out_dtype, addend)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, channels={self.scale.shape[0]}"

@@ -114,7 +114,9 @@ def test_quant_linear_trains_the_same_through_either_backend() -> None:
         return layer(leaf), list(layer.parameters())
 
     eager, fused = _both(layer, run, x)
-    assert torch.equal(eager[0], fused[0])
+    # x̂ and Q_w(W) + Φ are equal bit for bit (above); the GEMM's summation order is the
+    # device's own, so on a GPU the outputs agree to float32 rounding.
+    torch.testing.assert_close(fused[0], eager[0], rtol=1e-6, atol=1e-5)
     for e, f in zip(eager[1:], fused[1:], strict=True):
         assert e is not None and f is not None
         torch.testing.assert_close(f, e, rtol=1e-4, atol=1e-5)

@@ -67,12 +67,13 @@ class _WeightFakeQuant(torch.autograd.Function):
         weight: torch.Tensor,
         scale: torch.Tensor,
         zero: torch.Tensor,
+        addend: torch.Tensor | None,
         bits: int,
         out_dtype: torch.dtype,
     ) -> torch.Tensor:
         ctx.save_for_backward(weight, scale, zero)
         ctx.bits = bits
-        return fake_quant_weight_forward(weight, scale, zero, bits, out_dtype)
+        return fake_quant_weight_forward(weight, scale, zero, bits, out_dtype, addend)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
@@ -82,14 +83,21 @@ class _WeightFakeQuant(torch.autograd.Function):
             dw if ctx.needs_input_grad[0] else None,
             dscale.view_as(scale) if ctx.needs_input_grad[1] else None,
             dzero.view_as(zero) if ctx.needs_input_grad[2] else None,
+            grad.float() if ctx.needs_input_grad[3] else None,
             None,
             None,
         )
 
 
 def fake_quant_weight(
-    weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, out_dtype: torch.dtype
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    out_dtype: torch.dtype,
+    addend: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ŵ [N, K] in ``out_dtype`` with per-channel s, z [N, 1] (gradients to all three)."""
-    out: torch.Tensor = _WeightFakeQuant.apply(weight, scale, zero, bits, out_dtype)
+    """ŵ (+ ``addend``, float32 [N, K]) [N, K] in ``out_dtype`` with per-channel s, z [N, 1];
+    gradients to all four."""
+    out: torch.Tensor = _WeightFakeQuant.apply(weight, scale, zero, addend, bits, out_dtype)
     return out

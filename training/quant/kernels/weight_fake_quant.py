@@ -6,7 +6,9 @@ Forward, per output channel (row) n of the latent weight w [N, K] — exactly
     r_k = round(w_k / s + z),   q_k = clamp(r_k, 0, L),   ŵ_k = s · (q_k − z)      L = 2^b − 1
 
 written once in the compute dtype (bf16 under autocast), so the float32 ŵ the eager version
-materialises, and the cast after it, never exist.
+materialises, and the cast after it, never exist. An optional float32 addend A [N, K] (Φ's
+L·diag(γ)·R) is added before that single rounding: the layer then multiplies by ŵ + A in one
+GEMM, and ∂ℒ/∂A = g.
 
 Backward: the gradient of the eager graph with straight-through rounding, written out. With
 g = ∂ℒ/∂ŵ and in_k = [0 ≤ r_k ≤ L]::
@@ -46,12 +48,15 @@ def _weight_fq_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the a
     w_ptr,
     scale_ptr,
     zero_ptr,
+    add_ptr,
     out_ptr,
     N,
     K,
     stride_wn,
+    stride_an,
     stride_on,
     LEVELS: tl.constexpr,
+    HAS_ADDEND: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
@@ -66,6 +71,10 @@ def _weight_fq_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the a
         v = tl.math.div_rn(w.to(tl.float32), scale[:, None]) + zero[:, None]
         q = tl.minimum(tl.maximum(tl.floor(v + 0.5), 0.0), LEVELS)
         w_hat = scale[:, None] * (q - zero[:, None])
+        if HAS_ADDEND:
+            w_hat += tl.load(
+                add_ptr + rows[:, None] * stride_an + k0 + cols[None, :], mask=mask, other=0.0
+            )
         tl.store(
             out_ptr + rows[:, None] * stride_on + k0 + cols[None, :],
             w_hat.to(out_ptr.dtype.element_ty),
@@ -127,20 +136,35 @@ def _flat(v: torch.Tensor, n: int, what: str) -> torch.Tensor:
 
 
 def fake_quant_weight_forward(
-    weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, out_dtype: torch.dtype
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    out_dtype: torch.dtype,
+    addend: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ŵ [N, K] in ``out_dtype`` from the latent weight and per-channel s, z ([N] or [N, 1])."""
+    """ŵ (+ ``addend``) [N, K] in ``out_dtype`` from the latent weight and per-channel s, z
+    ([N] or [N, 1]); ``addend`` float32 [N, K] or None."""
     check_bits(bits, "weight bits")
     if weight.ndim != 2:
         raise ValueError(f"weight must be 2-D, got {tuple(weight.shape)}")
     n, k = weight.shape
     weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    if addend is not None:
+        if addend.shape != weight.shape or addend.dtype != torch.float32:
+            raise ValueError(
+                f"addend must be float32 {tuple(weight.shape)}, got {addend.dtype} "
+                f"{tuple(addend.shape)}"
+            )
+        addend = addend if addend.stride(1) == 1 else addend.contiguous()
     out = torch.empty((n, k), dtype=store_dtype(out_dtype), device=weight.device)
     if n and k:
         rows, chunk = _launch(k)
+        extra = weight if addend is None else addend  # never read without HAS_ADDEND
         _weight_fq_fwd_kernel[(triton.cdiv(n, rows),)](
-            weight, _flat(scale, n, "scale"), _flat(zero, n, "zero point"), out, n, k,
-            weight.stride(0), out.stride(0), LEVELS=qmax(bits), BLOCK_N=rows, CHUNK=chunk,
+            weight, _flat(scale, n, "scale"), _flat(zero, n, "zero point"), extra, out, n, k,
+            weight.stride(0), extra.stride(0), out.stride(0), LEVELS=qmax(bits),
+            HAS_ADDEND=addend is not None, BLOCK_N=rows, CHUNK=chunk,
         )  # fmt: skip
     return out.to(out_dtype)
 
