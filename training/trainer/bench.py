@@ -166,16 +166,20 @@ class QatBench:
             return _time(lambda: train_step(self.run, next(counter)), warmup, steps)
 
     def profile(self, batch: int, backend: FakeQuantBackend, rows: int) -> str:
-        """The CUDA kernels of one step by total time (``torch.profiler``)."""
+        """Two tables of one step (``torch.profiler``): the CUDA kernels by total GPU time, and
+        the operators by host time (where a host-bound step spends its time)."""
         from torch.profiler import ProfilerActivity, profile
 
         self.run.config = dataclasses.replace(self.run.config, batch_size=batch)
         self.run.order = SampleOrder(8, batch, 1, 0)
-        with fake_quant_backend(backend), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+        with fake_quant_backend(backend), profile(activities=activities) as prof:
             train_step(self.run, 0)
             torch.cuda.synchronize()
-        table: str = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
-        return table
+        events = prof.key_averages()
+        gpu: str = events.table(sort_by="cuda_time_total", row_limit=rows)
+        host: str = events.table(sort_by="self_cpu_time_total", row_limit=rows)
+        return f"by GPU time:\n{gpu}\nby host time:\n{host}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

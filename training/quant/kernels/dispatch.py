@@ -59,11 +59,24 @@ def fake_quant_backend(backend: FakeQuantBackend) -> Iterator[None]:
         set_fake_quant_backend(previous)
 
 
+# Why the kernels cannot run on a CUDA device (None: they can), looked up once per device:
+# every quantized layer asks on every call.
+_cuda_reasons: dict[torch.device, str | None] = {}
+
+
+def _unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return triton_unavailable_reason(device)
+    if device not in _cuda_reasons:
+        _cuda_reasons[device] = triton_unavailable_reason(device)
+    return _cuda_reasons[device]
+
+
 def use_triton(t: torch.Tensor) -> bool:
     """Whether fake quantization of ``t`` runs through the Triton kernels."""
     if _backend is FakeQuantBackend.EAGER:
         return False
-    reason = triton_unavailable_reason(t.device)
+    reason = _unavailable_reason(t.device)
     if _backend is FakeQuantBackend.TRITON and reason is not None:
         raise RuntimeError(f"fake-quant backend 'triton' cannot run here: {reason}")
     return reason is None and (t.device.type == "cuda" or _backend is FakeQuantBackend.TRITON)
