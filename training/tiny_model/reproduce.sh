@@ -2,15 +2,16 @@
 # Rebuild qvgen-tiny end to end on one GPU: the FP base model, then RTN / LSQ / QVGen at W4A4
 # and W3A3 with `qvgen train` + `qvgen export`, then the comparison of all seven models.
 #
-#   training/tiny_model/reproduce.sh base WORK       # the FP model, ~9 min on an H200
-#   training/tiny_model/reproduce.sh quantize WORK   # QAT, export, comparison (needs WORK/base)
+#   training/tiny_model/reproduce.sh base WORK       # the FP model, ~8 min on an H200
+#   training/tiny_model/reproduce.sh quantize WORK   # QAT, export, comparison (needs WORK/base), ~4 min
 #   training/tiny_model/reproduce.sh all WORK        # both, one after the other
 #
 # WORK/base/pipeline is the FP model (models/qvgen-tiny); WORK/export/qvgen-w4a4 and
 # WORK/export/qvgen-w3a3 are models/qvgen-tiny-w4a4 and models/qvgen-tiny-w3a3;
 # WORK/compare/comparison.json holds the table of README.md. The stage budgets below are what
 # the shipped run used (a lent GPU machine allows 10 minutes a command); each stage's step
-# count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to"). QAT runs save a
+# count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to"), and a stage that
+# runs slower than its probe stops at its deadline ("stopped_at_deadline"). QAT runs save a
 # checkpoint every 50 steps, so a run stopped by QAT_SECONDS still exports its latest Φ-free one.
 # Runs on machines without the service's dependencies: qvgen.cli imports only the command it runs.
 set -euo pipefail
@@ -19,7 +20,7 @@ WORK=${2:?usage: reproduce.sh all|base|quantize WORK}
 QVGEN=(python3 -m qvgen.cli)  # imports only the command it runs: no service stack needed
 WORKERS=${WORKERS:-14}
 DEVICE=${DEVICE:-cuda}
-COUNT=${COUNT:-270}
+COUNT=${COUNT:-200}
 QAT_BATCH=${QAT_BATCH:-16}
 QAT_STEPS=${QAT_STEPS:-300}
 
@@ -31,8 +32,9 @@ data() {
 
 base() {
   "${QVGEN[@]}" tiny train-base --out "$WORK/base" --device "$DEVICE" --workers "$WORKERS" \
-    --clips 12000 --vae-steps 3000 --vae-batch 24 --flow-steps 12000 --flow-batch 128 \
-    --vae-seconds "${VAE_SECONDS:-250}" --flow-seconds "${FLOW_SECONDS:-230}"
+    --clips 12000 --vae-steps 3000 --vae-batch 24 --flow-steps 12000 \
+    --flow-batch "${FLOW_BATCH:-512}" --vae-seconds "${VAE_SECONDS:-200}" \
+    --flow-seconds "${FLOW_SECONDS:-215}"
 }
 
 qat() {  # qat METHOD BITS
