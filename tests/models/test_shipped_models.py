@@ -20,9 +20,11 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = ("qvgen-tiny", "qvgen-tiny-w4a4", "qvgen-tiny-w3a3")
 WEIGHT_BUDGET_BYTES = 40 * 10**6
 # Regression guard for the default model on GUARD_PROMPTS (seeds 0..7, 20 steps). Measured when
-# it shipped (2-core CPU): colour 0.877, direction 0.866, prompt accuracy 0.375 (3 of 8; the
-# interim model's shapes are near chance, models/README.md). The floors leave a margin for other
-# platforms' float differences, and fail if the packed model or the engine regresses.
+# it shipped (2-core CPU): colour 0.943, direction 0.999, motion amount 1.0, prompt accuracy
+# 0.375 (3 of 8: the three circles; the model's squares and most triangles miss their shape,
+# models/README.md). Each floor leaves about one clip's worth of margin (1/8) for other
+# platforms' float differences, and fails if the packed model or the engine regresses. The
+# issue's goal for this guard, prompt accuracy ≥ 0.9, needs a model that draws shapes.
 GUARD_PROMPTS = (
     "a red circle moving left on a black background",
     "a blue square moving right on a white background",
@@ -33,7 +35,7 @@ GUARD_PROMPTS = (
     "a red square moving down on a white background",
     "a blue circle moving up on a gray background",
 )
-GUARD_FLOORS = {"colour": 0.75, "direction": 0.7, "prompt_accuracy": 0.25}
+GUARD_FLOORS = {"colour": 0.8, "direction": 0.85, "motion_amount": 0.85, "prompt_accuracy": 0.25}
 
 
 @pytest.fixture(autouse=True)
