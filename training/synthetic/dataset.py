@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from qvgen.video_io import write_mp4
 from training.synthetic.render import ClipSpec, check_clip_geometry, render_clip, sample_clip
 from training.synthetic.vocabulary import Background, Colour, Motion, Prompt, Shape
 
@@ -131,6 +130,10 @@ def write_dataset(
     Refuses a directory that already holds a data set (``videos.txt``), rather than mixing two.
     The index files are written last, so an interrupted run leaves no ``videos.txt``.
     """
+    # Imported here: the qvgen-tiny recipe renders clips through ``clip_spec`` without encoding
+    # them, and runs where PyAV is not installed (a lent GPU machine, its wheels carried).
+    from qvgen.video_io import write_mp4
+
     if not 1 <= count <= MAX_CLIPS:
         raise ValueError(f"count must lie in [1, {MAX_CLIPS}], got {count}")
     if seed < 0:
