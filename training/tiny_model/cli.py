@@ -1,6 +1,7 @@
 """``qvgen tiny``: the embedded model's recipe and its comparison.
 
 qvgen tiny train-base --out DIR [--seed 0 --vae-steps … --flow-steps … --device cuda]
+    [--vae-only | --vae-from DIR | --resume-transformer DIR] [--piece-seconds S]
 qvgen tiny compare --model fp=DIR --model rtn-w4a4=DIR … --reference fp --out DIR
 qvgen tiny figures --comparison DIR --run lsq-w4a4=RUN --run qvgen-w4a4=RUN … --out DIR
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from training.tiny_model.config import RecipeConfig, SpecName
+from training.tiny_model.config import RecipeConfig, RunScope, SpecName
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def _flag(name: str) -> str:
 def _add_train_base(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train-base",
-        help="train the full-precision qvgen-tiny pipeline (VAE, then transformer) from scratch",
+        help="train the full-precision qvgen-tiny pipeline (VAE, then transformer) from scratch, "
+        "in one command or in pieces",
     )
     p.add_argument("--out", type=Path, required=True, help="a new run directory")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -38,6 +40,32 @@ def _add_train_base(commands: argparse._SubParsersAction) -> None:
             p.add_argument("--spec", default=default.value, choices=[s.value for s in SpecName])
             continue
         p.add_argument(_flag(field.name), type=type(default), default=default)
+    pieces = p.add_argument_group(
+        "in pieces", "split the recipe over several commands (each writes a new --out)"
+    )
+    pieces.add_argument(
+        "--vae-only",
+        action="store_true",
+        help="train the VAE stage alone; OUT/encoders is then for a later --vae-from",
+    )
+    pieces.add_argument(
+        "--vae-from",
+        type=Path,
+        help="skip the VAE stage: take the VAE (latent mean/std included), text encoder and "
+        "tokenizer of this run directory or pipeline directory (e.g. models/qvgen-tiny)",
+    )
+    pieces.add_argument(
+        "--resume-transformer",
+        type=Path,
+        help="continue the transformer stage of this earlier run directory (its "
+        "transformer_state/ and encoders/); repeat the recipe flags of its first piece",
+    )
+    pieces.add_argument(
+        "--piece-seconds",
+        type=float,
+        help="pause the transformer stage after this many seconds, saving OUT/transformer_state "
+        "for --resume-transformer; the schedule stays planned over --flow-steps",
+    )
     p.set_defaults(handler=_run_train_base)
 
 
@@ -48,8 +76,14 @@ def _run_train_base(args: argparse.Namespace) -> int:
     values["spec"] = SpecName(values["spec"])
     try:
         config = RecipeConfig(**values)
+        scope = RunScope(
+            vae_from=args.vae_from,
+            resume_transformer=args.resume_transformer,
+            vae_only=args.vae_only,
+            piece_seconds=args.piece_seconds,
+        )
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        train_base(config, args.out, device)
+        train_base(config, args.out, device, scope)
     except ValueError as err:
         logger.error("qvgen tiny train-base: %s", err)
         return 2

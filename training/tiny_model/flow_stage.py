@@ -17,13 +17,17 @@ seeded random initialisation (frozen): it is deterministic, and the 27-word task
 pretrained language knowledge — the transformer's cross-attention learns to read it.
 
 The shipped weights are an exponential moving average (decay ``ema_decay``) of the trained ones.
+The stage may run in pieces, one command each: ``train_transformer`` starts from a
+``flow_state.FlowState`` (fresh, or restored from an earlier piece) and leaves it where it
+stopped.
 """
 
 from __future__ import annotations
 
-import copy
+import enum
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training.tiny_model.config import RecipeConfig
-from training.tiny_model.progress import JsonlLog, StepBudget, stop_at_deadline, warmup_cosine
+from training.tiny_model.flow_state import FlowState
+from training.tiny_model.progress import JsonlLog, PieceDeadline, StepBudget, stop_at_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -78,67 +83,102 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
 
 
+class StageEnd(enum.Enum):
+    COMPLETE = "complete"  # every planned step ran
+    OUT_OF_TIME = "out_of_time"  # --flow-seconds spent: a one-command run ends here
+    PAUSED = "paused"  # --piece-seconds spent: a later command resumes the state
+
+
+@dataclass(frozen=True)
+class FlowData:
+    """The training set on the device: normalised latents [N, C, F, h, w], each clip's prompt
+    embedding [N, L, D] (gathered once: the step indexes one tensor) and the empty prompt's [L, D]."""
+
+    latents: torch.Tensor
+    clip_text: torch.Tensor
+    empty: torch.Tensor
+    shift: float
+
+    @classmethod
+    def build(
+        cls,
+        latents: torch.Tensor,
+        texts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        shift: float,
+        device: torch.device,
+    ) -> FlowData:
+        table, prompt_index, empty = (t.to(device) for t in texts)
+        return cls(latents.to(device), table[prompt_index], empty, shift)
+
+
+def _train_step(state: FlowState, data: FlowData, config: RecipeConfig) -> dict[str, Any]:
+    """One flow-matching step at ``state.step``; returns its log record."""
+    started = time.perf_counter()
+    device, generator = state.device, state.generator
+    indices = torch.randint(
+        len(data.latents), (config.flow_batch,), generator=generator, device=device
+    )
+    x_t, t, target = noised(data.latents[indices], data.shift, generator)
+    drop = torch.rand((len(indices),), generator=generator, device=device) < config.caption_dropout
+    text = torch.where(drop.view(-1, 1, 1), data.empty, data.clip_text[indices])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        prediction = state.transformer(
+            hidden_states=x_t, timestep=t, encoder_hidden_states=text, return_dict=False
+        )[0]
+    loss = (prediction.float() - target).square().mean()
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(state.transformer.parameters(), 1.0))
+    state.optimizer.step()
+    state.schedule.step()
+    decay = config.ema_decay if state.step >= config.warmup_steps else 0.0
+    _update_ema(state.ema, state.transformer, decay)
+    record = {"stage": "transformer", "step": state.step, "loss": float(loss.detach())}
+    record |= {"grad_norm": grad_norm, "lr": state.schedule.get_last_lr()[0]}
+    record["seconds"] = time.perf_counter() - started
+    state.step += 1
+    return record
+
+
 def train_transformer(
-    transformer: nn.Module,
-    latents: torch.Tensor,
-    texts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    shift: float,
+    state: FlowState,
+    data: FlowData,
     config: RecipeConfig,
-    device: torch.device,
     log: JsonlLog,
-) -> nn.Module:
-    """Train on ``latents`` [N, C, F, h, w]; returns the EMA copy (eval mode, on the CPU)."""
-    table, prompt_index, empty = (t.to(device) for t in texts)
-    clip_text = table[prompt_index]  # [N, L, D]: gathering once keeps the step free of indexing
-    latents = latents.to(device)
-    transformer.to(device).train()
-    ema = copy.deepcopy(transformer).eval().requires_grad_(False)
-    budget = StepBudget(config.flow_steps, config.flow_seconds)
-    optimizer = torch.optim.AdamW(
-        transformer.parameters(),
-        lr=config.flow_lr,
-        betas=(0.9, 0.99),
-        weight_decay=1e-4,
-        fused=device.type == "cuda",
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, budget.total, config.warmup_steps)
-    )
-    generator = torch.Generator(device).manual_seed(config.seed + 1)
-    bar = tqdm(range(config.flow_steps), desc="transformer", unit="step")
-    for step in bar:
+    piece_seconds: float | None = None,
+) -> StageEnd:
+    """Train from ``state.step`` until the plan ends or a clock stops it; ``state`` holds the
+    result (the shipped weights are ``state.ema``).
+
+    Two clocks: ``--flow-seconds`` (``StepBudget``), only for the piece that begins the stage,
+    cuts the plan to fit and ends the stage at its deadline; ``piece_seconds`` pauses this
+    piece without touching the plan.
+    """
+    budget = StepBudget(state.total, config.flow_seconds) if state.step == 0 else None
+    piece = PieceDeadline(piece_seconds)
+    first = state.step
+    bar = tqdm(total=state.total, initial=first, desc="transformer", unit="step")
+    end = StageEnd.COMPLETE
+    while not state.complete:
         now = time.monotonic()
-        if step >= budget.total:
+        if state.step == first:
+            piece.start(now)
+        if budget is not None:
+            if budget.observe(state.step, now):
+                state.total = bar.total = budget.total
+                logger.info("transformer: %d steps fit %.0f s", budget.total, budget.seconds)
+                log.write({"stage": "transformer", "steps_cut_to": budget.total})
+            if stop_at_deadline(budget, "transformer", state.step, now, log):
+                end = StageEnd.OUT_OF_TIME
+                break
+        if piece.expired(now):
+            logger.info("transformer: piece of %.0f s paused at step %d", piece_seconds, state.step)
+            log.write({"stage": "transformer", "paused_at": state.step, "of": state.total})
+            end = StageEnd.PAUSED
             break
-        if budget.observe(step, now):
-            bar.total = budget.total
-            logger.info("transformer: %d steps fit %.0f s", budget.total, budget.seconds)
-            log.write({"stage": "transformer", "steps_cut_to": budget.total})
-        if stop_at_deadline(budget, "transformer", step, now, log):
-            break
-        started = time.perf_counter()
-        indices = torch.randint(
-            len(latents), (config.flow_batch,), generator=generator, device=device
-        )
-        x_t, t, target = noised(latents[indices], shift, generator)
-        drop = (
-            torch.rand((len(indices),), generator=generator, device=device) < config.caption_dropout
-        )
-        text = torch.where(drop.view(-1, 1, 1), empty, clip_text[indices])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            prediction = transformer(
-                hidden_states=x_t, timestep=t, encoder_hidden_states=text, return_dict=False
-            )[0]
-        loss = (prediction.float() - target).square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0))
-        optimizer.step()
-        schedule.step()
-        _update_ema(ema, transformer, config.ema_decay if step >= config.warmup_steps else 0.0)
-        record = {"stage": "transformer", "step": step, "loss": float(loss.detach())}
-        record |= {"grad_norm": grad_norm, "lr": schedule.get_last_lr()[0]}
-        record["seconds"] = time.perf_counter() - started
+        record = _train_step(state, data, config)
         log.write(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", gnorm=f"{grad_norm:.3g}")
-    return ema.cpu()
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", gnorm=f"{record['grad_norm']:.3g}")
+    bar.close()
+    return end

@@ -1,4 +1,4 @@
-"""The recipe's JSONL log and learning-rate schedule, shared by both stages."""
+"""The recipe's JSONL log, learning-rate schedule and clocks, shared by both stages."""
 
 from __future__ import annotations
 
@@ -85,6 +85,29 @@ class StepBudget:
     def expired(self, now: float) -> bool:
         """True once the stage has spent its ``seconds``: stop before the next step."""
         return self.elapsed(now) >= self.seconds
+
+
+class PieceDeadline:
+    """The wall time of one piece of a stage split over commands (``--piece-seconds``).
+
+    Unlike ``StepBudget`` it never changes the plan: the piece stops when its ``seconds`` have
+    passed since ``start`` (its first step), and a later command resumes where it stopped.
+    ``seconds`` None: no limit.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._began: float | None = None
+
+    def start(self, now: float) -> None:
+        self._began = now
+
+    def elapsed(self, now: float) -> float:
+        """Seconds since ``start`` (0 before it)."""
+        return 0.0 if self._began is None else now - self._began
+
+    def expired(self, now: float) -> bool:
+        return self.seconds is not None and self.elapsed(now) >= self.seconds
 
 
 def stop_at_deadline(budget: StepBudget, stage: str, step: int, now: float, log: JsonlLog) -> bool:

@@ -13,10 +13,25 @@
 # count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to"), and a stage that
 # runs slower than its probe stops at its deadline ("stopped_at_deadline"). QAT runs save a
 # checkpoint every 50 steps, so a run stopped by QAT_SECONDS still exports its latest Φ-free one.
-# Runs on machines without the service's dependencies: qvgen.cli imports only the command it runs.
+#
+# The base model in pieces, for a transformer trained longer than one command allows:
+#
+#   training/tiny_model/reproduce.sh vae WORK          # the VAE alone -> WORK/vae, ~4 min on an H200
+#   training/tiny_model/reproduce.sh transformer WORK  # one piece of the transformer; run it again
+#                                                      # until it says the plan is complete
+#
+# `transformer` trains a plan of FLOW_STEPS steps (default 10400, 4× the shipped model's 2595)
+# whose cosine schedule decays over the whole plan, PIECE_SECONDS (default 480) of it per call,
+# each piece in a new directory WORK/transformer/piece-N that continues the latest one that saved
+# a state (--resume-transformer). The first piece takes the VAE, text encoder and tokenizer of
+# VAE_FROM (default WORK/vae; models/qvgen-tiny reuses the shipped VAE and skips `vae`). A call
+# costs PIECE_SECONDS plus ~40 s (rendering the clips, encoding their latents, saving). The piece
+# that completes the plan writes its pipeline, copied to WORK/base, so `quantize` follows as usual.
+# A piece needs only the directory of the piece before it: on machines that keep nothing between
+# commands, bring that one back (its transformer_state is ~28 MB for the shipped spec).
 set -euo pipefail
-STAGE=${1:?usage: reproduce.sh all|base|quantize WORK}
-WORK=${2:?usage: reproduce.sh all|base|quantize WORK}
+STAGE=${1:?usage: reproduce.sh all|base|quantize|vae|transformer WORK}
+WORK=${2:?usage: reproduce.sh all|base|quantize|vae|transformer WORK}
 QVGEN=(python3 -m qvgen.cli)  # imports only the command it runs: no service stack needed
 WORKERS=${WORKERS:-14}
 DEVICE=${DEVICE:-cuda}
@@ -30,11 +45,41 @@ data() {
     --count "${QAT_CLIPS:-256}" --seed 2000 > "$WORK/logs/data.log" 2>&1
 }
 
+# The recipe's settings; every piece of a split run repeats them.
+RECIPE=(--device "$DEVICE" --workers "$WORKERS" --clips 12000 --vae-steps 3000 --vae-batch 24
+        --vae-seconds "${VAE_SECONDS:-200}" --flow-batch "${FLOW_BATCH:-512}")
+
 base() {
-  "${QVGEN[@]}" tiny train-base --out "$WORK/base" --device "$DEVICE" --workers "$WORKERS" \
-    --clips 12000 --vae-steps 3000 --vae-batch 24 --flow-steps 12000 \
-    --flow-batch "${FLOW_BATCH:-512}" --vae-seconds "${VAE_SECONDS:-200}" \
+  "${QVGEN[@]}" tiny train-base --out "$WORK/base" "${RECIPE[@]}" --flow-steps 12000 \
     --flow-seconds "${FLOW_SECONDS:-215}"
+}
+
+vae() {
+  "${QVGEN[@]}" tiny train-base --out "$WORK/vae" "${RECIPE[@]}" --vae-only
+}
+
+transformer() {
+  local piece last="" n=0 from
+  for piece in $(ls -d "$WORK"/transformer/piece-* 2>/dev/null | sort -V); do
+    n=${piece##*-}  # the next piece gets a new number even after a piece that saved nothing
+    [[ -f $piece/transformer_state/state.json ]] && last=$piece
+  done
+  if [[ -n $last && -d $last/pipeline ]]; then
+    echo "transformer: the plan is complete in $last"
+    return 0
+  fi
+  if [[ -n $last ]]; then from=(--resume-transformer "$last"); else
+    from=(--vae-from "${VAE_FROM:-$WORK/vae}"); fi
+  piece=$WORK/transformer/piece-$((n + 1))
+  "${QVGEN[@]}" tiny train-base --out "$piece" "${RECIPE[@]}" --flow-steps "${FLOW_STEPS:-10400}" \
+    --piece-seconds "${PIECE_SECONDS:-480}" "${from[@]}"
+  if [[ -d $piece/pipeline ]]; then
+    [[ -e $WORK/base ]] && { echo "transformer: $WORK/base exists; $piece/pipeline is the model"; return 1; }
+    mkdir -p "$WORK/base" && cp -r "$piece/pipeline" "$piece/recipe.json" "$WORK/base/"
+    echo "transformer: the plan is complete; $WORK/base/pipeline is the FP model"
+  else
+    echo "transformer: paused in $piece; run this stage again to continue"
+  fi
 }
 
 qat() {  # qat METHOD BITS

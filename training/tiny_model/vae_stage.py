@@ -129,6 +129,7 @@ def train_vae(
 @torch.no_grad()
 def posterior_means(vae: nn.Module, clips: ClipSet, device: torch.device) -> torch.Tensor:
     """μ of every clip, float32 [N, C, F, h, w] on the CPU."""
+    vae.to(device)
     means = []
     for start in tqdm(range(0, len(clips), _STAT_BATCH), desc="encode latents", unit="batch"):
         indices = torch.arange(start, min(start + _STAT_BATCH, len(clips)))
@@ -145,7 +146,12 @@ def set_latent_statistics(vae: nn.Module, means: torch.Tensor) -> torch.Tensor:
         latents_mean=[round(float(v), 6) for v in channel_mean],
         latents_std=[round(float(v), 6) for v in channel_std],
     )
+    logger.info("latent statistics: mean %s, std %s", channel_mean.tolist(), channel_std.tolist())
+    return normalise_latents(vae, means)
+
+
+def normalise_latents(vae: nn.Module, means: torch.Tensor) -> torch.Tensor:
+    """(μ − m) / s with the (m, s) of the VAE config, as the pipeline normalises them."""
     m = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)  # type: ignore[union-attr]
     s = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)  # type: ignore[union-attr]
-    logger.info("latent statistics: mean %s, std %s", channel_mean.tolist(), channel_std.tolist())
     return (means - m) / s
