@@ -41,20 +41,6 @@ class ActivationQuantizer(nn.Module, abc.ABC):
     def clip_table(self) -> torch.Tensor:
         """(α_lo, α_hi) per group, float32 [G, 2], each in (0, 1]."""
 
-    @abc.abstractmethod
-    def clip_source(self) -> tuple[torch.Tensor, bool]:
-        """The tensor ``clip_table`` is computed from, and whether it holds logits
-        (α = sigmoid) rather than the factors themselves (for ``kernels.fused_linear``)."""
-
-    def groups_on(self, device: torch.device) -> torch.Tensor:
-        """The current samples' groups, int64 [B], on ``device``."""
-        if self._current is None:
-            raise RuntimeError(
-                "no timestep group set: call set_clip_group (or bind_timestep_groups) first"
-            )
-        # Every layer of a forward call receives the same groups tensor: one copy serves all.
-        return shared_copy(self._current, device)
-
     def set_clip_group(self, groups: torch.Tensor) -> None:
         """Groups of the samples of the next calls: int64 [B] (or [1] for the whole batch)."""
         g = torch.as_tensor(groups, dtype=torch.int64).reshape(-1)
@@ -64,7 +50,12 @@ class ActivationQuantizer(nn.Module, abc.ABC):
 
     def _clip_rows(self, x: torch.Tensor) -> torch.Tensor:
         """(α_lo, α_hi) of each sample's group, [B, 2] (or [1, 2]) on x's device."""
-        return self.clip_table()[self.groups_on(x.device)]
+        if self._current is None:
+            raise RuntimeError(
+                "no timestep group set: call set_clip_group (or bind_timestep_groups) first"
+            )
+        # Every layer of a forward call receives the same groups tensor: one copy serves all.
+        return self.clip_table()[shared_copy(self._current, x.device)]
 
     def _alphas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         table = self._clip_rows(x)  # [B, 2]

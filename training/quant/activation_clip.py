@@ -32,9 +32,6 @@ class LearnedClipActivationQuantizer(ActivationQuantizer):
     def clip_table(self) -> torch.Tensor:
         return torch.sigmoid(self.clip_logits.float())
 
-    def clip_source(self) -> tuple[torch.Tensor, bool]:
-        return self.clip_logits, True
-
     def load_clip_factors(self, factors: torch.Tensor) -> None:
         """Set the table from factors in (0, 1) (e.g. an imported checkpoint's)."""
         if factors.shape != self.clip_logits.shape:

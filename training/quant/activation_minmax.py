@@ -22,6 +22,3 @@ class MinMaxActivationQuantizer(ActivationQuantizer):
 
     def clip_table(self) -> torch.Tensor:
         return self.clip_factors
-
-    def clip_source(self) -> tuple[torch.Tensor, bool]:
-        return self.clip_factors, False

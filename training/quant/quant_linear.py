@@ -19,7 +19,6 @@ from training.quant.activation_base import ActivationQuantizer
 from training.quant.activation_clip import LearnedClipActivationQuantizer
 from training.quant.activation_minmax import MinMaxActivationQuantizer
 from training.quant.config import ActivationQuantizerKind, QuantScheme, WeightQuantizerKind
-from training.quant.kernels.dispatch import use_triton
 from training.quant.phi import LowRankBranch
 from training.quant.weight_base import WeightQuantizer
 from training.quant.weight_lsq import LSQPlusWeightQuantizer
@@ -119,8 +118,6 @@ class QuantLinear(nn.Module):
                 f"{self.name}: expected input [..., {self.in_features}], got {tuple(x.shape)}"
             )
         compute = _compute_dtype(x)
-        if use_triton(x):
-            return self._fused(x, compute)
         x_hat = self.act_quantizer.fake_quant(x, compute)
         # Q_w(W) + Φ as one weight, rounded once: one GEMM over the activations instead of the
         # main one plus Φ's two thin ones and an addition, and ∂ℒ/∂Φ = ∂ℒ/∂(Q_w(W) + Φ).
@@ -128,31 +125,6 @@ class QuantLinear(nn.Module):
         weight = self.weight_quantizer.fake_quant(self.weight, compute, phi)
         bias = None if self.bias is None else self.bias.to(compute)
         return F.linear(x_hat, weight, bias)
-
-    def _fused(self, x: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
-        """The same layer as one autograd function of fused kernels (``kernels.fused_linear``)."""
-        from training.quant.kernels.fused_linear import LayerSpec, quant_linear
-
-        source, learned = self.act_quantizer.clip_source()
-        spec = LayerSpec(
-            activation_bits=self.act_quantizer.bits,
-            weight_bits=self.weight_quantizer.bits,
-            out_dtype=compute,
-            learned_clip=learned,
-            lsq_factor=self.weight_quantizer.lsq_gradient_factor(),
-        )
-        phi = None if self.phi is None else (self.phi.L, self.phi.R, self.phi.gamma)
-        return quant_linear(
-            x,
-            source,
-            self.act_quantizer.groups_on(x.device),
-            self.weight,
-            self.weight_quantizer.scale,
-            self.weight_quantizer.zero_point,
-            phi,
-            self.bias,
-            spec,
-        )
 
     def extra_repr(self) -> str:
         return (

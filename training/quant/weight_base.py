@@ -34,11 +34,6 @@ class WeightQuantizer(nn.Module):
         """(s, z) as the forward pass uses them; subclasses may scale their gradients."""
         return self.scale, self.zero_point
 
-    def lsq_gradient_factor(self) -> float | None:
-        """LSQ's gradient scale of s and z when ``effective_scale_zero`` applies it (with s
-        clamped to ≥ EPS); None when s and z are used as stored."""
-        return None
-
     def codes(self, weight: torch.Tensor, rounding: Rounding = round_half_up) -> torch.Tensor:
         """Unsigned codes q_w, float32 [N, K] holding integers."""
         s, z = self.effective_scale_zero()

@@ -60,9 +60,6 @@ class LSQPlusWeightQuantizer(WeightQuantizer):
         self.zero_point = nn.Parameter(zero)
         self.grad_factor = 1.0 / math.sqrt(weight.shape[1] * qmax(bits))
 
-    def lsq_gradient_factor(self) -> float | None:
-        return self.grad_factor
-
     def effective_scale_zero(self) -> tuple[torch.Tensor, torch.Tensor]:
         # The clamp keeps a step size that training pushed through zero usable; export reads
         # the same clamped value.
