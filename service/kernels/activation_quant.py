@@ -88,6 +88,26 @@ def _centred_codes(x, scale, recip, zero, levels):
 
 
 @triton.jit
+def token_scale_zero(  # type: ignore[no-untyped-def]  # Triton types the arguments at launch
+    clip_ptr, rows, stride_clip_m, row_ok, x_min, x_max,
+    LEVELS: tl.constexpr, EPSILON: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """(α_lo, α_hi, lo, s_x, z_x) of a block of tokens from their extremes (module docstring).
+
+    Shared with the training kernels (``training.quant.kernels``), so fake quantization and
+    serving derive each token's step and zero point from one piece of code.
+    """
+    alpha_lo = tl.load(clip_ptr + rows * stride_clip_m, mask=row_ok, other=1.0)
+    alpha_hi = tl.load(clip_ptr + rows * stride_clip_m + 1, mask=row_ok, other=1.0)
+    lo = tl.minimum(alpha_lo * x_min, 0.0)
+    hi = tl.maximum(alpha_hi * x_max, 0.0)
+    levels = tl.full([BLOCK_M], LEVELS, tl.float32)
+    scale = tl.maximum(tl.math.div_rn(hi - lo, levels), EPSILON)
+    zero = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(-lo, scale) + 0.5), 0.0), levels)
+    return alpha_lo, alpha_hi, lo, scale, zero
+
+
+@triton.jit
 def _quantize_tokens_kernel(  # type: ignore[no-untyped-def]  # Triton types the arguments at launch
     # pointers
     x_ptr,
@@ -134,13 +154,10 @@ def _quantize_tokens_kernel(  # type: ignore[no-untyped-def]  # Triton types the
         x_min = tl.min(run_min, axis=1)
         x_max = tl.max(run_max, axis=1)
 
-    alpha_lo = tl.load(clip_ptr + rows * stride_clip_m, mask=row_ok, other=1.0)
-    alpha_hi = tl.load(clip_ptr + rows * stride_clip_m + 1, mask=row_ok, other=1.0)
-    lo = tl.minimum(alpha_lo * x_min, 0.0)
-    hi = tl.maximum(alpha_hi * x_max, 0.0)
+    _, _, _, scale, zero = token_scale_zero(
+        clip_ptr, rows, stride_clip_m, row_ok, x_min, x_max, LEVELS, EPSILON, BLOCK_M
+    )
     levels = tl.full([BLOCK_M], LEVELS, tl.float32)
-    scale = tl.maximum(tl.math.div_rn(hi - lo, levels), EPSILON)
-    zero = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(-lo, scale) + 0.5), 0.0), levels)
     recip = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), scale)
     tl.store(scale_ptr + rows, scale, mask=row_ok)
 

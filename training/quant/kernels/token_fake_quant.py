@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from qvgen.numerics import EPS, check_bits, qmax
+from service.kernels.activation_quant import token_scale_zero
 from service.kernels.triton_support import interpreting
 
 # Columns per chunk of a row, and elements of x per program: small enough that the second
@@ -94,13 +95,9 @@ def _fake_quant_fwd_kernel(  # type: ignore[no-untyped-def]  # Triton types the 
     x_min = tl.min(run_min, axis=1)
     x_max = tl.max(run_max, axis=1)
 
-    alpha_lo = tl.load(clip_ptr + rows * stride_clip_m, mask=row_ok, other=1.0)
-    alpha_hi = tl.load(clip_ptr + rows * stride_clip_m + 1, mask=row_ok, other=1.0)
-    lo = tl.minimum(alpha_lo * x_min, 0.0)
-    hi = tl.maximum(alpha_hi * x_max, 0.0)
-    levels = tl.full([BLOCK_M], LEVELS, tl.float32)
-    scale = tl.maximum(tl.math.div_rn(hi - lo, levels), EPSILON)
-    zero = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(-lo, scale) + 0.5), 0.0), levels)
+    _, _, _, scale, zero = token_scale_zero(
+        clip_ptr, rows, stride_clip_m, row_ok, x_min, x_max, LEVELS, EPSILON, BLOCK_M
+    )
     stats = stats_ptr + rows * 4
     tl.store(stats, scale, mask=row_ok)
     tl.store(stats + 1, zero, mask=row_ok)
@@ -166,9 +163,10 @@ def _fake_quant_bwd_kernel(  # type: ignore[no-untyped-def]
         n_min += tl.where(mask & (xc == x_min[:, None]), 1.0, 0.0)
         n_max += tl.where(mask & (xc == x_max[:, None]), 1.0, 0.0)
 
-    alpha_lo = tl.load(clip_ptr + rows * stride_clip_m, mask=row_ok, other=1.0)
-    alpha_hi = tl.load(clip_ptr + rows * stride_clip_m + 1, mask=row_ok, other=1.0)
-    lo = tl.minimum(alpha_lo * x_min, 0.0)
+    # The saved s and z are these values; lo and the factors are needed again for the chain rule.
+    alpha_lo, alpha_hi, lo, _, _ = token_scale_zero(
+        clip_ptr, rows, stride_clip_m, row_ok, x_min, x_max, LEVELS, EPSILON, BLOCK_M
+    )
     hi = tl.maximum(alpha_hi * x_max, 0.0)
     levels = tl.full([BLOCK_M], LEVELS, tl.float32)
 
