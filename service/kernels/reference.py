@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from qvgen.device_copy import shared_copy
 from qvgen.numerics import qmax, quantize_tokens
 from qvgen.packed_layer import PackedLinearWeights
 
@@ -34,9 +35,10 @@ def integer_matmul(x_codes: torch.Tensor, w_codes: torch.Tensor, bound: int) -> 
 def clip_rows(act_clip: torch.Tensor, groups: torch.Tensor, rows_per_sample: int) -> torch.Tensor:
     """Per-row clip factors [B · rows_per_sample, 2] for samples in timestep groups ``groups`` [B].
 
-    ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi); ``groups`` lives on the CPU (the
-    timestep hook puts it there once per transformer call), so checking it never waits for the
-    GPU. When every sample shares one group — every denoising step of a served request — the
+    ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi); ``groups`` (int64) lives on the CPU
+    (the timestep hook puts it there once per transformer call), so checking it never waits for
+    the GPU. Serving and training (``training.quant.activation_base``) both expand clip factors
+    here; gradients reach ``act_clip`` through the indexing. When every sample shares one group — every denoising step of a served request — the
     result is a stride-0 view of one table row: no gather, no copy, no host-device transfer.
     """
     n_groups = act_clip.shape[0]
@@ -46,7 +48,8 @@ def clip_rows(act_clip: torch.Tensor, groups: torch.Tensor, rows_per_sample: int
     rows = len(values) * rows_per_sample
     if len(set(values)) == 1:
         return act_clip[values[0]].expand(rows, 2)
-    clip = act_clip[torch.tensor(values, device=act_clip.device)]
+    # Every layer of a call receives the same groups tensor: one device copy serves them all.
+    clip = act_clip[shared_copy(groups, act_clip.device)]
     return clip.repeat_interleave(rows_per_sample, dim=0)
 
 

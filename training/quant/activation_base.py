@@ -19,8 +19,9 @@ import abc
 import torch
 from torch import nn
 
+from qvgen.device_copy import shared_copy
 from qvgen.numerics import check_bits, quantize_tokens
-from training.quant.device_copy import shared_copy
+from service.kernels.reference import clip_rows
 from training.quant.kernels.dispatch import use_triton
 from training.quant.ste import round_ste
 
@@ -48,25 +49,25 @@ class ActivationQuantizer(nn.Module, abc.ABC):
             raise ValueError(f"clip group {g.tolist()} outside [0, {self.groups - 1}]")
         self._current = g
 
-    def _clip_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """(α_lo, α_hi) of each sample's group, [B, 2] (or [1, 2]) on x's device."""
+    def _groups(self) -> torch.Tensor:
         if self._current is None:
             raise RuntimeError(
                 "no timestep group set: call set_clip_group (or bind_timestep_groups) first"
             )
-        # Every layer of a forward call receives the same groups tensor: one copy serves all.
-        return self.clip_table()[shared_copy(self._current, x.device)]
+        return self._current
+
+    def _samples(self, x: torch.Tensor) -> int:
+        """How many samples the set groups cover: B, checked against x's leading axis, or 1."""
+        samples = self._groups().shape[0]
+        if samples > 1 and (x.ndim < 2 or x.shape[0] != samples):
+            raise ValueError(f"{samples} clip groups set for an input of shape {tuple(x.shape)}")
+        return samples
 
     def _alphas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        table = self._clip_rows(x)  # [B, 2]
-        if table.shape[0] > 1:
-            if x.ndim < 2 or x.shape[0] != table.shape[0]:
-                raise ValueError(
-                    f"{table.shape[0]} clip groups set for an input of shape {tuple(x.shape)}"
-                )
-            shape = (table.shape[0],) + (1,) * (x.ndim - 1)
-        else:
-            shape = (1,) * x.ndim
+        samples = self._samples(x)
+        # Every layer of a forward call receives the same groups tensor: one copy serves all.
+        table = self.clip_table()[shared_copy(self._groups(), x.device)]  # [B, 2]
+        shape = (samples,) + (1,) * (x.ndim - 1) if samples > 1 else (1,) * x.ndim
         return table[:, 0].reshape(shape), table[:, 1].reshape(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,9 @@ class ActivationQuantizer(nn.Module, abc.ABC):
             return self(x).to(out_dtype)
         from training.quant.kernels.autograd import fake_quant_tokens
 
-        return fake_quant_tokens(x, self._clip_rows(x), self.bits, out_dtype)
+        rows = x.numel() // x.shape[-1]
+        clip = clip_rows(self.clip_table(), self._groups(), rows // self._samples(x))
+        return fake_quant_tokens(x, clip, self.bits, out_dtype)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, groups={self.groups}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.quant.device_copy import shared_copy
+from qvgen.device_copy import shared_copy
 from training.quant.quant_linear import QuantLinear
 
 

@@ -38,25 +38,13 @@ class _TokenFakeQuant(torch.autograd.Function):
 def fake_quant_tokens(
     x: torch.Tensor, clip: torch.Tensor, bits: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
-    """x̂ of ``x`` [..., K] quantized per token with clip factors ``clip`` [B, 2] or [1, 2].
-
-    B clip rows apply to the B leading slices of x (one timestep group per sample).
-    """
+    """x̂ of ``x`` [..., K] quantized per token with per-token clip factors ``clip`` [M, 2]
+    (M = x.numel() / K, rows in x's order; ``service.kernels.reference.clip_rows``)."""
     k = x.shape[-1]
     x2d = x.reshape(-1, k)
     if x2d.stride(1) != 1:
         x2d = x2d.contiguous()
-    rows = x2d.shape[0]
-    clip = clip.float()
-    if clip.shape[0] == 1:
-        per_row = clip.expand(rows, 2)
-    else:
-        if x.ndim < 2 or x.shape[0] != clip.shape[0]:
-            raise ValueError(
-                f"{clip.shape[0]} clip groups set for an input of shape {tuple(x.shape)}"
-            )
-        per_row = clip[:, None, :].expand(clip.shape[0], rows // clip.shape[0], 2).reshape(rows, 2)
-    out: torch.Tensor = _TokenFakeQuant.apply(x2d, per_row, bits, out_dtype)
+    out: torch.Tensor = _TokenFakeQuant.apply(x2d, clip.float(), bits, out_dtype)
     return out.view(x.shape)
 
 
