@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from qvgen.numerics import check_bits, dequantize_weight
+from qvgen.numerics import check_bits
 from qvgen.packing import packed_columns, unpack_codes
 
 
@@ -81,11 +81,3 @@ class PackedLinearWeights:
     def weight_codes(self) -> torch.Tensor:
         """Unpacked codes q_w, int32 [N, K]."""
         return unpack_codes(self.qweight, self.in_features, self.weight_bits)
-
-    def dequantized_weight(self) -> torch.Tensor:
-        """ŵ = s_w · (q_w − z_w), float32 [N, K] (for inspection and fallbacks)."""
-        return dequantize_weight(
-            self.weight_codes().float(),
-            self.weight_scale[:, None],
-            self.weight_zero_point[:, None],
-        )

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from qvgen.device_copy import shared_copy
+
 DEFAULT_GROUPS = 50
 NUM_TRAIN_TIMESTEPS = 1000
 MAPPING_NAME = "uniform-bins-v1"
@@ -58,16 +60,6 @@ class ClipGroupConsumer(Protocol):
         """``groups``: int64 [B], the group of each sample of the next forward call."""
 
 
-def set_clip_groups(model: nn.Module, groups: torch.Tensor) -> int:
-    """Hand ``groups`` [B] to every ClipGroupConsumer below ``model``; returns how many."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, ClipGroupConsumer):
-            module.set_clip_group(groups)
-            count += 1
-    return count
-
-
 def _per_sample_timestep(timestep: torch.Tensor) -> torch.Tensor:
     # Wan 2.2-style pipelines pass one timestep per token ([B, S]); all tokens of a sample
     # share the step's clip group, read from the first token. The groups go to the CPU once per
@@ -99,3 +91,24 @@ def bind_timestep_groups(
             consumer.set_clip_group(g)
 
     return transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def clip_rows(act_clip: torch.Tensor, groups: torch.Tensor, rows_per_sample: int) -> torch.Tensor:
+    """Per-row clip factors [B · rows_per_sample, 2] for samples in timestep groups ``groups`` [B].
+
+    ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi); ``groups`` (int64) lives on the CPU
+    (the timestep hook puts it there once per transformer call), so checking it never waits for
+    the GPU. Serving and training both expand clip factors here; gradients reach ``act_clip``
+    through the indexing. When every sample shares one group (every denoising step of a
+    served request), the result is a stride-0 view of one table row: no gather, no copy, no host-device transfer.
+    """
+    n_groups = act_clip.shape[0]
+    values = groups.tolist()
+    if min(values) < 0 or max(values) >= n_groups:
+        raise ValueError(f"clip group {values} outside [0, {n_groups - 1}]")
+    rows = len(values) * rows_per_sample
+    if len(set(values)) == 1:
+        return act_clip[values[0]].expand(rows, 2)
+    # Every layer of a call receives the same groups tensor: one device copy serves them all.
+    clip = act_clip[shared_copy(groups, act_clip.device)]
+    return clip.repeat_interleave(rows_per_sample, dim=0)

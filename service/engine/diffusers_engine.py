@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from qvgen.family import ModelFamily, detect_family
 from service.engine.environment import RuntimeTarget, resolve_target
 from service.engine.limits import (
     EngineRules,
-    ModelFamily,
     ModelGeometry,
     ModelLimits,
     check_request,
@@ -30,7 +30,6 @@ from service.engine.limits import (
 from service.engine.loading import (
     MemoryOptions,
     VideoPipeline,
-    detect_family,
     load_pipeline_on,
     pipeline_geometry,
 )

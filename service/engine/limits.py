@@ -2,12 +2,8 @@
 
 Two kinds of rule decide whether a ``GenerationRequest`` can run:
 
-* **Geometry**, dictated by the architecture. Width and height must be multiples of
-  (VAE spatial factor × transformer patch size), and of the pipeline's own check (16 for Wan,
-  8 for CogVideoX). Frame counts are n = 1 + k · step: Wan's causal VAE maps 1 + 4k frames to
-  1 + k latent frames (step = temporal factor); CogVideoX's VAE decodes latent frames in pairs
-  after an odd first group, so only an odd number of latent frames decodes back to the request
-  (step = 2 × temporal factor: 9, 17, …, 49).
+* **Geometry**, dictated by the architecture (``qvgen.family.PipelineGeometry``): the size
+  multiple and frame step of the model's VAE and patch, and the prompt length.
 * **Limits**, chosen by the operator (``ModelLimits``): maximum size, frames, steps, the
   guidance range and the prompt length. They bound the memory and time a single job may take.
 """
@@ -15,21 +11,14 @@ Two kinds of rule decide whether a ``GenerationRequest`` can run:
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from qvgen.family import ModelFamily
 from service.engine.types import GenerationRequest, InvalidRequest
 
 MAX_SEED = 2**63 - 1
-
-
-class ModelFamily(enum.Enum):
-    """Supported pipelines, by the ``_class_name`` diffusers writes into ``model_index.json``."""
-
-    WAN = "WanPipeline"
-    COGVIDEOX = "CogVideoXPipeline"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ transformer directory is a plain diffusers one and loads in the target dtype.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -20,18 +18,13 @@ from typing import Any, TypeAlias
 from diffusers import CogVideoXPipeline, WanPipeline
 
 from qvgen.checkpoint import is_packed_dir
+from qvgen.family import WAN_TEXT_TOKENS, ModelFamily, PipelineGeometry, detect_family
 from service.engine.environment import RuntimeTarget, resolve_target
-from service.engine.limits import ModelFamily, ModelGeometry
+from service.engine.limits import ModelGeometry
 from service.kernels.packed_transformer import load_packed_transformer
 
 logger = logging.getLogger(__name__)
 
-MODEL_INDEX_FILE = "model_index.json"
-
-# The pipelines' own size checks (``check_inputs``), on top of VAE factor × patch size.
-_PIPELINE_SIZE_CHECK = {ModelFamily.WAN: 16, ModelFamily.COGVIDEOX: 8}
-# Wan's text encoder was trained on 512 tokens; the pipeline pads every prompt to this length.
-_WAN_TEXT_TOKENS = 512
 
 # A loaded ``WanPipeline`` or ``CogVideoXPipeline``. diffusers registers pipeline components at
 # run time (``register_modules``), so static types know none of them: ``Any`` at this seam.
@@ -56,21 +49,6 @@ class MemoryOptions:
 
     offload_text_encoder: bool = False
     vae_tiling: bool = False
-
-
-def detect_family(model_dir: str | Path) -> ModelFamily:
-    """The pipeline family named by ``model_index.json`` in ``model_dir``."""
-    index_path = Path(model_dir) / MODEL_INDEX_FILE
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path} not found: not a diffusers pipeline directory")
-    class_name = json.loads(index_path.read_text()).get("_class_name")
-    try:
-        return ModelFamily(class_name)
-    except ValueError:
-        supported = sorted(f.value for f in ModelFamily)
-        raise ValueError(
-            f"{index_path}: pipeline class {class_name!r} is not supported; supported: {supported}"
-        ) from None
 
 
 def load_pipeline_on(
@@ -114,22 +92,12 @@ def load_pipeline(
 
 
 def pipeline_geometry(pipeline: VideoPipeline, family: ModelFamily) -> ModelGeometry:
-    """Size multiple, frame step and prompt length read from a loaded pipeline's configs."""
-    spatial = int(pipeline.vae_scale_factor_spatial)
-    temporal = int(pipeline.vae_scale_factor_temporal)
-    config = pipeline.transformer.config
+    """Size multiple, frame step and prompt length of a loaded pipeline (``qvgen.family``)."""
+    shape = PipelineGeometry.from_configs(family, pipeline.vae.config, pipeline.transformer.config)
     if family is ModelFamily.WAN:
-        patch = math.lcm(int(config.patch_size[1]), int(config.patch_size[2]))
-        frame_step = temporal
-        text_tokens = min(_WAN_TEXT_TOKENS, int(pipeline.tokenizer.model_max_length))
+        text_tokens = min(WAN_TEXT_TOKENS, int(pipeline.tokenizer.model_max_length))
     else:
-        patch = int(config.patch_size)
-        # The CogVideoX VAE decodes an odd first group then pairs of latent frames: an even
-        # latent count would decode to more frames than asked for.
-        frame_step = 2 * temporal
-        text_tokens = int(config.max_text_seq_length)
+        text_tokens = int(pipeline.transformer.config.max_text_seq_length)
     return ModelGeometry(
-        size_multiple=math.lcm(spatial * patch, _PIPELINE_SIZE_CHECK[family]),
-        frame_step=frame_step,
-        text_tokens=text_tokens,
+        size_multiple=shape.size_multiple, frame_step=shape.frame_step, text_tokens=text_tokens
     )

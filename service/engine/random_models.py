@@ -7,7 +7,7 @@ or materialises a full-size model on the CPU:
 * the bf16 transformer is built on the meta device (diffusers' class, real config) and every
   parameter is then drawn on the target device;
 * the packed transformer is built the same way, except that every linear the default
-  ``training.quant.swap.LayerPolicy`` selects becomes a ``W4A4Linear`` made from random
+  ``qvgen.layer_policy.LayerPolicy`` selects becomes a ``W4A4Linear`` made from random
   ``PackedLinearWeights`` drawn on the device — no full-precision weight ever exists for it —
   and the clip-group hook is installed as the packed loader does;
 * the Wan VAE (``AutoencoderKLWan``; its default config is Wan 2.1's) is built the same way;
@@ -30,12 +30,13 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch import nn
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from qvgen.layer_policy import LayerPolicy
+from qvgen.linear_swap import swap_linears
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
 from qvgen.timestep_groups import DEFAULT_GROUPS, NUM_TRAIN_TIMESTEPS, bind_timestep_groups
 from qvgen.tiny_pipelines import TextEncoderSize, build_tokenizer
 from service.kernels.w4a4_linear import W4A4Linear
-from training.quant.swap import LayerPolicy
 
 
 @dataclass(frozen=True)
@@ -232,20 +233,14 @@ def random_packed_transformer(
     """``arch`` with the ``policy``-selected linears as random ``W4A4Linear`` (backend chosen
     by device, as the packed loader does) and the rest random in ``dtype``; bound to the
     timestep groups. Raises ``ValueError`` when the policy selects no linear."""
-    policy = policy or LayerPolicy()
     model = _meta_transformer(arch)
-    targets = [
-        (name, m)
-        for name, m in model.named_modules()
-        if type(m) is nn.Linear and policy.selects(name)
-    ]
-    if not targets:
-        raise ValueError(f"layer policy {policy} selects no linear of {arch.name}")
+    names = (policy or LayerPolicy()).select(model)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
-    for name, linear in targets:
-        parent_name, _, child = name.rpartition(".")
-        packed = random_packed_weights(name, linear, device, gen, bits, clip_groups)
-        setattr(model.get_submodule(parent_name), child, W4A4Linear(packed))
+
+    def build(name: str, linear: nn.Linear) -> nn.Module:
+        return W4A4Linear(random_packed_weights(name, linear, device, gen, bits, clip_groups))
+
+    swap_linears(model, names, build)
     materialize_random(model, device, dtype, seed)
     bind_timestep_groups(model, clip_groups, NUM_TRAIN_TIMESTEPS)
     return model

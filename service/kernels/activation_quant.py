@@ -14,7 +14,7 @@ lane busy where a power-of-two register tile would idle up to 45 % of them (K = 
 **Container choice: int8, not packed int4.** The GEMM is compute-bound at video token counts:
 at M = 32760, K = 5120 writing int8 codes instead of nibbles costs 84 MB more traffic, about
 0.03 ms at 3 TB/s, against a ~4 ms GEMM, while unpacking an operand inside the GEMM's K-loop
-cost 20–40 % of the int8 dot's speed on an H200 (``shared/reference/anchors.md``). Centred codes
+cost 20–40 % of the int8 dot's speed on an H200 (BENCHMARKS.md, kernel attempts). Centred codes
 need 2^b − 1 ≤ 127, so activations of up to 7 bits fit; the epilogue then needs only the
 per-token code sums, no per-channel weight sums.
 """
@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from qvgen.numerics import EPS, check_bits, qmax
+from qvgen.triton_numerics import token_scale_zero
 from service.kernels.weight_layout import MAX_KERNEL_BITS, padded_width
 
 # One pass (whole rows in registers) unless the power-of-two tile would leave more than this
@@ -85,26 +86,6 @@ def _centred_codes(x, scale, recip, zero, levels):
     q = tl.floor(quotient + 0.5) + zero[:, None]
     q = tl.minimum(tl.maximum(q, 0.0), levels[:, None])
     return (q - zero[:, None]).to(tl.int32)
-
-
-@triton.jit
-def token_scale_zero(  # type: ignore[no-untyped-def]  # Triton types the arguments at launch
-    clip_ptr, rows, stride_clip_m, row_ok, x_min, x_max,
-    LEVELS: tl.constexpr, EPSILON: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """(α_lo, α_hi, lo, s_x, z_x) of a block of tokens from their extremes (module docstring).
-
-    Shared with the training kernels (``training.quant.kernels``), so fake quantization and
-    serving derive each token's step and zero point from one piece of code.
-    """
-    alpha_lo = tl.load(clip_ptr + rows * stride_clip_m, mask=row_ok, other=1.0)
-    alpha_hi = tl.load(clip_ptr + rows * stride_clip_m + 1, mask=row_ok, other=1.0)
-    lo = tl.minimum(alpha_lo * x_min, 0.0)
-    hi = tl.maximum(alpha_hi * x_max, 0.0)
-    levels = tl.full([BLOCK_M], LEVELS, tl.float32)
-    scale = tl.maximum(tl.math.div_rn(hi - lo, levels), EPSILON)
-    zero = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(-lo, scale) + 0.5), 0.0), levels)
-    return alpha_lo, alpha_hi, lo, scale, zero
 
 
 @triton.jit

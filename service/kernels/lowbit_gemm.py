@@ -9,7 +9,7 @@ layout (``weight_layout``), computes::
 in the output dtype — the centred form of ``qvgen.numerics``, which needs only the per-token
 code sums. Hopper has no int4 tensor-core instruction, so 4-bit codes go through the int8 dot.
 
-Measured on an H200 (``shared/reference/anchors.md``), the int8 dot is fast only with both
+Measured on an H200 (BENCHMARKS.md, kernel attempts), the int8 dot is fast only with both
 operands K-major, and unpacked weight nibbles are cheapest as the dot's *left* operand: each
 program computes a tile of Cᵀ = W · Xᵀ, [BLOCK_N weight rows, BLOCK_M tokens]. Two paths:
 
@@ -31,9 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
+from qvgen.triton_support import interpreting
 from service.kernels.activation_quant import QuantizedActivations
 from service.kernels.gemm_configs import INTERPRETER_CONFIG, GemmConfig, configs_for
-from service.kernels.triton_support import interpreting
 from service.kernels.weight_expand import expand_to_int8
 from service.kernels.weight_layout import KernelWeightLayout
 

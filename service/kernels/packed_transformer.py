@@ -21,6 +21,7 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from qvgen.checkpoint import CheckpointError, PackedCheckpoint, read_packed
+from qvgen.linear_swap import LinearSwapError, swap_linears
 from qvgen.timestep_groups import bind_timestep_groups
 from service.kernels.w4a4_linear import KernelBackend, W4A4Linear
 
@@ -41,15 +42,8 @@ def _swap_in(
     device: torch.device,
     backend: KernelBackend | None,
 ) -> None:
-    for name, layer in checkpoint.layers.items():
-        try:
-            current = model.get_submodule(name)
-        except AttributeError:
-            raise CheckpointError(f"{name}: quantized layer not found in the model") from None
-        if not isinstance(current, nn.Linear):
-            raise CheckpointError(
-                f"{name}: expected nn.Linear in the model, got {type(current).__name__}"
-            )
+    def build(name: str, current: nn.Linear) -> nn.Module:
+        layer = checkpoint.layers[name]
         if (current.in_features, current.out_features) != (layer.in_features, layer.out_features):
             raise CheckpointError(
                 f"{name}: model layer is {current.in_features}→{current.out_features}, "
@@ -57,10 +51,13 @@ def _swap_in(
             )
         if (current.bias is not None) != (layer.bias is not None):
             raise CheckpointError(f"{name}: bias present in model and checkpoint disagree")
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
         # Built on the serving device: the backend is chosen from where the codes live.
-        setattr(parent, child, W4A4Linear(layer.to(device), backend))
+        return W4A4Linear(layer.to(device), backend)
+
+    try:
+        swap_linears(model, checkpoint.layers, build)
+    except LinearSwapError as error:
+        raise CheckpointError(f"quantized layer {error}") from None
 
 
 def _check_keys(model: nn.Module, checkpoint: PackedCheckpoint) -> None:

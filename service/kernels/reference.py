@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from qvgen.device_copy import shared_copy
 from qvgen.numerics import qmax, quantize_tokens
 from qvgen.packed_layer import PackedLinearWeights
 
@@ -30,27 +29,6 @@ def integer_matmul(x_codes: torch.Tensor, w_codes: torch.Tensor, bound: int) -> 
     k = x_codes.shape[-1]
     dtype = torch.float32 if k * bound < _FP32_EXACT_LIMIT else torch.float64
     return x_codes.to(dtype) @ w_codes.to(dtype).t()
-
-
-def clip_rows(act_clip: torch.Tensor, groups: torch.Tensor, rows_per_sample: int) -> torch.Tensor:
-    """Per-row clip factors [B · rows_per_sample, 2] for samples in timestep groups ``groups`` [B].
-
-    ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi); ``groups`` (int64) lives on the CPU
-    (the timestep hook puts it there once per transformer call), so checking it never waits for
-    the GPU. Serving and training (``training.quant.activation_base``) both expand clip factors
-    here; gradients reach ``act_clip`` through the indexing. When every sample shares one group — every denoising step of a served request — the
-    result is a stride-0 view of one table row: no gather, no copy, no host-device transfer.
-    """
-    n_groups = act_clip.shape[0]
-    values = groups.tolist()
-    if min(values) < 0 or max(values) >= n_groups:
-        raise ValueError(f"clip group {values} outside [0, {n_groups - 1}]")
-    rows = len(values) * rows_per_sample
-    if len(set(values)) == 1:
-        return act_clip[values[0]].expand(rows, 2)
-    # Every layer of a call receives the same groups tensor: one device copy serves them all.
-    clip = act_clip[shared_copy(groups, act_clip.device)]
-    return clip.repeat_interleave(rows_per_sample, dim=0)
 
 
 def quantized_linear_reference(

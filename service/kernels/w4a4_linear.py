@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from qvgen.packed_layer import PackedLinearWeights
-from service.kernels.reference import clip_rows, quantized_linear_reference
-from service.kernels.triton_support import log_fallback_once, triton_unavailable_reason
+from qvgen.timestep_groups import clip_rows
+from qvgen.triton_support import log_fallback_once, triton_unavailable_reason
+from service.kernels.reference import quantized_linear_reference
 from service.kernels.weight_layout import (
     DEFAULT_BLOCK_K,
     MAX_KERNEL_BITS,

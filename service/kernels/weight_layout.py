@@ -2,7 +2,7 @@
 
 Format v1 interleaves nibbles (byte j holds k = 2j low, k = 2j + 1 high). Unpacking that in the
 GEMM's K-loop needs a join and a reshape of the tile, which measured 1.05× bf16 on an H200
-against 1.15× for the layout used here (``shared/reference/anchors.md``): nibbles **split per
+against 1.15× for the layout used here (BENCHMARKS.md, kernel attempts): nibbles **split per
 K-block**. With block width B (= the GEMM's BLOCK_K), K is zero-padded to K_pad, a multiple of
 B, and byte j of block b holds
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from diffusers import CogVideoXPipeline, WanPipeline
 
-from training.family import WAN_TEXT_TOKENS, ModelFamily, detect_family
+from qvgen.family import WAN_TEXT_TOKENS, ModelFamily, detect_family
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from qvgen.device_copy import shared_copy
 from qvgen.numerics import check_bits, quantize_tokens
-from service.kernels.reference import clip_rows
+from qvgen.timestep_groups import clip_rows
 from training.quant.kernels.dispatch import use_triton
 from training.quant.ste import round_ste
 

@@ -31,12 +31,3 @@ class LearnedClipActivationQuantizer(ActivationQuantizer):
 
     def clip_table(self) -> torch.Tensor:
         return torch.sigmoid(self.clip_logits.float())
-
-    def load_clip_factors(self, factors: torch.Tensor) -> None:
-        """Set the table from factors in (0, 1) (e.g. an imported checkpoint's)."""
-        if factors.shape != self.clip_logits.shape:
-            raise ValueError(
-                f"clip factors must be {tuple(self.clip_logits.shape)}, got {tuple(factors.shape)}"
-            )
-        with torch.no_grad():
-            self.clip_logits.copy_(torch.logit(factors.float()))

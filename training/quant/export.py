@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from qvgen.checkpoint import CheckpointError, PackedCheckpoint, PackedScheme, write_packed
+from qvgen.linear_swap import plain_linears
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
 from training.quant.quant_linear import QuantLinear
-from training.quant.swap import full_precision_linears
 
 
 @torch.no_grad()
@@ -83,7 +83,7 @@ def packed_checkpoint(model: nn.Module) -> PackedCheckpoint:
         config=diffusers_config(model),
         scheme=PackedScheme(weight_bits=w_bits, activation_bits=a_bits, clip_groups=groups),
         layers={m.name: pack_layer(m) for m in layers},
-        full_precision_modules=tuple(full_precision_linears(model)),
+        full_precision_modules=tuple(plain_linears(model)),
         tensors={k: v.detach().cpu() for k, v in tensors.items()},
     )
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 
+from qvgen.family import ModelFamily
 from training.data.order import SampleOrder
-from training.family import ModelFamily
 from training.quant.kernels.dispatch import FakeQuantBackend, fake_quant_backend
 from training.trainer.config import Method, TrainConfig
 from training.trainer.denoiser import Noiser

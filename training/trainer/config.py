@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from qvgen.layer_policy import LayerPolicy
 from training.quant.config import QuantScheme
 from training.quant.rank_decay import DecayShape, RankDecaySchedule
-from training.quant.swap import LayerPolicy
 
 CONFIG_FILE = "config.json"
 CONFIG_VERSION = 1

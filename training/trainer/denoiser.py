@@ -24,7 +24,7 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 from torch import nn
 
-from training.family import ModelFamily
+from qvgen.family import ModelFamily
 
 NUM_TRAIN_TIMESTEPS = 1000
 

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from qvgen.family import ModelFamily, PipelineGeometry
 from training.data.cache import LatentCache, LatentSource, build_cache
 from training.data.frames import Bucket
 from training.data.order import SampleOrder
-from training.family import ModelFamily, PipelineGeometry
 from training.quant.rank_decay import RankDecaySchedule, sync_rank_decay
 from training.trainer import distributed as D
 from training.trainer.config import Parallelism, TrainConfig

@@ -19,11 +19,12 @@ import diffusers
 import torch
 from torch import nn
 
+from qvgen.layer_policy import LayerPolicy
 from qvgen.timestep_groups import bind_timestep_groups
 from training.quant.config import QuantScheme
 from training.quant.quant_linear import QuantLinear
 from training.quant.rank_decay import quant_linears
-from training.quant.swap import LayerPolicy, quantize_linears
+from training.quant.swap import quantize_linears
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from qvgen.family import ModelFamily
 from service.api.main import create_app
 from service.api.routes.playground import STATIC_DIR, Asset
 from service.api.schemas import MAX_SIDE, MAX_STEPS, QUEUE_POSITION_CAP, SIDE_MULTIPLE
 from service.engine.limits import (
     EngineRules,
-    ModelFamily,
     ModelGeometry,
     ModelLimits,
     default_limits,

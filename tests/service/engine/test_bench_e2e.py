@@ -11,6 +11,7 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan
 from torch import nn
 
+from qvgen.layer_policy import LayerPolicy
 from qvgen.tiny_pipelines import TextEncoderSize
 from service.engine import bench_e2e
 from service.engine.bench_e2e import (
@@ -40,7 +41,6 @@ from service.engine.random_models import (
     WanArchitecture,
     _meta_transformer,
 )
-from training.quant.swap import LayerPolicy
 
 TINY_WAN = WanArchitecture(
     "tiny-wan", num_layers=1, num_heads=2, head_dim=16, ffn_dim=32, text_dim=16, freq_dim=32,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from torch import nn
 
+from qvgen.family import ModelFamily
 from service.engine.diffusers_engine import DiffusersEngine
-from service.engine.limits import ModelFamily
 from service.engine.types import GenerationCancelled, GenerationRequest, InvalidRequest
 
 REQUEST = GenerationRequest(

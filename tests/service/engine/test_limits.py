@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
+from qvgen.family import ModelFamily
 from service.engine.limits import (
     MAX_SEED,
-    ModelFamily,
     ModelGeometry,
     ModelLimits,
     check_request,

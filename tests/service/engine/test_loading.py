@@ -7,14 +7,9 @@ import pytest
 import torch
 from diffusers import CogVideoXPipeline, WanPipeline
 
-from service.engine.limits import ModelFamily, ModelGeometry
-from service.engine.loading import (
-    MODEL_INDEX_FILE,
-    MemoryOptions,
-    detect_family,
-    load_pipeline,
-    pipeline_geometry,
-)
+from qvgen.family import MODEL_INDEX_FILE, ModelFamily, detect_family
+from service.engine.limits import ModelGeometry
+from service.engine.loading import MemoryOptions, load_pipeline, pipeline_geometry
 
 
 def test_families_are_read_from_model_index(tiny_wan_dir: Path, tiny_cogvideox_dir: Path) -> None:

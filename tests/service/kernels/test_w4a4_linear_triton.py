@@ -10,7 +10,7 @@ from torch import nn
 from qvgen.numerics import qmax
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
-from service.kernels.triton_support import triton_installed, triton_unavailable_reason
+from qvgen.triton_support import triton_installed, triton_unavailable_reason
 from service.kernels.w4a4_linear import KernelBackend, W4A4Linear
 from tests.service.kernels.compare import assert_close_verbose
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from qvgen.checkpoint import CheckpointError, read_packed
-from qvgen.timestep_groups import bind_timestep_groups
+from qvgen.layer_policy import LayerPolicy
+from qvgen.timestep_groups import bind_timestep_groups, clip_rows
 from service.kernels.packed_transformer import load_packed_transformer
-from service.kernels.reference import clip_rows, packed_linear_reference
+from service.kernels.reference import packed_linear_reference
 from service.kernels.w4a4_linear import KernelBackend
 from tests.training.quant.tiny_transformers import (
     cogvideox_inputs,
@@ -22,7 +23,7 @@ from training.quant.config import QuantScheme
 from training.quant.export import export_packed, pack_layer
 from training.quant.quant_linear import QuantLinear
 from training.quant.rank_decay import RankDecaySchedule, sync_rank_decay
-from training.quant.swap import LayerPolicy, quantize_linears
+from training.quant.swap import quantize_linears
 
 REL_TOL = 1e-5
 GROUPS = 6

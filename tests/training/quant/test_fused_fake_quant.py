@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.kernels.triton_support import interpreting, triton_installed
+from qvgen.triton_support import interpreting, triton_installed
 from training.quant.activation_clip import LearnedClipActivationQuantizer
 from training.quant.config import QuantScheme
 from training.quant.kernels.dispatch import FakeQuantBackend, fake_quant_backend, use_triton

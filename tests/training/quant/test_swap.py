@@ -4,10 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from qvgen.layer_policy import LayerPolicy
+from qvgen.linear_swap import plain_linears
 from tests.training.quant.tiny_transformers import tiny_cogvideox, tiny_wan
 from training.quant.config import QuantScheme
 from training.quant.quant_linear import QuantLinear
-from training.quant.swap import LayerPolicy, full_precision_linears, quantize_linears
+from training.quant.swap import quantize_linears
 
 
 def test_default_policy_quantizes_block_linears_and_keeps_embedders_and_norms() -> None:
@@ -15,20 +17,20 @@ def test_default_policy_quantizes_block_linears_and_keeps_embedders_and_norms() 
     names = quantize_linears(wan, QuantScheme(), rank=2)
     assert all(n.startswith("blocks.") for n in names)
     assert "blocks.1.ffn.net.2" in names and "blocks.0.attn2.to_k" in names
-    kept = full_precision_linears(wan)
+    kept = plain_linears(wan)
     assert "proj_out" in kept and any(n.startswith("condition_embedder") for n in kept)
 
     cog = tiny_cogvideox()
     names = quantize_linears(cog, QuantScheme(), rank=2)
     assert "transformer_blocks.0.ff.net.2" in names
     assert not [n for n in names if "norm" in n]
-    assert "transformer_blocks.0.norm1.linear" in full_precision_linears(cog)
+    assert "transformer_blocks.0.norm1.linear" in plain_linears(cog)
 
 
 def test_everything_policy_matches_the_released_recipe() -> None:
     wan = tiny_wan()
     quantize_linears(wan, QuantScheme(), rank=0, policy=LayerPolicy.everything())
-    assert full_precision_linears(wan) == []
+    assert plain_linears(wan) == []
 
 
 def test_policy_selecting_nothing_is_an_error() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from qvgen.cli import build_parser
+from qvgen.family import PipelineGeometry
 from training.cli import config_from_args
-from training.family import PipelineGeometry
 from training.trainer.config import Method, TrainConfig
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.kernels.triton_support import interpreting, triton_installed
+from qvgen.triton_support import interpreting, triton_installed
 from tests.training.trainer.runs import read_log, tiny_config
 from training.quant.kernels import autograd
 from training.quant.kernels.dispatch import FakeQuantBackend, fake_quant_backend

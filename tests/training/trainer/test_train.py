@@ -86,7 +86,7 @@ def test_rank_reaches_zero_at_the_planned_step_and_export_matches_student(
 
 
 def _step_batch(run, step: int):  # type: ignore[no-untyped-def]
-    from training.family import ModelFamily
+    from qvgen.family import ModelFamily
     from training.trainer.denoiser import cogvideox_rotary
 
     samples = [run.cache.load(i) for i in run.order.clip_indices(step, 0)]

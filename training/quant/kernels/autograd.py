@@ -39,7 +39,7 @@ def fake_quant_tokens(
     x: torch.Tensor, clip: torch.Tensor, bits: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """x̂ of ``x`` [..., K] quantized per token with per-token clip factors ``clip`` [M, 2]
-    (M = x.numel() / K, rows in x's order; ``service.kernels.reference.clip_rows``)."""
+    (M = x.numel() / K, rows in x's order; ``qvgen.timestep_groups.clip_rows``)."""
     k = x.shape[-1]
     x2d = x.reshape(-1, k)
     if x2d.stride(1) != 1:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from service.kernels.triton_support import triton_unavailable_reason
+from qvgen.triton_support import triton_unavailable_reason
 
 
 class FakeQuantBackend(enum.Enum):

@@ -38,8 +38,8 @@ import triton
 import triton.language as tl
 
 from qvgen.numerics import EPS, check_bits, qmax
-from service.kernels.activation_quant import token_scale_zero
-from service.kernels.triton_support import interpreting
+from qvgen.triton_numerics import token_scale_zero
+from qvgen.triton_support import interpreting
 
 # Columns per chunk of a row, and elements of x per program: small enough that the second
 # read of a program's rows (after the per-row reduction) comes from L2.

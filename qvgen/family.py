@@ -1,9 +1,18 @@
-"""The two model families training supports, and what a pipeline directory says about them.
+"""The two model families, and the geometry their configs impose: one module for both halves.
 
 Wan 2.1 and CogVideoX differ in how latents are normalised, how a clean latent is noised
 (flow matching vs DDIM v-prediction), the transformer's input layout and the prompt length.
-Everything family-specific is dispatched on ``ModelFamily``; this module reads the pipeline
-directory's configs without loading any weights.
+Everything family-specific is dispatched on ``ModelFamily``. ``PipelineGeometry`` maps pixels
+to transformer tokens from the VAE and transformer configs alone (no weights loaded):
+
+* width and height must be multiples of ``size_multiple`` = lcm(VAE spatial factor × patch,
+  the pipeline's own check: 16 for Wan, 8 for CogVideoX);
+* frame counts are n = 1 + k · ``frame_step``: Wan's causal VAE maps 1 + 4k frames to 1 + k
+  latent frames (step = temporal factor); CogVideoX's VAE decodes latent frames in pairs after
+  an odd first group, so only an odd number of latent frames decodes back to the request
+  (step = 2 × temporal factor: 9, 17, …, 49).
+
+Training checks its bucket with it, serving derives the request rules it publishes from it.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,10 @@ class ModelFamily(enum.Enum):
     COGVIDEOX = "CogVideoXPipeline"
 
 
+# The pipelines' own size checks (``check_inputs``), on top of VAE factor × patch size.
+PIPELINE_SIZE_CHECK = {ModelFamily.WAN: 16, ModelFamily.COGVIDEOX: 8}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a diffusers pipeline directory")
@@ -37,6 +51,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def detect_family(model_dir: str | Path) -> ModelFamily:
+    """The pipeline family named by ``model_index.json`` in ``model_dir``."""
     index = _read_json(Path(model_dir) / MODEL_INDEX_FILE)
     name = index.get("_class_name")
     try:
@@ -44,7 +59,7 @@ def detect_family(model_dir: str | Path) -> ModelFamily:
     except ValueError:
         allowed = sorted(f.value for f in ModelFamily)
         raise ValueError(
-            f"{Path(model_dir) / MODEL_INDEX_FILE}: pipeline {name!r} is not supported; "
+            f"{Path(model_dir) / MODEL_INDEX_FILE}: pipeline class {name!r} is not supported; "
             f"supported: {allowed}"
         ) from None
 
@@ -61,10 +76,19 @@ class PipelineGeometry:
 
     @classmethod
     def read(cls, model_dir: str | Path) -> PipelineGeometry:
+        """From the configs in a pipeline directory."""
         root = Path(model_dir)
-        family = detect_family(root)
-        vae = _read_json(root / "vae" / "config.json")
-        transformer = _read_json(root / "transformer" / "config.json")
+        return cls.from_configs(
+            detect_family(root),
+            _read_json(root / "vae" / "config.json"),
+            _read_json(root / "transformer" / "config.json"),
+        )
+
+    @classmethod
+    def from_configs(
+        cls, family: ModelFamily, vae: Mapping[str, Any], transformer: Mapping[str, Any]
+    ) -> PipelineGeometry:
+        """From a VAE and a transformer config (a loaded model's ``.config`` or its JSON)."""
         if family is ModelFamily.WAN:
             patch_t, patch_h, patch_w = transformer["patch_size"]
             return cls(
@@ -82,6 +106,19 @@ class PipelineGeometry:
             int(transformer["patch_size"]),
             int(transformer.get("patch_size_t") or 1),
         )
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this (VAE × patch and the pipeline's check)."""
+        return math.lcm(self.spatial_factor * self.patch, PIPELINE_SIZE_CHECK[self.family])
+
+    @property
+    def frame_step(self) -> int:
+        """Frame counts the pipeline decodes back to the request: 1 + k · frame_step."""
+        if self.family is ModelFamily.COGVIDEOX:
+            # An even latent count would decode to more frames than asked for.
+            return 2 * self.temporal_factor
+        return self.temporal_factor
 
     def check_bucket(self, frames: int, height: int, width: int) -> None:
         """Raise ``ValueError`` naming the flag unless the bucket maps to whole tokens."""

@@ -48,4 +48,4 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 @functools.cache
 def log_fallback_once(reason: str) -> None:
     """Log one line per distinct reason, however many layers fall back."""
-    logger.warning("W4A4 kernels: Triton backend unavailable (%s); using the reference", reason)
+    logger.warning("low-bit kernels: Triton backend unavailable (%s); using the reference", reason)
