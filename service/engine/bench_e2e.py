@@ -8,7 +8,7 @@ at one video size (default 81 × 480 × 832 → 32 760 tokens):
   combination ε_u + g(ε_c − ε_u); the scheduler's update (one axpy over the latents) is left out.
   Median over ``timed_steps`` after ``warmup_steps`` (which also run Triton's autotuning), timed
   with CUDA events. bf16 = diffusers' ``WanTransformer3DModel`` with its SDPA attention; W4A4 =
-  the same model with every block linear a ``W4A4Linear`` (Triton on sm_80+), attention still
+  the same model with every block linear a ``LowBitLinear`` (Triton on sm_80+), attention still
   bf16 SDPA.
 * **attention share** — the bf16 self-attention alone (SDPA on [1, heads, tokens, head_dim],
   × layers × 2 calls): the part of a step that W4A4 linears cannot speed up. The rest of a step

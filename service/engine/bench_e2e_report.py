@@ -132,7 +132,7 @@ def method_text(settings: E2ESettings, env: dict[str, Any]) -> str:
         "with classifier-free guidance (two transformer calls, batch 1 each, plus the guidance "
         f"combination), median of {settings.timed_steps} after {settings.warmup_steps} warm-up, "
         "CUDA events. bf16 = diffusers `WanTransformer3DModel` (SDPA attention); W4A4 = every "
-        "block linear a `W4A4Linear` (Triton), embedders/norms/`proj_out` in bf16 "
+        "block linear a `LowBitLinear` (Triton), embedders/norms/`proj_out` in bf16 "
         "(`LayerPolicy()`), attention still bf16 SDPA. Attention = bf16 SDPA self-attention "
         "alone × layers × 2 calls; other = step − attention. Weights = every parameter and "
         "buffer of the transformer. Generation peak = `torch.cuda.max_memory_allocated` over a "

@@ -4,7 +4,7 @@ The result is a standard diffusers pipeline (``WanPipeline`` or ``CogVideoXPipel
 users can call it from their own diffusers code. A transformer directory that holds
 ``qvgen_packed.safetensors`` (format v1, ``docs/checkpoint-format.md``) is built by
 ``service.kernels.packed_transformer.load_packed_transformer``: on the meta device, with
-``W4A4Linear`` layers, a strict key check and the timestep-group hook installed. Any other
+``LowBitLinear`` layers, a strict key check and the timestep-group hook installed. Any other
 transformer directory is a plain diffusers one and loads in the target dtype.
 """
 

@@ -7,7 +7,7 @@ or materialises a full-size model on the CPU:
 * the bf16 transformer is built on the meta device (diffusers' class, real config) and every
   parameter is then drawn on the target device;
 * the packed transformer is built the same way, except that every linear the default
-  ``qvgen.layer_policy.LayerPolicy`` selects becomes a ``W4A4Linear`` made from random
+  ``qvgen.layer_policy.LayerPolicy`` selects becomes a ``LowBitLinear`` made from random
   ``PackedLinearWeights`` drawn on the device — no full-precision weight ever exists for it —
   and the clip-group hook is installed as the packed loader does;
 * the Wan VAE (``AutoencoderKLWan``; its default config is Wan 2.1's) is built the same way;
@@ -36,7 +36,7 @@ from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
 from qvgen.timestep_groups import DEFAULT_GROUPS, NUM_TRAIN_TIMESTEPS, bind_timestep_groups
 from qvgen.tiny_pipelines import TextEncoderSize, build_tokenizer
-from service.kernels.w4a4_linear import W4A4Linear
+from service.kernels.lowbit_linear import LowBitLinear, build_lowbit_linear
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def random_packed_transformer(
     policy: LayerPolicy | None = None,
     clip_groups: int = DEFAULT_GROUPS,
 ) -> nn.Module:
-    """``arch`` with the ``policy``-selected linears as random ``W4A4Linear`` (backend chosen
+    """``arch`` with the ``policy``-selected linears as random ``LowBitLinear`` (backend chosen
     by device, as the packed loader does) and the rest random in ``dtype``; bound to the
     timestep groups. Raises ``ValueError`` when the policy selects no linear."""
     model = _meta_transformer(arch)
@@ -238,7 +238,9 @@ def random_packed_transformer(
     gen = torch.Generator(device=device).manual_seed(seed + 1)
 
     def build(name: str, linear: nn.Linear) -> nn.Module:
-        return W4A4Linear(random_packed_weights(name, linear, device, gen, bits, clip_groups))
+        return build_lowbit_linear(
+            random_packed_weights(name, linear, device, gen, bits, clip_groups)
+        )
 
     swap_linears(model, names, build)
     materialize_random(model, device, dtype, seed)
@@ -285,5 +287,5 @@ def resident_bytes(model: nn.Module) -> int:
 
 
 def count_quantized(model: nn.Module) -> int:
-    """How many ``W4A4Linear`` layers ``model`` holds."""
-    return sum(isinstance(m, W4A4Linear) for m in model.modules())
+    """How many ``LowBitLinear`` layers ``model`` holds."""
+    return sum(isinstance(m, LowBitLinear) for m in model.modules())

@@ -3,7 +3,7 @@
 1. The class named in ``config.json`` is built with parameters on the meta device (buffers
    real, so rotary tables and the like are computed as usual).
 2. Every quantized linear listed in the checkpoint replaces its ``nn.Linear`` by a
-   ``W4A4Linear`` holding the packed tensors; the full-size bf16 weight is never allocated.
+   ``LowBitLinear`` holding the packed tensors; the full-size bf16 weight is never allocated.
 3. The remaining tensors are assigned with a strict key check that lists missing and
    unexpected names.
 4. A forward pre-hook sets every layer's activation-clip group from the timestep
@@ -23,7 +23,7 @@ from torch import nn
 from qvgen.checkpoint import CheckpointError, PackedCheckpoint, read_packed
 from qvgen.linear_swap import LinearSwapError, swap_linears
 from qvgen.timestep_groups import bind_timestep_groups
-from service.kernels.w4a4_linear import KernelBackend, W4A4Linear
+from service.kernels.lowbit_linear import KernelBackend, LowBitLinear, build_lowbit_linear
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _swap_in(
         if (current.bias is not None) != (layer.bias is not None):
             raise CheckpointError(f"{name}: bias present in model and checkpoint disagree")
         # Built on the serving device: the backend is chosen from where the codes live.
-        return W4A4Linear(layer.to(device), backend)
+        return build_lowbit_linear(layer.to(device), backend)
 
     try:
         swap_linears(model, checkpoint.layers, build)
@@ -77,7 +77,7 @@ def load_packed_transformer(
     dtype: torch.dtype = torch.float32,
     backend: KernelBackend | None = None,
 ) -> nn.Module:
-    """The transformer of ``transformer_dir`` with W4A4Linear layers, bound to its timesteps.
+    """The transformer of ``transformer_dir`` with LowBitLinear layers, bound to its timesteps.
 
     ``dtype`` applies to the full-precision tensors; packed layers keep their stored dtypes.
     ``backend`` None picks Triton where it runs (CUDA sm_80+) and the reference elsewhere.
@@ -101,7 +101,7 @@ def load_packed_transformer(
     bind_timestep_groups(
         model, checkpoint.scheme.clip_groups, checkpoint.scheme.num_train_timesteps
     )
-    backends = sorted({m.backend.value for m in model.modules() if isinstance(m, W4A4Linear)})
+    backends = sorted({m.backend.value for m in model.modules() if isinstance(m, LowBitLinear)})
     logger.info(
         "loaded %s: %d W%dA%d layers (%s backend), %d full-precision linears",
         transformer_dir,

@@ -13,7 +13,7 @@ import pytest
 
 from service.engine.diffusers_engine import DiffusersEngine
 from service.engine.types import GenerationRequest
-from service.kernels.w4a4_linear import KernelBackend, W4A4Linear
+from service.kernels.lowbit_linear import KernelBackend, LowBitLinear, build_lowbit_linear
 from training.synthetic.scorer import score_clips
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -53,7 +53,7 @@ def test_shipped_weights_fit_the_budget() -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_pipeline_loads_and_generates_a_default_clip(name: str) -> None:
     engine = DiffusersEngine.from_pretrained(MODELS / name, device="cpu")
-    packed = [m for m in engine.pipeline.transformer.modules() if isinstance(m, W4A4Linear)]
+    packed = [m for m in engine.pipeline.transformer.modules() if isinstance(m, LowBitLinear)]
     assert bool(packed) == name.endswith(("w4a4", "w3a3"))
     assert all(m.backend is KernelBackend.REFERENCE for m in packed)
     video = engine.generate(GenerationRequest(prompt=GUARD_PROMPTS[0], num_inference_steps=4))

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from qvgen.checkpoint import CheckpointError
 from qvgen.checkpoint.import_release import import_release, import_release_state
 from qvgen.timestep_groups import bind_timestep_groups
+from service.kernels.lowbit_linear import KernelBackend
 from service.kernels.packed_transformer import load_packed_transformer
-from service.kernels.w4a4_linear import KernelBackend
 from tests.training.quant.tiny_transformers import tiny_wan, wan_inputs
 from training.quant.config import QuantScheme
 from training.quant.export import diffusers_config

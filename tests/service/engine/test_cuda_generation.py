@@ -12,7 +12,7 @@ import torch
 from service.engine.diffusers_engine import DiffusersEngine
 from service.engine.loading import MemoryOptions
 from service.engine.types import GenerationCancelled, GenerationRequest
-from service.kernels.w4a4_linear import W4A4Linear
+from service.kernels.lowbit_linear import LowBitLinear
 from tests.service.engine.packed_pipelines import export_packed_pipeline, fake_quantized_engine
 
 pytestmark = [
@@ -61,7 +61,7 @@ def test_packed_w4a4_pipeline_generates_on_cuda(pipeline_dir: Path, tmp_path: Pa
         pipeline_dir, fake_quantized_engine(pipeline_dir), tmp_path / "packed"
     )
     engine = DiffusersEngine.from_pretrained(packed_dir, device="cuda")
-    layers = [m for m in engine.pipeline.transformer.modules() if isinstance(m, W4A4Linear)]
+    layers = [m for m in engine.pipeline.transformer.modules() if isinstance(m, LowBitLinear)]
     assert layers
     assert all(m.weight_scale.device.type == "cuda" for m in layers)
     video = engine.generate(REQUEST)

@@ -13,7 +13,7 @@ from torch import nn
 from qvgen.timestep_groups import timestep_to_group
 from service.engine.diffusers_engine import DiffusersEngine
 from service.engine.types import GenerationRequest
-from service.kernels.w4a4_linear import W4A4Linear
+from service.kernels.lowbit_linear import LowBitLinear
 from tests.service.engine.packed_pipelines import (
     SCHEME,
     export_packed_pipeline,
@@ -71,7 +71,7 @@ def test_packed_directory_loads_w4a4_layers(engines: QuantizedPair) -> None:
         if isinstance(m, QuantLinear)
     ]
     packed = [
-        m.name for m in engines.packed.pipeline.transformer.modules() if isinstance(m, W4A4Linear)
+        m.name for m in engines.packed.pipeline.transformer.modules() if isinstance(m, LowBitLinear)
     ]
     assert packed == fake
     assert len(packed) > 0
@@ -123,7 +123,7 @@ def test_every_forward_call_uses_the_clip_group_of_its_timestep(engines: Quantiz
     """Issue 5 item 2: g(t) on every denoising step, with guidance (Wan: two calls per step,
     CogVideoX: one call with a batch of two)."""
     transformer = engines.packed.pipeline.transformer
-    layer = next(m for m in transformer.modules() if isinstance(m, W4A4Linear))
+    layer = next(m for m in transformer.modules() if isinstance(m, LowBitLinear))
     timesteps: list[torch.Tensor] = []
     groups: list[torch.Tensor] = []
 

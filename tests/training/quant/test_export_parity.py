@@ -10,9 +10,9 @@ import torch
 from qvgen.checkpoint import CheckpointError, read_packed
 from qvgen.layer_policy import LayerPolicy
 from qvgen.timestep_groups import bind_timestep_groups, clip_rows
+from service.kernels.lowbit_linear import KernelBackend
 from service.kernels.packed_transformer import load_packed_transformer
 from service.kernels.reference import packed_linear_reference
-from service.kernels.w4a4_linear import KernelBackend
 from tests.training.quant.tiny_transformers import (
     cogvideox_inputs,
     tiny_cogvideox,

@@ -1,4 +1,4 @@
-"""``W4A4Linear`` on the Triton backend: same outputs as the reference backend, a quarter of
+"""``LowBitLinear`` on the Triton backend: same outputs as the reference backend, a quarter of
 the weight memory, and a clean fallback where Triton cannot run."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from qvgen.numerics import qmax
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
 from qvgen.triton_support import triton_installed, triton_unavailable_reason
-from service.kernels.w4a4_linear import KernelBackend, W4A4Linear
+from service.kernels.lowbit_linear import KernelBackend, TritonLowBitLinear, build_lowbit_linear
 from tests.service.kernels.compare import assert_close_verbose
 
 needs_triton = pytest.mark.skipif(not triton_installed(), reason="Triton is not installed")
@@ -40,8 +40,8 @@ def packed_weights(
 @pytest.mark.parametrize("bits", [4, 3])
 def test_triton_backend_equals_reference_backend(bits: int, device: torch.device) -> None:
     weights = packed_weights(k=200, n=37, bits=bits, device=device, seed=bits)
-    triton_layer = W4A4Linear(weights, KernelBackend.TRITON, block_k=64)
-    reference_layer = W4A4Linear(weights, KernelBackend.REFERENCE)
+    triton_layer = build_lowbit_linear(weights, KernelBackend.TRITON, block_k=64)
+    reference_layer = build_lowbit_linear(weights, KernelBackend.REFERENCE)
     x = torch.randn(2, 17, 200, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     groups = torch.tensor([0, 3], device=device)  # one timestep group per sample
     for layer in (triton_layer, reference_layer):
@@ -57,8 +57,8 @@ def test_triton_backend_equals_reference_backend(bits: int, device: torch.device
 def test_default_block_and_autotuned_path(device: torch.device) -> None:
     """The production configuration (block_k = 128; autotuned on a GPU), many tokens."""
     weights = packed_weights(k=300, n=65, bits=4, device=device, seed=9)
-    triton_layer = W4A4Linear(weights, KernelBackend.TRITON)
-    reference_layer = W4A4Linear(weights, KernelBackend.REFERENCE)
+    triton_layer = build_lowbit_linear(weights, KernelBackend.TRITON)
+    reference_layer = build_lowbit_linear(weights, KernelBackend.REFERENCE)
     x = torch.randn(1, 1100, 300, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     for layer in (triton_layer, reference_layer):
         layer.set_clip_group(torch.tensor([2], device=device))
@@ -70,18 +70,19 @@ def test_default_block_and_autotuned_path(device: torch.device) -> None:
 @needs_triton
 def test_weight_memory_is_a_quarter_of_bf16(device: torch.device) -> None:
     k, n = 1536, 64
-    layer = W4A4Linear(packed_weights(k, n, 4, device, seed=2), KernelBackend.TRITON)
+    layer = build_lowbit_linear(packed_weights(k, n, 4, device, seed=2), KernelBackend.TRITON)
     kept = sum(b.numel() * b.element_size() for b in layer.buffers())
     dense = nn.Linear(k, n, dtype=torch.bfloat16)
     dense_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
-    assert layer.weight_codes is None and layer.qweight is None
+    assert isinstance(layer, TritonLowBitLinear)
+    assert not hasattr(layer, "weight_codes") and not hasattr(layer, "qweight")
     assert kept <= 0.27 * dense_bytes, f"{kept} bytes kept vs {dense_bytes} for bf16"
 
 
 @needs_triton
 def test_packed_round_trip_on_triton_backend(device: torch.device) -> None:
     weights = packed_weights(k=100, n=9, bits=3, device=device, seed=4)
-    packed = W4A4Linear(weights, KernelBackend.TRITON, block_k=64).packed()
+    packed = build_lowbit_linear(weights, KernelBackend.TRITON, block_k=64).packed()
     assert torch.equal(packed.qweight, weights.qweight)
 
 
@@ -89,12 +90,12 @@ def test_cpu_without_interpreter_falls_back(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     weights = packed_weights(k=64, n=8, bits=4, device=torch.device("cpu"), seed=0)
     assert triton_unavailable_reason(torch.device("cpu")) is not None
-    assert W4A4Linear(weights).backend is KernelBackend.REFERENCE
+    assert build_lowbit_linear(weights).backend is KernelBackend.REFERENCE
     with pytest.raises(ValueError, match="Triton backend unavailable"):
-        W4A4Linear(weights, KernelBackend.TRITON)
+        build_lowbit_linear(weights, KernelBackend.TRITON)
 
 
 def test_eight_bit_activations_fall_back() -> None:
     weights = packed_weights(k=64, n=8, bits=4, device=torch.device("cpu"), seed=0)
     wide = PackedLinearWeights(**{**weights.__dict__, "activation_bits": 8})
-    assert W4A4Linear(wide).backend is KernelBackend.REFERENCE
+    assert build_lowbit_linear(wide).backend is KernelBackend.REFERENCE

@@ -1,0 +1,222 @@
+"""``LowBitLinear``: the packed quantized linear that serving runs, one type per weight layout.
+
+A layer holds one linear in format v1 (``qvgen.packed_layer.PackedLinearWeights``, any bit width
+of the format: W4A4, W3A3, …) and computes y = Q_a(x) · Q_w(W)^T + b with the clip factors of
+the timestep group set by ``qvgen.timestep_groups.bind_timestep_groups``. Two layouts of the
+weight codes, each its own type:
+
+* ``ReferenceLowBitLinear``: format-v1 ``qweight`` plus the codes unpacked once to int8; pure
+  PyTorch with exact integers, on any device;
+* ``TritonLowBitLinear``: only ``kernel_qweight``, the codes repacked once into the kernels'
+  layout (``service.kernels.weight_layout``); one-pass activation quantization and an int8
+  tensor-core GEMM with the epilogue fused.
+
+``build_lowbit_linear`` picks the type from the device the weights sit on: Triton on CUDA sm_8x /
+sm_90 (or anywhere under ``TRITON_INTERPRET=1``), else the reference, announced by one log line.
+Build a layer from weights already on the serving device.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import nn
+
+from qvgen.packed_layer import PackedLinearWeights
+from qvgen.timestep_groups import clip_rows
+from qvgen.triton_support import log_fallback_once, triton_unavailable_reason
+from service.kernels.reference import quantized_linear_reference
+from service.kernels.weight_layout import (
+    DEFAULT_BLOCK_K,
+    MAX_KERNEL_BITS,
+    KernelWeightLayout,
+    format_v1_from_kernel_layout,
+    to_kernel_layout,
+)
+
+
+class KernelBackend(enum.Enum):
+    """Which implementation computes the quantized product."""
+
+    REFERENCE = "reference"  # pure PyTorch, exact integers; any device
+    TRITON = "triton"  # fused activation quantization + int8 tensor-core GEMM
+
+
+def triton_refusal(weights: PackedLinearWeights) -> str | None:
+    """Why the Triton backend cannot serve ``weights``; None when it can."""
+    if max(weights.weight_bits, weights.activation_bits) > MAX_KERNEL_BITS:
+        return (
+            f"W{weights.weight_bits}A{weights.activation_bits} needs more than "
+            f"{MAX_KERNEL_BITS}-bit int8 codes"
+        )
+    return triton_unavailable_reason(weights.qweight.device)
+
+
+def select_backend(weights: PackedLinearWeights) -> KernelBackend:
+    """Triton where it runs, else the reference (logged once per reason)."""
+    reason = triton_refusal(weights)
+    if reason is None:
+        return KernelBackend.TRITON
+    log_fallback_once(reason)
+    return KernelBackend.REFERENCE
+
+
+class LowBitLinear(nn.Module):
+    """What every layout shares: per-channel numbers, clip table, timestep group, the forward.
+
+    Buffers: ``weight_scale`` / ``weight_zero_point`` float32 [N], ``act_clip`` float32 [G, 2],
+    ``bias`` float32 [N] (when present). Subclasses hold the codes and compute the product.
+    """
+
+    backend: KernelBackend
+    weight_scale: torch.Tensor
+    weight_zero_point: torch.Tensor
+    act_clip: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weights: PackedLinearWeights) -> None:
+        super().__init__()
+        self.name = weights.name
+        self.in_features = weights.in_features
+        self.out_features = weights.out_features
+        self.weight_bits = weights.weight_bits
+        self.activation_bits = weights.activation_bits
+        self.register_buffer("weight_scale", weights.weight_scale)
+        self.register_buffer("weight_zero_point", weights.weight_zero_point)
+        self.register_buffer("act_clip", weights.act_clip)
+        self.register_buffer("bias", weights.bias)
+        self._groups: torch.Tensor | None = None
+
+    def format_v1_codes(self) -> torch.Tensor:
+        """The codes as format v1's ``qweight`` (uint8 [N, ⌈K/2⌉] at ≤ 4 bits)."""
+        raise NotImplementedError
+
+    def packed(self) -> PackedLinearWeights:
+        """The layer's tensors as a ``PackedLinearWeights`` (validated)."""
+        return PackedLinearWeights(
+            name=self.name,
+            in_features=self.in_features,
+            out_features=self.out_features,
+            weight_bits=self.weight_bits,
+            activation_bits=self.activation_bits,
+            qweight=self.format_v1_codes(),
+            weight_scale=self.weight_scale,
+            weight_zero_point=self.weight_zero_point,
+            act_clip=self.act_clip,
+            bias=self.bias,
+        )
+
+    def set_clip_group(self, groups: torch.Tensor) -> None:
+        self._groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._groups is None:
+            raise RuntimeError(
+                f"{self.name}: no timestep group set; bind the transformer with "
+                "qvgen.timestep_groups.bind_timestep_groups or call set_clip_group first"
+            )
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        clip = clip_rows(self.act_clip, self._groups, self._rows_per_group(x))
+        return self.product(x2d, clip).to(x.dtype).reshape(*lead, self.out_features)
+
+    def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        """Q_a(x) · Q_w(W)^T + b for x [M, K] with per-row clip factors [M, 2]."""
+        raise NotImplementedError
+
+    def _rows_per_group(self, x: torch.Tensor) -> int:
+        """Rows of x that share each entry of the current groups (one group per sample)."""
+        rows = x.numel() // self.in_features
+        assert self._groups is not None
+        n = self._groups.numel()
+        if n == 1:
+            return rows
+        if x.ndim < 3 or x.shape[0] != n:
+            raise ValueError(
+                f"{self.name}: {n} clip groups set for input of shape {tuple(x.shape)}; "
+                "expected one group per sample of a [B, S, K] input"
+            )
+        return rows // n
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"W{self.weight_bits}A{self.activation_bits}, backend={self.backend.value}"
+        )
+
+
+class ReferenceLowBitLinear(LowBitLinear):
+    """Format-v1 codes: ``qweight`` uint8 [N, ⌈K/2⌉] and ``weight_codes`` int8 [N, K], unpacked
+    once at construction; the product is ``service.kernels.reference`` (exact integers)."""
+
+    backend = KernelBackend.REFERENCE
+    qweight: torch.Tensor
+    weight_codes: torch.Tensor
+
+    def __init__(self, weights: PackedLinearWeights) -> None:
+        super().__init__(weights)
+        self.register_buffer("qweight", weights.qweight)
+        self.register_buffer(
+            "weight_codes", weights.weight_codes().to(torch.int8), persistent=False
+        )
+
+    def format_v1_codes(self) -> torch.Tensor:
+        return self.qweight
+
+    def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        return quantized_linear_reference(
+            x2d,
+            self.weight_codes,
+            self.weight_scale,
+            self.weight_zero_point,
+            self.bias,
+            clip,
+            self.weight_bits,
+            self.activation_bits,
+        )
+
+
+class TritonLowBitLinear(LowBitLinear):
+    """Kernel-layout codes only: ``kernel_qweight`` uint8 [N, K_pad/2], split per K-block of
+    ``block_k`` (``service.kernels.weight_layout``) — about a quarter of a bf16 weight."""
+
+    backend = KernelBackend.TRITON
+    kernel_qweight: torch.Tensor
+
+    def __init__(self, weights: PackedLinearWeights, block_k: int = DEFAULT_BLOCK_K) -> None:
+        if (reason := triton_refusal(weights)) is not None:
+            raise ValueError(f"{weights.name}: Triton backend unavailable: {reason}")
+        super().__init__(weights)
+        self.layout = KernelWeightLayout(
+            self.in_features, self.out_features, self.weight_bits, block_k
+        )
+        kernel_qweight = to_kernel_layout(weights.weight_codes(), self.layout)
+        self.register_buffer("kernel_qweight", kernel_qweight, persistent=False)
+
+    def format_v1_codes(self) -> torch.Tensor:
+        return format_v1_from_kernel_layout(self.kernel_qweight, self.layout)
+
+    def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+        """Quantize each input once, then one GEMM with the fused epilogue; output in x's dtype."""
+        # Imported here so that the module loads (and falls back) where Triton is absent.
+        from service.kernels.activation_quant import quantize_activations
+        from service.kernels.lowbit_gemm import lowbit_linear
+
+        qa = quantize_activations(x2d, clip, self.activation_bits, self.layout.block_k)
+        epilogue = (self.weight_scale, self.weight_zero_point, self.bias)
+        return lowbit_linear(qa, self.kernel_qweight, self.layout, epilogue, x2d.dtype)
+
+
+def build_lowbit_linear(
+    weights: PackedLinearWeights,
+    backend: KernelBackend | None = None,
+    block_k: int = DEFAULT_BLOCK_K,
+) -> LowBitLinear:
+    """The layer for ``weights`` on ``backend``; None chooses by device (``select_backend``).
+    Asking for TRITON where it cannot run raises ``ValueError`` naming the layer and why."""
+    if backend is None:
+        backend = select_backend(weights)
+    if backend is KernelBackend.TRITON:
+        return TritonLowBitLinear(weights, block_k)
+    return ReferenceLowBitLinear(weights)
