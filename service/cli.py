@@ -1,4 +1,4 @@
-"""``qvgen serve api|worker|all`` and ``qvgen bench service``.
+"""``qvgen serve api|worker|all``.
 
 Settings come from ``QVGEN_*`` environment variables (``service.settings.ServiceSettings``);
 the flags here only say what to run where.
@@ -59,13 +59,6 @@ def register(subparsers: Any) -> None:
     both.add_argument("--host", default="127.0.0.1")
     both.add_argument("--port", type=int, default=8000)
     both.set_defaults(handler=run_all)
-
-    bench = command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md")
-    service = bench.add_parser("service", help="submit and enqueue→start latency, kill trials")
-    from service.bench import add_arguments, run_bench
-
-    add_arguments(service)
-    service.set_defaults(handler=run_bench)
 
 
 def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -> int:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from service.bench import Cluster
+from benchmarks.service import Cluster
 from service.queue.keys import Keys
 from service.settings import ServiceSettings
 from tests.service.cluster_fixtures import (

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from service.bench import Cluster
+from benchmarks.service import Cluster
 from service.settings import ServiceSettings
 from service.worker.engines import EngineKind
 from tests.service.browser import chromium_page

@@ -120,7 +120,7 @@ def test_packed_generation_is_reproducible(engines: QuantizedPair) -> None:
 
 
 def test_every_forward_call_uses_the_clip_group_of_its_timestep(engines: QuantizedPair) -> None:
-    """Issue 5 item 2: g(t) on every denoising step, with guidance (Wan: two calls per step,
+    """g(t) on every denoising step, with guidance (Wan: two calls per step,
     CogVideoX: one call with a batch of two)."""
     transformer = engines.packed.pipeline.transformer
     layer = next(m for m in transformer.modules() if isinstance(m, LowBitLinear))
