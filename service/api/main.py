@@ -19,6 +19,7 @@ from service.metrics import ApiMetrics
 from service.queue.producer import JobQueue
 from service.queue.redis_config import check_redis_async
 from service.settings import ServiceSettings
+from service.storage import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             redis=client,
             queue=queue,
             metrics=metrics,
+            results=open_store(settings),
             started_at=int(time.time()),
         )
         logger.info(

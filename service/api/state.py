@@ -1,4 +1,4 @@
-"""What the routes share: settings, the job queue, the Redis client, the metrics."""
+"""What the routes share: settings, the job queue, the Redis client, the metrics, the results."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from service.api.auth import authenticate
 from service.metrics import ApiMetrics
 from service.queue.producer import JobQueue
 from service.settings import ServiceSettings
+from service.storage import ResultStore
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class ApiState:
     redis: aioredis.Redis
     queue: JobQueue
     metrics: ApiMetrics
+    results: ResultStore
     started_at: int  # unix s, reported as the models' ``created``
 
 

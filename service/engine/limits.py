@@ -89,6 +89,20 @@ def default_limits(family: ModelFamily) -> ModelLimits:
     return ModelLimits(max_width=1360, max_height=1360, max_frames=81)
 
 
+def nearest_allowed(value: float, first: int, step: int, last: int) -> tuple[int, ...]:
+    """The values ``first + step·k`` in [first, last] nearest to ``value``: the one below and the
+    one above it (only one past either end, none when the range is empty)."""
+    if last < first:
+        return ()
+    last = first + (last - first) // step * step
+    if value <= first:
+        return (first,)
+    if value >= last:
+        return (last,)
+    below = first + math.floor((value - first) / step) * step
+    return (below,) if below == value else (below, below + step)
+
+
 def _check_int(name: str, value: object) -> None:
     # bool is an int subclass; a True width is a caller bug, not a size.
     if not isinstance(value, int) or isinstance(value, bool):
@@ -99,8 +113,11 @@ def _check_size(name: str, value: int, multiple: int, maximum: int) -> None:
     _check_int(name, value)
     if not multiple <= value <= maximum or value % multiple:
         largest = maximum // multiple * multiple
+        nearest = ", ".join(map(str, nearest_allowed(value, multiple, multiple, maximum)))
         raise InvalidRequest(
-            name, f"{value} is not allowed; use a multiple of {multiple} in [{multiple}, {largest}]"
+            name,
+            f"{value} is not allowed; use a multiple of {multiple} in [{multiple}, {largest}] "
+            f"(e.g. {nearest})",
         )
 
 
@@ -108,10 +125,10 @@ def _check_frames(value: int, step: int, maximum: int) -> None:
     _check_int("num_frames", value)
     if not 1 <= value <= maximum or (value - 1) % step:
         largest = (maximum - 1) // step * step + 1
+        nearest = ", ".join(map(str, nearest_allowed(value, 1, step, maximum)))
         raise InvalidRequest(
             "num_frames",
-            f"{value} is not allowed; use 1 + {step}·k in [1, {largest}] (e.g. {1 + step}, "
-            f"{1 + 2 * step})",
+            f"{value} is not allowed; use 1 + {step}·k in [1, {largest}] (e.g. {nearest})",
         )
 
 

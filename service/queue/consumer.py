@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from service.engine.limits import EngineRules
 from service.queue import scripts
 from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
-from service.queue.records import ErrorCode, JobRecord, JobStatus
+from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus, now_ms
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ class Delivery:
 
     outcome: StartOutcome
     claim: Claim | None
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Consumer:
@@ -142,7 +138,7 @@ class Consumer:
             args=[
                 stream_id,
                 self.name,
-                _now_ms(),
+                now_ms(),
                 self._settings.max_deliveries,
                 self._settings.retention_s * 1000,
                 GROUP,
@@ -188,25 +184,27 @@ class Consumer:
         return self._end(
             claim,
             JobStatus.COMPLETED,
-            {"video_path": video_path, "thumbnail_path": thumbnail_path},
+            {JobField.VIDEO_PATH: video_path, JobField.THUMBNAIL_PATH: thumbnail_path},
         )
 
     def fail(self, claim: Claim, code: ErrorCode, message: str) -> bool:
         return self._end(
-            claim, JobStatus.FAILED, {"error_code": code.value, "error_message": message}
+            claim,
+            JobStatus.FAILED,
+            {JobField.ERROR_CODE: code.value, JobField.ERROR_MESSAGE: message},
         )
 
-    def _end(self, claim: Claim, status: JobStatus, fields: dict[str, str]) -> bool:
+    def _end(self, claim: Claim, status: JobStatus, fields: dict[JobField, str]) -> bool:
         args: list[str | int] = [
             claim.stream_id,
             claim.attempt,
             GROUP,
-            _now_ms(),
+            now_ms(),
             self._settings.retention_s * 1000,
             status.value,
         ]
         for name, value in fields.items():
-            args += [name, value]
+            args += [name.value, value]
         written = self._finish(keys=[self.keys.job(claim.job.id), self._stream], args=args)
         return bool(written)
 
@@ -225,14 +223,14 @@ class Consumer:
 
         Stream ids start with their enqueue time in ms, so the candidates are one XRANGE.
         """
-        newest = _now_ms() - self._settings.queued_ttl_s * 1000
+        newest = now_ms() - self._settings.queued_ttl_s * 1000
         entries: Any = self._redis.xrange(self._stream, "-", f"{newest}-0", count=limit)
         expired = 0
         for stream_id, fields in entries:
             expired += int(
                 self._expire(
                     keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream],
-                    args=[stream_id, GROUP, _now_ms(), self._settings.retention_s * 1000],
+                    args=[stream_id, GROUP, now_ms(), self._settings.retention_s * 1000],
                 )
             )
         return expired

@@ -23,6 +23,7 @@ from service.queue.records import (
     JobRecord,
     JobStatus,
     new_job_id,
+    now_ms,
     request_to_json,
 )
 from service.settings import ServiceSettings
@@ -61,10 +62,6 @@ class Cancelled:
     files: tuple[str, ...] = ()
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class JobQueue:
     """Job records and streams under ``settings.key_prefix`` in one Redis database."""
 
@@ -74,6 +71,8 @@ class JobQueue:
         self.keys = Keys(settings.key_prefix)
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._cancel = redis.register_script(scripts.CANCEL)
+        # model → (the published text, what it parsed to): parse a model's rules once.
+        self._rules_cache: dict[str, tuple[str, EngineRules | None]] = {}
 
     async def ensure_groups(self, models: Sequence[str]) -> None:
         """Create each model's stream and consumer group (reading from the first entry)."""
@@ -191,12 +190,28 @@ class JobQueue:
         raw: Any = await self._redis.mget([self.keys.rules(model) for model in models])
         rules: dict[str, EngineRules] = {}
         for model, text in zip(models, raw, strict=True):
-            if text is None:
-                continue
-            try:
-                rules[model] = EngineRules.from_dict(json.loads(text))
-            except (ValueError, TypeError, KeyError) as error:
-                logger.warning("unreadable rules of model %r ignored: %s", model, error)
+            parsed = self._parse_rules(model, text)
+            if parsed is not None:
+                rules[model] = parsed
+        return rules
+
+    async def rules_for(self, model: str) -> EngineRules | None:
+        """The rules ``model``'s workers published, or None (no worker has started yet)."""
+        text: Any = await self._redis.get(self.keys.rules(model))
+        return self._parse_rules(model, text)
+
+    def _parse_rules(self, model: str, text: str | None) -> EngineRules | None:
+        if text is None:
+            return None
+        cached = self._rules_cache.get(model)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        try:
+            rules: EngineRules | None = EngineRules.from_dict(json.loads(text))
+        except (ValueError, TypeError, KeyError) as error:
+            logger.warning("unreadable rules of model %r ignored: %s", model, error)
+            rules = None
+        self._rules_cache[model] = (text, rules)
         return rules
 
     async def depth(self, model: str) -> int:

@@ -13,6 +13,7 @@ import enum
 import json
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,11 @@ from service.engine.types import GenerationRequest
 JOB_ID_PREFIX = "video_"
 # 128 random bits, hex: unguessable, and safe as a file name and a Redis key.
 _JOB_ID_RE = re.compile(r"^video_[0-9a-f]{32}$")
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds: the unit of every time in a job record."""
+    return time.time_ns() // 1_000_000
 
 
 def new_job_id() -> str:

@@ -23,14 +23,14 @@ import redis
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from service.engine.types import Engine, GeneratedVideo, GenerationCancelled
+from service.engine.types import Engine, GeneratedVideo, GenerationCancelled, InvalidRequest
 from service.metrics import WorkerMetrics
 from service.queue.consumer import Claim, Consumer, StartOutcome
-from service.queue.records import ErrorCode, JobRecord, JobStatus
+from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus
 from service.queue.redis_config import check_redis
 from service.settings import ServiceSettings
+from service.storage import open_store
 from service.worker.liveness import Heartbeat
-from service.worker.results import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Worker:
         self.model = engine.model_id
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
         self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
-        self.results = ResultStore(settings.results_dir)
+        self.results = open_store(settings)
         self.metrics = WorkerMetrics()
         port = settings.worker_metrics_port if metrics_port is None else metrics_port
         self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
@@ -157,11 +157,6 @@ class Worker:
             self.metrics.queue_wait.labels(self.model).observe(
                 max(0, job.started_at_ms - job.created_at_ms) / 1000
             )
-        try:
-            self.engine.check(job.request)
-        except ValueError as error:
-            self._fail(claim, ErrorCode.INVALID_REQUEST, str(error))
-            return
         self.heartbeat.watch(claim)
         self.metrics.busy.labels(self.model).set(1)
         try:
@@ -198,6 +193,16 @@ class Worker:
             return self.engine.generate(claim.job.request, on_step, should_cancel)
         except GenerationCancelled as stopped:
             self._after_cancel(claim, stopped.steps_done)
+        except InvalidRequest as error:
+            # The API checked this request against the rules workers published; this engine's
+            # differ (a worker with other limits started after the submission).
+            logger.warning(
+                "job %s: accepted request refused by this engine (%s); its rules differ from "
+                "those published when it was submitted",
+                claim.job.id,
+                error,
+            )
+            self._fail(claim, ErrorCode.INVALID_REQUEST, str(error))
         except Exception as error:
             logger.exception("job %s attempt %d: engine error", claim.job.id, claim.attempt)
             self._fail(claim, ErrorCode.ENGINE_ERROR, f"{type(error).__name__}: {error}")
@@ -217,9 +222,9 @@ class Worker:
         self.metrics.fenced_writes.labels(self.model).inc()
 
     def _store(self, claim: Claim, video: GeneratedVideo) -> None:
-        paths = self.results.write(claim.job.id, claim.attempt, video)
+        stored = self.results.write(claim.job.id, claim.attempt, video)
         written = self._retrying(
-            lambda: self.consumer.complete(claim, str(paths.video), str(paths.thumbnail))
+            lambda: self.consumer.complete(claim, stored.video, stored.thumbnail)
         )
         if not written:
             logger.warning(
@@ -228,7 +233,7 @@ class Worker:
                 claim.job.id,
                 claim.attempt,
             )
-            self.results.delete(paths)
+            self.results.delete(stored)
             self.metrics.fenced_writes.labels(self.model).inc()
             return
         logger.info("job %s attempt %d completed", claim.job.id, claim.attempt)
@@ -296,5 +301,7 @@ class Worker:
         key = self.consumer.keys.job(job_id)
         if not self.redis.exists(key):
             return None
-        fields: list[str | None] = self.redis.hmget(key, ["video_path", "thumbnail_path"])  # type: ignore[assignment]
+        fields: list[str | None] = self.redis.hmget(  # type: ignore[assignment]
+            key, [JobField.VIDEO_PATH, JobField.THUMBNAIL_PATH]
+        )
         return {value for value in fields if value}

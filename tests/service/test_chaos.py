@@ -18,6 +18,7 @@ import redis
 
 from benchmarks.service import Cluster
 from service.queue.keys import Keys
+from service.queue.records import JobField
 from service.settings import ServiceSettings
 from tests.service.cluster_fixtures import (
     MODEL,
@@ -47,7 +48,7 @@ def _owner(settings: ServiceSettings, video_id: str) -> tuple[str, dict[str, obj
     """The worker name running ``video_id`` and its announced info (pid, metrics port)."""
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     keys = Keys(settings.key_prefix)
-    name = str(client.hget(keys.job(video_id), "worker"))
+    name = str(client.hget(keys.job(video_id), JobField.WORKER))
     info = json.loads(str(client.get(keys.worker(name))))
     client.close()
     return name, info
@@ -73,7 +74,7 @@ def test_sigkill_mid_job_peer_finishes_with_attempt_two(
     assert done["status"] == "completed", (kill_at, done)
     assert done["attempt"] == 2
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    assert client.hget(Keys(settings.key_prefix).job(video_id), "worker") != killed
+    assert client.hget(Keys(settings.key_prefix).job(video_id), JobField.WORKER) != killed
     assert [p.name for p in result_files(settings, video_id)] == ["attempt-2.mp4"]
 
 
@@ -97,7 +98,7 @@ def test_sigstop_past_claim_timeout_then_sigcont_has_its_writes_refused(
     done = wait_video(running, video_id, is_final)
     assert (done["status"], done["attempt"]) == ("completed", 2)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    assert client.hget(Keys(settings.key_prefix).job(video_id), "worker") != frozen
+    assert client.hget(Keys(settings.key_prefix).job(video_id), JobField.WORKER) != frozen
     assert [p.name for p in result_files(settings, video_id)] == ["attempt-2.mp4"]
     # The thawed worker noticed at its first heartbeat or step that the job was not its own.
     port = int(info["port"])  # type: ignore[call-overload]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -17,16 +15,16 @@ from qvgen.video_io import THUMBNAIL_MEDIA_TYPE
 from service.api.errors import APIError, ErrorBody, ErrorType, from_validation_error
 from service.api.schemas import (
     QUEUE_POSITION_CAP,
-    ParamError,
+    GenerationLimits,
     VideoCreateParams,
     VideoDeleted,
     VideoList,
     VideoObject,
-    to_generation,
 )
 from service.api.state import ApiState, api_state, caller_scope
-from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor, now_ms
-from service.queue.records import JobRecord, JobStatus, is_job_id
+from service.api.validation import ParamError, resolve_model, to_generation
+from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
+from service.queue.records import JobRecord, JobStatus, is_job_id, now_ms
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
@@ -123,11 +121,14 @@ async def create_video(
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> VideoObject:
     """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` returns
-    the job made the first time."""
+    the job made the first time. A request outside the model's limits (``GET /v1/models``) is
+    refused here with 400, never accepted to fail later."""
     state = api_state(request)
     try:
         params = VideoCreateParams.model_validate(await _read_body(request))
-        model, generation, seconds = to_generation(params, state.settings)
+        model = resolve_model(params, state.settings)
+        limits = GenerationLimits.for_model(state.settings, await state.queue.rules_for(model))
+        generation, seconds = to_generation(params, model, state.settings, limits)
     except ValidationError as error:
         raise from_validation_error(error) from error
     except ParamError as error:
@@ -181,18 +182,11 @@ async def list_videos(
 
 
 @router.get("/v1/videos/{video_id}", response_model=VideoObject, responses=_ERRORS)
+@router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
 async def retrieve_video(
     video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
 ) -> VideoObject:
-    state = api_state(request)
-    return await _video_response(await _record_or_404(state, video_id), state, response)
-
-
-@router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
-async def retrieve_job(
-    video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
-) -> VideoObject:
-    """The same object as ``GET /v1/videos/{id}``."""
+    """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
     return await _video_response(await _record_or_404(state, video_id), state, response)
 
@@ -222,8 +216,8 @@ async def download_video(
             code="video_not_ready",
         )
     stored = record.video_path if variant == "video" else record.thumbnail_path
-    path = _inside_results(state, stored)
-    if path is None or not path.is_file():
+    path = state.results.local_file(stored)
+    if path is None:
         raise APIError(404, f"the {variant} of {video_id} is gone", type=ErrorType.NOT_FOUND)
     media_type = "video/mp4" if variant == "video" else THUMBNAIL_MEDIA_TYPE
     return FileResponse(path, media_type=media_type, filename=f"{video_id}{path.suffix}")
@@ -242,20 +236,6 @@ async def delete_video(
         raise APIError(404, f"no video with id {video_id!r}", type=ErrorType.NOT_FOUND)
     if cancelled.outcome is CancelOutcome.CANCELLED:
         state.metrics.jobs_cancelled.labels(record.model).inc()
-    for stored in cancelled.files:
-        path = _inside_results(state, stored)
-        if path is not None:
-            path.unlink(missing_ok=True)
-    job_dir = state.settings.results_dir / video_id
-    if cancelled.outcome is CancelOutcome.DELETED and job_dir.is_dir():
-        shutil.rmtree(job_dir, ignore_errors=True)
+    if cancelled.outcome is CancelOutcome.DELETED:
+        state.results.delete_job(record.id, cancelled.files)
     return VideoDeleted(id=video_id)
-
-
-def _inside_results(state: ApiState, stored: str | None) -> Path | None:
-    """The stored path if it lies under the results directory (never serve anything else)."""
-    if not stored:
-        return None
-    path = Path(stored).resolve()
-    root = state.settings.results_dir.resolve()
-    return path if path.is_relative_to(root) else None

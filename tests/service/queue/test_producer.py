@@ -7,7 +7,7 @@ import redis
 
 from service.queue.keys import ENTRY_JOB_FIELD, Keys
 from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
-from service.queue.records import JobStatus, is_job_id
+from service.queue.records import JobField, JobStatus, is_job_id
 from service.settings import ServiceSettings
 from tests.service.queue.helpers import REQUEST, consumer, produce, submit
 
@@ -25,7 +25,7 @@ def test_submit_writes_record_and_stream_entry_together(
     assert record.attempt == 0 and record.progress == 0
     entries = sync_redis.xrange(keys.stream("tiny"))
     assert [(entry_id, fields[ENTRY_JOB_FIELD]) for entry_id, fields in entries] == [
-        (sync_redis.hget(keys.job(submitted.job_id), "stream_id"), submitted.job_id)
+        (sync_redis.hget(keys.job(submitted.job_id), JobField.STREAM_ID), submitted.job_id)
     ]
     assert sync_redis.zscore(keys.jobs, submitted.job_id) == record.created_at_ms
 
