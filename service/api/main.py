@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis import asyncio as aioredis
 
+from service.api.body_size import BodySizeLimit
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
-from service.api.limits import BodySizeLimit
 from service.api.routes import playground, system, videos
 from service.api.state import ApiState
 from service.metrics import ApiMetrics

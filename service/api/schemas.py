@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.engine.limits import EngineRules
+from service.engine.rules import EngineRules
 from service.queue.records import JobRecord
 from service.settings import ServiceSettings
 

@@ -5,7 +5,7 @@ narrowed by the ``EngineRules`` the model's workers publish. Every rule is check
 request the API accepts is one the worker's engine runs; an error names the field the client
 sent (``seconds``, not the ``num_frames`` it became) and the nearest values that would pass.
 
-The worker's engine still checks the request once (``service.engine.limits.check_request``), as a
+The worker's engine still checks the request once (``service.engine.rules.check_request``), as a
 guard: when a worker with other rules starts between submit and run, a job accepted under the old
 rules fails there with ``invalid_request`` and the engine's message.
 """
@@ -16,7 +16,7 @@ import math
 import re
 
 from service.api.schemas import GenerationLimits, VideoCreateParams
-from service.engine.limits import nearest_allowed
+from service.engine.rules import nearest_allowed
 from service.engine.types import GenerationRequest
 from service.settings import ServiceSettings
 

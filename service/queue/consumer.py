@@ -20,7 +20,7 @@ from typing import Any, cast
 import redis
 from redis.exceptions import ResponseError
 
-from service.engine.limits import EngineRules
+from service.engine.rules import EngineRules
 from service.queue import scripts
 from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
 from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus, now_ms

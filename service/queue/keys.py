@@ -10,7 +10,7 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:workers:<model>``      sorted set: worker ids scored by their last heartbeat (unix s)
 - ``P:worker:<id>``          string (JSON, expires): a worker's model, device, pid, metrics port
 - ``P:rules:<model>``        string (JSON): the model's request rules, as its last started worker
-                             published them (``service.engine.limits.EngineRules.to_dict``)
+                             published them (``service.engine.rules.EngineRules.to_dict``)
 """
 
 from __future__ import annotations

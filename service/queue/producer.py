@@ -14,7 +14,7 @@ from typing import Any, cast
 from redis import asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.engine.limits import EngineRules
+from service.engine.rules import EngineRules
 from service.engine.types import GenerationRequest
 from service.queue import scripts
 from service.queue.keys import GROUP, Keys

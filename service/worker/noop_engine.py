@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from service.engine.limits import EngineRules, ModelGeometry, ModelLimits, check_request
+from service.engine.rules import EngineRules, ModelGeometry, ModelLimits, check_request
 from service.engine.types import (
     CancelCheck,
     GeneratedVideo,

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service.api.main import create_app
 from service.api.schemas import GenerationLimits, VideoCreateParams
 from service.api.validation import ParamError, frames_for_seconds, seconds_of, to_generation
-from service.engine.limits import (
+from service.engine.rules import (
     EngineRules,
     ModelFamily,
     ModelGeometry,

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from qvgen.family import ModelFamily
-from service.engine.limits import (
+from service.engine.rules import (
     MAX_SEED,
     ModelGeometry,
     ModelLimits,
