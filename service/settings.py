@@ -40,8 +40,11 @@ class ServiceSettings(BaseSettings):
 
     # Models the API accepts and /readyz expects a live worker for; the first is the default.
     models: Annotated[tuple[str, ...], NoDecode] = ("qvgen-tiny",)
-    # Bearer keys; empty means no authentication (refused outside development).
+    # Bearer keys; empty means no authentication (refused outside development). Each key sees
+    # only the jobs it created.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # Keys that see, download, cancel and delete every key's jobs (operators).
+    admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
     # --- limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
@@ -74,7 +77,7 @@ class ServiceSettings(BaseSettings):
     results_dir: Path = Path("results")
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
 
-    @field_validator("models", "api_keys", mode="before")
+    @field_validator("models", "api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -108,5 +111,8 @@ class ServiceSettings(BaseSettings):
         return self.models[0]
 
     def key_secrets(self) -> tuple[bytes, ...]:
-        """The API keys as bytes, for constant-time comparison."""
+        """The API keys as bytes (``service.api.auth`` compares their digests)."""
         return tuple(key.get_secret_value().encode() for key in self.api_keys)
+
+    def admin_key_secrets(self) -> tuple[bytes, ...]:
+        return tuple(key.get_secret_value().encode() for key in self.admin_api_keys)

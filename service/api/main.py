@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis import asyncio as aioredis
 
+from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
 from service.api.limits import BodySizeLimit
@@ -42,13 +43,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             queue=queue,
             metrics=metrics,
             results=open_store(settings),
+            keys=KeyRing(settings),
             started_at=int(time.time()),
         )
         logger.info(
-            "API ready: models %s, redis %s, %d API keys",
+            "API ready: models %s, redis %s, %d API keys, %d admin keys",
             list(settings.models),
             settings.redis_url,
             len(settings.api_keys),
+            len(settings.admin_api_keys),
         )
         try:
             yield

@@ -29,7 +29,7 @@ local function owner(stream, group, id)
 end
 """
 
-# KEYS: job, jobs zset, stream, idempotency key
+# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
 #       then the job hash as field, value pairs
 # → {'created', id} | {'existing', id} | {'full', depth}
@@ -47,6 +47,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 local sid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'stream_id', sid)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4]) end
 return {'created', ARGV[1]}
 """
@@ -149,7 +150,7 @@ redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[1], 'IDLE', ARGV[5], 'JU
 return 1
 """
 
-# KEYS: job, stream, jobs zset
+# KEYS: job, stream, jobs zset, the owner's jobs zset
 # ARGV: job id, group, now ms, retention ms
 # → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path}
 CANCEL = (
@@ -167,6 +168,7 @@ if f[1] == 'queued' or f[1] == 'in_progress' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return {'deleted', f[3] or '', f[4] or ''}
 """
 )
