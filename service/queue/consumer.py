@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 # XCLAIM IDLE for a hand-back: far past any claim timeout, so any peer's XAUTOCLAIM takes it.
 HAND_BACK_IDLE_MS = 10**11
+# XAUTOCLAIM looks at no more than 10 × COUNT pending entries per call (COUNT is 1: a worker
+# runs one job), so one look for a silent peer's job walks the pending list with the returned
+# cursor, up to this many calls (10 000 entries: far more than there are running jobs).
+MAX_CLAIM_CALLS = 1000
+_START_OF_PENDING = "0-0"
 
 
 class StartOutcome(enum.StrEnum):
@@ -59,6 +64,11 @@ class Delivery:
     claim: Claim | None
 
 
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
 class Consumer:
     """Consumer ``name`` of ``model``'s group."""
 
@@ -77,6 +87,8 @@ class Consumer:
         self._finish = client.register_script(scripts.FINISH)
         self._hand_back = client.register_script(scripts.HAND_BACK)
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
+        # Where the next look for a silent peer's job continues in the pending list.
+        self._claim_cursor = _START_OF_PENDING
 
     @property
     def _claim_timeout_ms(self) -> int:
@@ -102,20 +114,37 @@ class Consumer:
         return self._begin(*fresh, reclaimed=False)
 
     def _autoclaim(self) -> tuple[str, str] | None:
-        try:
-            reply: Any = self._redis.xautoclaim(
-                self._stream, GROUP, self.name, self._claim_timeout_ms, start_id="0-0", count=1
-            )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            self.ensure_group()
-            return None
-        entries = reply[1]
-        if not entries:
-            return None
-        stream_id, fields = entries[0]
-        return stream_id, fields[ENTRY_JOB_FIELD]
+        """Claim one entry idle past the claim timeout, walking the whole pending list once:
+        from where the last look stopped to its end, then from its start back to there."""
+        began = self._claim_cursor
+        wrapped = False
+        for _ in range(MAX_CLAIM_CALLS):
+            try:
+                reply: Any = self._redis.xautoclaim(
+                    self._stream,
+                    GROUP,
+                    self.name,
+                    self._claim_timeout_ms,
+                    start_id=self._claim_cursor,
+                    count=1,
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self.ensure_group()
+                return None
+            cursor, entries = reply[0], reply[1]
+            self._claim_cursor = cursor
+            if entries:
+                stream_id, fields = entries[0]
+                return stream_id, fields[ENTRY_JOB_FIELD]
+            if cursor == _START_OF_PENDING:
+                if wrapped or began == _START_OF_PENDING:
+                    return None
+                wrapped = True
+            elif wrapped and _stream_order(cursor) >= _stream_order(began):
+                return None
+        return None
 
     def _read(self, block_ms: int) -> tuple[str, str] | None:
         try:
