@@ -98,6 +98,12 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.loop_errors = Counter(
+            "qvgen_worker_loop_errors_total",
+            "Unexpected errors the worker loop survived (each logged with its traceback).",
+            ["model"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "qvgen_job_queue_wait_seconds",
             "From submission to the first start of a job.",

@@ -118,10 +118,17 @@ class Worker:
                 try:
                     self._step()
                     pause = RETRY_PAUSE_S
+                    continue
                 except RedisError as error:
                     logger.warning("Redis unreachable (%s); retrying in %.2f s", error, pause)
-                    self._stop_event.wait(pause)
-                    pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+                except Exception:
+                    # Only a deliberate stop ends the loop. A job that was running stays pending
+                    # under this worker's name: once its claim times out, a worker (this one or
+                    # a peer) runs it again, and max_deliveries bounds the retries.
+                    logger.exception("worker loop error; going on in %.2f s", pause)
+                    self.metrics.loop_errors.labels(self.model).inc()
+                self._stop_event.wait(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE_S)
         finally:
             self.heartbeat.stop()
             try:
