@@ -49,6 +49,11 @@ class ApiMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.redis_out_of_memory = Counter(
+            "qvgen_redis_out_of_memory_total",
+            "Requests answered 503 because Redis refused a write at maxmemory (noeviction).",
+            registry=self.registry,
+        )
         self.jobs_cancelled = Counter(
             "qvgen_jobs_cancelled_total",
             "Queued or running jobs cancelled through DELETE.",

@@ -87,6 +87,7 @@ class Consumer:
         self._finish = client.register_script(scripts.FINISH)
         self._hand_back = client.register_script(scripts.HAND_BACK)
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
+        self._announce = client.register_script(scripts.ANNOUNCE)
         # Where the next look for a silent peer's job continues in the pending list.
         self._claim_cursor = _START_OF_PENDING
 
@@ -266,25 +267,27 @@ class Consumer:
 
     def announce(self, device: str, metrics_port: int) -> None:
         """Say this worker is alive (readiness reads it); call at least once per heartbeat."""
-        now = time.time()
         info = {"model": self.model, "device": device, "pid": os.getpid(), "port": metrics_port}
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.workers(self.model), {self.name: now})
-            pipe.set(
-                self.keys.worker(self.name),
+        self._announce(
+            keys=[self.keys.workers(self.model), self.keys.worker(self.name)],
+            args=[
+                self.name,
+                time.time(),
                 json.dumps(info),
-                ex=max(1, int(self._settings.claim_timeout_s * 2)),
-            )
-            pipe.execute()
+                max(1, int(self._settings.claim_timeout_s * 2)),
+            ],
+        )
 
-    def publish_rules(self, rules: EngineRules | None) -> None:
-        """Store the model's request rules for the API's model list (None: remove them, so that
-        rules of an engine served earlier under this model id do not linger)."""
+    def publish_rules(self, rules: EngineRules | None, *, only_if_missing: bool = False) -> None:
+        """Store the model's request rules for the API (None: remove them, so that rules of an
+        engine served earlier under this model id do not linger). ``only_if_missing``: restore
+        them after a loss (a Redis without AOF restarted) without overwriting a peer's."""
         key = self.keys.rules(self.model)
         if rules is None:
-            self._redis.delete(key)
+            if not only_if_missing:
+                self._redis.delete(key)
         else:
-            self._redis.set(key, json.dumps(rules.to_dict()))
+            self._redis.set(key, json.dumps(rules.to_dict()), nx=only_if_missing)
 
     def retire(self) -> None:
         with self._redis.pipeline(transaction=True) as pipe:
