@@ -35,6 +35,12 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Connections one API process keeps to Redis; a request waits up to redis_pool_timeout_s
+    # for a free one (then 503) rather than failing at once.
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
+    # A Redis command unanswered this long fails (the API answers 503 with Retry-After).
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
     # Every Redis key starts with this, so several deployments (or tests) can share a server.
     key_prefix: str = Field(default="qvgen", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import reprlib
 import time
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,19 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
+
+
+# A rejected value as the error message quotes it: bounded in length and depth, whatever the
+# client sent (a list nested 900 deep would exhaust the stack in a plain repr).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist = 2, 200, 200, 4
+
+
+def _quoted(value: object) -> str:
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return f"a {type(value).__name__} too large to quote"
 
 
 class ErrorType(enum.StrEnum):
@@ -76,7 +90,7 @@ def from_validation_error(error: ValidationError | RequestValidationError) -> AP
     given = first.get("input")
     message = f"{param or 'request'}: {first.get('msg', 'invalid value')}"
     if given is not None and not isinstance(given, dict):
-        message += f" (got {given!r:.200})"
+        message += f" (got {_quoted(given)})"
     return APIError(400, message, param=param, code="invalid_value")
 
 

@@ -45,9 +45,10 @@ class UnknownCursor(ValueError):
 
 
 class CancelOutcome(enum.Enum):
-    MISSING = "missing"
+    MISSING = "missing"  # gone by the time the script ran (deleted meanwhile)
     CANCELLED = "cancelled"  # was queued or running: now ``cancelled``, the worker stops
     DELETED = "deleted"  # was final: record removed, files to delete returned
+    UNCHANGED = "unchanged"  # was queued or running when read, finished before the cancel
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,12 @@ class JobQueue:
         seconds: str,
         owner: str = "",
         idempotency_key: str | None = None,
+        job_id: str | None = None,
     ) -> Submitted:
         """Write the job hash and its stream entry in one script; raise ``QueueFull``.
-        ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``."""
-        job_id = new_job_id()
+        ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``. Sending
+        the same ``job_id`` again (a retry) creates nothing more."""
+        job_id = job_id or new_job_id()
         created = now_ms()
         fields = {
             JobField.ID: job_id,
@@ -173,7 +176,8 @@ class JobQueue:
         return records, more
 
     async def cancel(self, record: JobRecord) -> Cancelled:
-        """Cancel a queued or running job; delete a finished one (its files are returned)."""
+        """Cancel a job ``record`` shows queued or running; delete one it shows finished (its
+        files are returned)."""
         result = await self._cancel(
             keys=[
                 self.keys.job(record.id),
@@ -181,7 +185,13 @@ class JobQueue:
                 self.keys.jobs,
                 self.keys.owner_jobs(record.owner),
             ],
-            args=[record.id, GROUP, now_ms(), self._settings.retention_s * 1000],
+            args=[
+                record.id,
+                GROUP,
+                now_ms(),
+                self._settings.retention_s * 1000,
+                record.status.value,
+            ],
         )
         outcome = CancelOutcome(result[0])
         files = tuple(path for path in result[1:] if path)

@@ -40,9 +40,11 @@ end
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
 #       then the job hash as field, value pairs
 # → {'created', id} | {'existing', id} | {'full', depth}
+# Safe to run twice: a second run of the same submission (same job id) changes nothing.
 ENQUEUE = (
     _REFUSED_WHEN_FULL
     + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'existing', existing} end
@@ -137,12 +139,13 @@ return 1
 
 # KEYS: job, stream
 # ARGV: stream id, attempt, group, now ms, retention ms, final status, then field, value pairs
-# → 1 written | 0 fenced (the caller deletes what it produced)
+# → 1 written (or already, by this attempt: a retry) | 0 fenced (the caller deletes its files)
 FINISH = (
     _RUNS_WHEN_FULL
     + _ACK
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if f[1] == ARGV[2] and f[2] == ARGV[6] then return 1 end
 if f[1] ~= ARGV[2] or f[2] ~= 'in_progress' then return 0 end
 local now = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', ARGV[6], 'completed_at', now,
@@ -156,11 +159,12 @@ return 1
 
 # KEYS: job, stream
 # ARGV: stream id, attempt, group, consumer, idle ms
-# → 1 handed back (claimable by any worker at once) | 0 fenced
+# → 1 handed back (claimable by any worker at once; or already, by this attempt) | 0 fenced
 HAND_BACK = (
     _RUNS_WHEN_FULL
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if f[1] == ARGV[2] and f[2] == 'queued' then return 1 end
 if f[1] ~= ARGV[2] or f[2] ~= 'in_progress' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'steps_done', 0, 'worker', '')
 redis.call('HINCRBY', KEYS[1], 'handbacks', 1)
@@ -170,15 +174,20 @@ return 1
 )
 
 # KEYS: job, stream, jobs zset, the owner's jobs zset
-# ARGV: job id, group, now ms, retention ms
-# → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path}
+# ARGV: job id, group, now ms, retention ms, the status the caller read
+# → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path} | {'unchanged'}
+# Acts on the status the caller read, so that running it twice never turns a cancellation into
+# a deletion: read queued or in progress → cancel (unchanged if it finished meanwhile); read
+# final → delete.
 CANCEL = (
     _RUNS_WHEN_FULL
     + _ACK
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'stream_id', 'video_path', 'thumbnail_path')
 if not f[1] then return {'missing'} end
-if f[1] == 'queued' or f[1] == 'in_progress' then
+local function active(status) return status == 'queued' or status == 'in_progress' end
+if active(ARGV[5]) then
+  if not active(f[1]) then return {'unchanged'} end
   local now = tonumber(ARGV[3])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', now,
              'expires_at', now + tonumber(ARGV[4]))

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import cast
 
-import redis
 from prometheus_client import start_http_server
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from service.engine.types import Engine, GeneratedVideo, GenerationCancelled, InvalidRequest
 from service.metrics import WorkerMetrics
+from service.queue.connection import worker_client
 from service.queue.consumer import Claim, Consumer, StartOutcome
 from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus
 from service.queue.redis_config import UnsafeRedisConfig, check_redis
@@ -65,7 +65,7 @@ class Worker:
         self.settings = settings
         self.device = device
         self.model = engine.model_id
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = worker_client(settings)
         self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
         self.results = open_store(settings)
         self.metrics = WorkerMetrics()

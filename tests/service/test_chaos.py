@@ -6,6 +6,7 @@ Real processes throughout (uvicorn API, worker processes, redis-server); the cla
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -195,3 +197,29 @@ def test_serve_all_restarts_a_dead_worker_and_exits_0_on_sigterm(
         if serve_all.poll() is None:
             serve_all.kill()
         client.close()
+
+
+async def _flood(base_url: str, requests: int, concurrency: int) -> Counter[int]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    body = {"prompt": "flood", "size": "16x16", "num_frames": 1, "num_inference_steps": 1}
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+        async def one() -> int:
+            async with gate:
+                response = await client.post("/v1/videos", json=body, headers=auth())
+                return response.status_code
+
+        return Counter(await asyncio.gather(*(one() for _ in range(requests))))
+
+
+def test_a_flood_past_the_redis_pool_waits_for_connections_instead_of_503(
+    cluster: tuple[Cluster, ServiceSettings],
+) -> None:
+    """150 requests in flight on one API process, more than its Redis connections (64): the
+    ones without a connection wait for one; none is refused while Redis is healthy."""
+    running, settings = cluster
+    statuses = asyncio.run(_flood(running.base_url, 300, 150))
+    assert statuses == Counter({200: 300}), statuses
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert client.xlen(Keys(settings.key_prefix).stream(MODEL)) == 300

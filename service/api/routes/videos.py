@@ -63,9 +63,14 @@ async def _read_body(request: Request) -> dict[str, Any]:
     """The create fields from a JSON object or from form fields (the SDK sends multipart)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
+        raw = await request.body()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            body = json.loads(raw)
+        except RecursionError as error:
+            raise APIError(
+                400, "body nests JSON arrays or objects too deeply", code="invalid_json"
+            ) from error
+        except ValueError as error:  # malformed JSON, bad UTF-8, an integer of > 4300 digits
             raise APIError(400, f"body is not valid JSON: {error}", code="invalid_json") from error
         if not isinstance(body, dict):
             raise APIError(400, "body must be a JSON object", code="invalid_json")
@@ -238,12 +243,12 @@ async def delete_video(
     video_id: str, request: Request, caller: Annotated[Caller, Depends(current_caller)]
 ) -> VideoDeleted:
     """Cancel a queued or running job (its worker stops at the next step); delete a finished
-    job with its files. A cancelled job stays readable as ``cancelled`` until retention ends."""
+    job with its files. A cancelled job stays readable as ``cancelled`` until retention ends.
+    A job that finished between the read and the cancel stays as it is: DELETE it again to
+    delete it."""
     state = api_state(request)
     record = await _record_or_404(state, video_id, caller)
     cancelled = await state.queue.cancel(record)
-    if cancelled.outcome is CancelOutcome.MISSING:
-        raise APIError(404, f"no video with id {video_id!r}", type=ErrorType.NOT_FOUND)
     if cancelled.outcome is CancelOutcome.CANCELLED:
         state.metrics.jobs_cancelled.labels(record.model).inc()
     if cancelled.outcome is CancelOutcome.DELETED:

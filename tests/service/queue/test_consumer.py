@@ -173,3 +173,19 @@ def test_a_crashed_job_behind_fifty_live_ones_is_reclaimed(
     assert {_owner(sync_redis, settings, claim.stream_id) for _, claim in live} == {
         f"live-{index}" for index in range(50)
     }
+
+
+def test_final_writes_sent_twice_by_the_same_attempt_succeed_both_times(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    """A final write whose reply was lost is sent again: it must not read as fenced (the
+    worker would delete the files its first write recorded)."""
+    submit(settings)
+    submit(settings)
+    worker = consumer(sync_redis, settings, "a")
+    done = _take(worker)
+    assert worker.complete(done, "v.mp4", "t.png") and worker.complete(done, "v.mp4", "t.png")
+    handed = _take(worker)
+    assert worker.hand_back(handed) and worker.hand_back(handed)
+    record = produce(settings, lambda q: q.get(done.job.id))
+    assert record is not None and record.status is JobStatus.COMPLETED

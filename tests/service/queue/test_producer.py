@@ -7,7 +7,7 @@ import redis
 
 from service.queue.keys import ENTRY_JOB_FIELD, Keys
 from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
-from service.queue.records import JobField, JobStatus, is_job_id
+from service.queue.records import JobField, JobStatus, is_job_id, new_job_id
 from service.settings import ServiceSettings
 from tests.service.queue.helpers import REQUEST, consumer, produce, submit
 
@@ -125,3 +125,24 @@ def test_cancel_finished_job_deletes_record_and_returns_its_files(
     assert cancelled.files == ("/r/v.mp4", "/r/t.png")
     assert produce(settings, lambda q: q.get(job_id)) is None
     assert sync_redis.zscore(Keys(settings.key_prefix).jobs, job_id) is None
+
+
+def test_a_submission_sent_twice_with_its_id_creates_one_job(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    job_id = new_job_id()
+    first = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
+    again = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
+    assert first == again and first.job_id == job_id
+    keys = Keys(settings.key_prefix)
+    assert sync_redis.xlen(keys.stream("tiny")) == 1 and sync_redis.zcard(keys.jobs) == 1
+
+
+def test_a_cancel_sent_twice_cancels_and_never_deletes(settings: ServiceSettings) -> None:
+    job_id = submit(settings).job_id
+    record = produce(settings, lambda q: q.get(job_id))
+    assert record is not None
+    assert produce(settings, lambda q: q.cancel(record)).outcome is CancelOutcome.CANCELLED
+    assert produce(settings, lambda q: q.cancel(record)).outcome is CancelOutcome.UNCHANGED
+    still = produce(settings, lambda q: q.get(job_id))
+    assert still is not None and still.status is JobStatus.CANCELLED
