@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis import asyncio as aioredis
 
-from service.api.auth import authenticate
+from service.api.auth import Caller, KeyRing
 from service.metrics import ApiMetrics
 from service.queue.producer import JobQueue
 from service.settings import ServiceSettings
@@ -21,6 +21,7 @@ class ApiState:
     queue: JobQueue
     metrics: ApiMetrics
     results: ResultStore
+    keys: KeyRing
     started_at: int  # unix s, reported as the models' ``created``
 
 
@@ -29,6 +30,6 @@ def api_state(request: Request) -> ApiState:
     return state
 
 
-def caller_scope(request: Request) -> str:
-    """Dependency of every ``/v1`` route: authenticates, returns the caller's scope."""
-    return authenticate(request, api_state(request).settings)
+def current_caller(request: Request) -> Caller:
+    """Dependency of every ``/v1`` route: authenticates, returns the caller (401 otherwise)."""
+    return api_state(request).keys.authenticate(request)

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 # XCLAIM IDLE for a hand-back: far past any claim timeout, so any peer's XAUTOCLAIM takes it.
 HAND_BACK_IDLE_MS = 10**11
+# XAUTOCLAIM looks at no more than 10 × COUNT pending entries per call (COUNT is 1: a worker
+# runs one job), so one look for a silent peer's job walks the pending list with the returned
+# cursor, up to this many calls (10 000 entries: far more than there are running jobs).
+MAX_CLAIM_CALLS = 1000
+_START_OF_PENDING = "0-0"
 
 
 class StartOutcome(enum.StrEnum):
@@ -59,6 +64,11 @@ class Delivery:
     claim: Claim | None
 
 
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
 class Consumer:
     """Consumer ``name`` of ``model``'s group."""
 
@@ -77,6 +87,9 @@ class Consumer:
         self._finish = client.register_script(scripts.FINISH)
         self._hand_back = client.register_script(scripts.HAND_BACK)
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
+        self._announce = client.register_script(scripts.ANNOUNCE)
+        # Where the next look for a silent peer's job continues in the pending list.
+        self._claim_cursor = _START_OF_PENDING
 
     @property
     def _claim_timeout_ms(self) -> int:
@@ -102,20 +115,37 @@ class Consumer:
         return self._begin(*fresh, reclaimed=False)
 
     def _autoclaim(self) -> tuple[str, str] | None:
-        try:
-            reply: Any = self._redis.xautoclaim(
-                self._stream, GROUP, self.name, self._claim_timeout_ms, start_id="0-0", count=1
-            )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            self.ensure_group()
-            return None
-        entries = reply[1]
-        if not entries:
-            return None
-        stream_id, fields = entries[0]
-        return stream_id, fields[ENTRY_JOB_FIELD]
+        """Claim one entry idle past the claim timeout, walking the whole pending list once:
+        from where the last look stopped to its end, then from its start back to there."""
+        began = self._claim_cursor
+        wrapped = False
+        for _ in range(MAX_CLAIM_CALLS):
+            try:
+                reply: Any = self._redis.xautoclaim(
+                    self._stream,
+                    GROUP,
+                    self.name,
+                    self._claim_timeout_ms,
+                    start_id=self._claim_cursor,
+                    count=1,
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self.ensure_group()
+                return None
+            cursor, entries = reply[0], reply[1]
+            self._claim_cursor = cursor
+            if entries:
+                stream_id, fields = entries[0]
+                return stream_id, fields[ENTRY_JOB_FIELD]
+            if cursor == _START_OF_PENDING:
+                if wrapped or began == _START_OF_PENDING:
+                    return None
+                wrapped = True
+            elif wrapped and _stream_order(cursor) >= _stream_order(began):
+                return None
+        return None
 
     def _read(self, block_ms: int) -> tuple[str, str] | None:
         try:
@@ -237,25 +267,27 @@ class Consumer:
 
     def announce(self, device: str, metrics_port: int) -> None:
         """Say this worker is alive (readiness reads it); call at least once per heartbeat."""
-        now = time.time()
         info = {"model": self.model, "device": device, "pid": os.getpid(), "port": metrics_port}
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.workers(self.model), {self.name: now})
-            pipe.set(
-                self.keys.worker(self.name),
+        self._announce(
+            keys=[self.keys.workers(self.model), self.keys.worker(self.name)],
+            args=[
+                self.name,
+                time.time(),
                 json.dumps(info),
-                ex=max(1, int(self._settings.claim_timeout_s * 2)),
-            )
-            pipe.execute()
+                max(1, int(self._settings.claim_timeout_s * 2)),
+            ],
+        )
 
-    def publish_rules(self, rules: EngineRules | None) -> None:
-        """Store the model's request rules for the API's model list (None: remove them, so that
-        rules of an engine served earlier under this model id do not linger)."""
+    def publish_rules(self, rules: EngineRules | None, *, only_if_missing: bool = False) -> None:
+        """Store the model's request rules for the API (None: remove them, so that rules of an
+        engine served earlier under this model id do not linger). ``only_if_missing``: restore
+        them after a loss (a Redis without AOF restarted) without overwriting a peer's."""
         key = self.keys.rules(self.model)
         if rules is None:
-            self._redis.delete(key)
+            if not only_if_missing:
+                self._redis.delete(key)
         else:
-            self._redis.set(key, json.dumps(rules.to_dict()))
+            self._redis.set(key, json.dumps(rules.to_dict()), nx=only_if_missing)
 
     def retire(self) -> None:
         with self._redis.pipeline(transaction=True) as pipe:

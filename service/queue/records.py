@@ -63,6 +63,7 @@ class JobField(enum.StrEnum):
 
     ID = "id"
     MODEL = "model"
+    OWNER = "owner"
     STATUS = "status"
     REQUEST = "request"
     SECONDS = "seconds"
@@ -116,6 +117,7 @@ class JobRecord:
     video_path: str | None
     thumbnail_path: str | None
     stream_id: str | None = None  # the job's entry in its model's stream
+    owner: str = ""  # digest of the API key that created it; "" without keys
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -149,6 +151,7 @@ class JobRecord:
             video_path=opt_str(JobField.VIDEO_PATH),
             thumbnail_path=opt_str(JobField.THUMBNAIL_PATH),
             stream_id=opt_str(JobField.STREAM_ID),
+            owner=fields.get(JobField.OWNER, ""),
         )
 
     @property

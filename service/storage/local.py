@@ -9,6 +9,7 @@ reference is the file's absolute path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -66,23 +67,48 @@ class LocalResultStore:
         """Delete what no job needs, once older than ``grace_s``; returns files removed.
 
         ``kept_files(job_id)`` gives the paths the job's record points at, or None when the
-        record is gone (deleted, or out of retention): then the whole directory goes.
+        record is gone (deleted, or out of retention): then the whole directory goes. Peers
+        sweep the same directory at the same time, so anything may vanish between a listing and
+        its use: a missing file or directory is skipped, and any other I/O error is logged and
+        skips that directory, never ends the sweep.
         """
-        if not self.root.is_dir():
+        cutoff = time.time() - grace_s
+        try:
+            directories = [d for d in self.root.iterdir() if is_job_id(d.name)]
+        except FileNotFoundError:
+            return 0
+        except OSError as error:
+            logger.warning("cannot list the results directory %s: %s", self.root, error)
             return 0
         removed = 0
-        cutoff = time.time() - grace_s
-        for directory in self.root.iterdir():
-            if not directory.is_dir() or not is_job_id(directory.name):
-                continue
-            kept = kept_files(directory.name)
-            for path in directory.iterdir():
+        for directory in directories:
+            try:
+                removed += self._sweep_job(directory, kept_files, cutoff)
+            except FileNotFoundError:
+                continue  # a peer removed it first
+            except OSError as error:
+                logger.warning("sweep skipped %s: %s", directory, error)
+        return removed
+
+    @staticmethod
+    def _sweep_job(directory: Path, kept_files: KeptFiles, cutoff: float) -> int:
+        if not directory.is_dir():
+            return 0
+        kept = kept_files(directory.name)
+        removed = 0
+        for path in list(directory.iterdir()):
+            try:
                 stale = path.stat().st_mtime < cutoff
                 if stale and (
                     kept is None or (path.name.startswith(".") and str(path) not in kept)
                 ):
-                    path.unlink(missing_ok=True)
+                    path.unlink()
                     removed += 1
-            if kept is None and not any(directory.iterdir()):
-                shutil.rmtree(directory, ignore_errors=True)
+            except FileNotFoundError:
+                continue  # a peer removed it first
+            except OSError as error:
+                logger.warning("sweep left %s: %s", path, error)
+        if kept is None:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # fails while not empty: a file younger than the grace stays
         return removed

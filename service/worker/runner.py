@@ -7,6 +7,7 @@ Shutdown (SIGTERM, SIGINT): no new job is taken; the running one may finish with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -19,15 +20,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import cast
 
-import redis
 from prometheus_client import start_http_server
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from service.engine.types import Engine, GeneratedVideo, GenerationCancelled, InvalidRequest
 from service.metrics import WorkerMetrics
+from service.queue.connection import worker_client
 from service.queue.consumer import Claim, Consumer, StartOutcome
 from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus
-from service.queue.redis_config import check_redis
+from service.queue.redis_config import UnsafeRedisConfig, check_redis
 from service.settings import ServiceSettings
 from service.storage import open_store
 from service.worker.liveness import Heartbeat
@@ -64,7 +65,7 @@ class Worker:
         self.settings = settings
         self.device = device
         self.model = engine.model_id
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = worker_client(settings)
         self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
         self.results = open_store(settings)
         self.metrics = WorkerMetrics()
@@ -100,11 +101,54 @@ class Worker:
         )
 
     def run(self) -> None:
+        """Take and run jobs until ``request_stop``. Redis may be down at the start or at any
+        time: the worker waits for it. Only an unsafe Redis configuration (``UnsafeRedisConfig``,
+        production) ends it early."""
+        pause = RETRY_PAUSE_S
+        prepared = False
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    if not prepared:
+                        self._prepare()
+                        prepared = True
+                    self._step()
+                    pause = RETRY_PAUSE_S
+                    continue
+                except UnsafeRedisConfig:
+                    raise
+                except RedisError as error:
+                    logger.warning("Redis unreachable (%s); retrying in %.2f s", error, pause)
+                except Exception:
+                    # Only a deliberate stop ends the loop. A job that was running stays pending
+                    # under this worker's name: once its claim times out, a worker (this one or
+                    # a peer) runs it again, and max_deliveries bounds the retries.
+                    logger.exception("worker loop error; going on in %.2f s", pause)
+                    self.metrics.loop_errors.labels(self.model).inc()
+                self._stop_event.wait(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+        finally:
+            if prepared:
+                self.heartbeat.stop()
+                try:
+                    self.consumer.retire()
+                except RedisError:
+                    logger.warning("could not deregister; peers will see the heartbeat lapse")
+            self._metrics_server.shutdown()
+            self.redis.close()
+            logger.info("worker %s stopped", self.consumer.name)
+
+    def _prepare(self) -> None:
         check_redis(self.redis, self.settings)
         self.consumer.ensure_group()
-        self.consumer.publish_rules(self.engine.rules)
-        self.heartbeat.start()
+        try:
+            self.consumer.publish_rules(self.engine.rules)
+        except OutOfMemoryError:
+            # Redis is full; the janitor publishes them once it has room. Meanwhile the API
+            # applies its static bounds, and this engine's own check guards the rest.
+            logger.warning("Redis is full: request rules not published yet")
         self.heartbeat.beat()
+        self.heartbeat.start()
         logger.info(
             "worker %s serving %r on %s; metrics on port %d",
             self.consumer.name,
@@ -112,25 +156,6 @@ class Worker:
             self.device,
             self.metrics_port,
         )
-        pause = RETRY_PAUSE_S
-        try:
-            while not self._stop_event.is_set():
-                try:
-                    self._step()
-                    pause = RETRY_PAUSE_S
-                except RedisError as error:
-                    logger.warning("Redis unreachable (%s); retrying in %.2f s", error, pause)
-                    self._stop_event.wait(pause)
-                    pause = min(pause * 2, MAX_RETRY_PAUSE_S)
-        finally:
-            self.heartbeat.stop()
-            try:
-                self.consumer.retire()
-            except RedisError:
-                logger.warning("could not deregister; peers will see the heartbeat lapse")
-            self._metrics_server.shutdown()
-            self.redis.close()
-            logger.info("worker %s stopped", self.consumer.name)
 
     def _step(self) -> None:
         block_ms = min(MAX_BLOCK_MS, int(self.settings.claim_timeout_s * 500))
@@ -296,6 +321,8 @@ class Worker:
         removed = self.results.sweep(self._kept_files, grace_s=self.settings.claim_timeout_s * 2)
         if expired or removed:
             logger.info("janitor: %d queued jobs expired, %d files removed", expired, removed)
+        with contextlib.suppress(OutOfMemoryError):  # room comes back as jobs expire
+            self.consumer.publish_rules(self.engine.rules, only_if_missing=True)
 
     def _kept_files(self, job_id: str) -> set[str] | None:
         key = self.consumer.keys.job(job_id)

@@ -130,3 +130,32 @@ def test_sigterm_hands_the_job_back_to_a_peer(
         "2",
         "second",
     )
+
+
+def test_the_loop_survives_an_unexpected_error_and_the_job_runs_again(
+    settings: ServiceSettings, start_worker: Callable[..., Running]
+) -> None:
+    blocked = settings.results_dir
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"a file where the results directory should be")
+    run = start_worker()
+    job_id = _submit(settings)
+    # Storing the first attempt's video fails (NotADirectoryError); the worker logs it and goes on.
+    _wait(settings, job_id, lambda f: f[JobField.ATTEMPT] == "1")
+    deadline = time.monotonic() + 10
+    while not _loop_errors(run) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _loop_errors(run) == 1
+    blocked.unlink()
+    # The job stays pending under the worker's name; past the claim timeout it runs again.
+    fields = _wait(settings, job_id, _final)
+    assert (fields[JobField.STATUS], fields[JobField.ATTEMPT]) == ("completed", "2")
+    assert run.thread.is_alive()
+
+
+def _loop_errors(run: Running) -> float:
+    text = httpx.get(f"http://127.0.0.1:{run.worker.metrics_port}/metrics").text
+    for line in text.splitlines():
+        if line.startswith("qvgen_worker_loop_errors_total{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
