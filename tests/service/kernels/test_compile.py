@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from qvgen.triton_support import triton_installed
 from service.kernels.lowbit_linear import KernelBackend, LowBitLinear, build_lowbit_linear
+from service.kernels.packed_transformer import load_packed_transformer
 from tests.service.kernels.compare import assert_close_verbose
 from tests.service.kernels.test_lowbit_linear import packed_weights
 
@@ -134,3 +136,43 @@ def test_no_graph_break_between_layers(backend: KernelBackend, device: torch.dev
         explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+SHIPPED_TRANSFORMER = (
+    Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4" / "transformer"
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shipped_transformer_traces_without_graph_break(
+    backend: KernelBackend, device: torch.device
+) -> None:
+    """The whole packed Wan transformer is one graph (the timestep hook runs outside it), and
+    each block compiles with ``fullgraph=True``."""
+    transformer = load_packed_transformer(SHIPPED_TRANSFORMER, device=device, backend=backend)
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 8, 2, 4, 4, generator=g).to(device),
+        "timestep": torch.tensor([700.0], device=device),
+        "encoder_hidden_states": torch.randn(1, 8, 64, generator=g).to(device),
+        "return_dict": False,
+    }
+    with torch.no_grad():
+        explained = torch._dynamo.explain(transformer)(**inputs)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+    block_inputs: dict[str, object] = {}
+
+    def keep(_m: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        block_inputs.update(args=args, kwargs=kwargs)
+
+    block = transformer.blocks[0]
+    handle = block.register_forward_pre_hook(keep, with_kwargs=True)
+    with torch.no_grad():
+        expected = transformer(**inputs)[0]
+        handle.remove()
+        block_out = block(*block_inputs["args"], **block_inputs["kwargs"])  # type: ignore[arg-type]
+        compiled = torch.compile(block, fullgraph=True, backend="eager")
+        got = compiled(*block_inputs["args"], **block_inputs["kwargs"])  # type: ignore[arg-type]
+    assert expected.isfinite().all()
+    assert_close_verbose(got, block_out, 0, 0, f"{backend.value}: block, fullgraph capture")
