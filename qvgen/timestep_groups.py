@@ -76,10 +76,15 @@ def bind_timestep_groups(
     """Set each consumer's clip group from ``timestep`` on every forward call of ``transformer``.
 
     Works with diffusers' Wan and CogVideoX transformers, which take ``timestep`` as their second
-    argument or as a keyword.
+    argument or as a keyword. The hook always runs eagerly, also when the transformer is
+    compiled (``torch.compiler.disable``): it reads the timestep on the host and validates it,
+    which a traced graph cannot do. Consumers that a compiled graph reads must therefore keep
+    the state they are handed in tensors the graph takes as inputs (``LowBitLinear`` writes
+    its clip rows into a buffer in place), never as Python values a trace would bake in.
     """
     consumers = [m for m in transformer.modules() if isinstance(m, ClipGroupConsumer)]
 
+    @torch.compiler.disable
     def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if timestep is None:
@@ -93,22 +98,36 @@ def bind_timestep_groups(
     return transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+def check_groups(groups: torch.Tensor, n_groups: int) -> None:
+    """Raise ``ValueError`` unless every entry of ``groups`` (a CPU tensor) is in [0, G − 1]."""
+    values = groups.tolist()
+    if not values or min(values) < 0 or max(values) >= n_groups:
+        raise ValueError(f"clip group {values} outside [0, {n_groups - 1}]")
+
+
+def expand_clip_rows(sample_clip: torch.Tensor, rows_per_sample: int) -> torch.Tensor:
+    """Per-sample clip factors [B, 2] → per-row [B · rows_per_sample, 2].
+
+    One sample (every denoising call of a served request without batched guidance) gives a
+    stride-0 view: no copy. Reads no value, so it traces into a graph as it is.
+    """
+    if sample_clip.shape[0] == 1:
+        return sample_clip.expand(rows_per_sample, 2)
+    return sample_clip.repeat_interleave(rows_per_sample, dim=0)
+
+
 def clip_rows(act_clip: torch.Tensor, groups: torch.Tensor, rows_per_sample: int) -> torch.Tensor:
     """Per-row clip factors [B · rows_per_sample, 2] for samples in timestep groups ``groups`` [B].
 
     ``act_clip`` is a layer's [G, 2] table of (α_lo, α_hi); ``groups`` (int64) lives on the CPU
     (the timestep hook puts it there once per transformer call), so checking it never waits for
-    the GPU. Serving and training both expand clip factors here; gradients reach ``act_clip``
-    through the indexing. When every sample shares one group (every denoising step of a
-    served request), the result is a stride-0 view of one table row: no gather, no copy, no host-device transfer.
+    the GPU. Gradients reach ``act_clip`` through the indexing. When every sample shares one
+    group, the result is a stride-0 view of one table row: no gather, no copy, no host-device
+    transfer.
     """
-    n_groups = act_clip.shape[0]
+    check_groups(groups, act_clip.shape[0])
     values = groups.tolist()
-    if min(values) < 0 or max(values) >= n_groups:
-        raise ValueError(f"clip group {values} outside [0, {n_groups - 1}]")
-    rows = len(values) * rows_per_sample
     if len(set(values)) == 1:
-        return act_clip[values[0]].expand(rows, 2)
+        return act_clip[values[0]].expand(len(values) * rows_per_sample, 2)
     # Every layer of a call receives the same groups tensor: one device copy serves them all.
-    clip = act_clip[shared_copy(groups, act_clip.device)]
-    return clip.repeat_interleave(rows_per_sample, dim=0)
+    return expand_clip_rows(act_clip[shared_copy(groups, act_clip.device)], rows_per_sample)

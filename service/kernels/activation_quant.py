@@ -195,7 +195,9 @@ def quantize_activations(
     """Quantize x [M, K] (bf16, fp16 or fp32) per token with per-row clip factors [M, 2].
 
     Codes come back zero-padded to a multiple of ``block_k`` columns (the GEMM's K-block).
-    ``launch`` None picks ``default_launch``.
+    ``launch`` None picks ``default_launch``. The kernel runs as the custom operator
+    ``qvgen::quantize_activations``, so ``torch.compile`` traces through this call without a
+    graph break (the operator's fake implementation gives the output shapes).
     """
     check_bits(bits, "activation bits")
     if bits > MAX_KERNEL_BITS:
@@ -204,9 +206,22 @@ def quantize_activations(
         raise ValueError(
             f"x must be a 2-D bf16/fp16/fp32 tensor, got {x2d.dtype} {tuple(x2d.shape)}"
         )
-    m, k = x2d.shape
+    m = x2d.shape[0]
     if tuple(clip.shape) != (m, 2):
         raise ValueError(f"clip must be [{m}, 2], got {tuple(clip.shape)}")
+    shape = None if launch is None else [launch.block_m, launch.chunk, launch.num_warps]
+    codes, scale, code_sum = _quantize_op(x2d, clip, bits, block_k, shape)
+    return QuantizedActivations(
+        codes=codes, scale=scale, code_sum=code_sum, in_features=x2d.shape[1]
+    )
+
+
+@torch.library.custom_op("qvgen::quantize_activations", mutates_args=())
+def _quantize_op(
+    x2d: torch.Tensor, clip: torch.Tensor, bits: int, block_k: int, launch: list[int] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, s_x, Σ c_x) of ``quantize_activations``; ``launch`` is [block_m, chunk, warps]."""
+    m, k = x2d.shape
     x2d = x2d if x2d.stride(1) == 1 else x2d.contiguous()
     clip = clip.to(device=x2d.device, dtype=torch.float32)
     if clip.stride(1) != 1:  # a stride-0 row view (one group for all rows) is read as it is
@@ -216,7 +231,7 @@ def quantize_activations(
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     code_sum = torch.empty((m,), dtype=torch.int32, device=x2d.device)
     if m:
-        shape = launch or default_launch(k_pad, m)
+        shape = default_launch(k_pad, m) if launch is None else QuantLaunch(*launch)
         _quantize_tokens_kernel[(triton.cdiv(m, shape.block_m),)](
             x2d, clip, codes, scale, code_sum,
             m, k, k_pad,
@@ -224,4 +239,16 @@ def quantize_activations(
             LEVELS=qmax(bits), EPSILON=EPS, BLOCK_M=shape.block_m, CHUNK=shape.chunk,
             ONE_CHUNK=shape.chunk >= k_pad, num_warps=shape.num_warps,
         )  # fmt: skip
-    return QuantizedActivations(codes=codes, scale=scale, code_sum=code_sum, in_features=k)
+    return codes, scale, code_sum
+
+
+@_quantize_op.register_fake
+def _quantize_fake(
+    x2d: torch.Tensor, clip: torch.Tensor, bits: int, block_k: int, launch: list[int] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, k = x2d.shape
+    return (
+        x2d.new_empty((m, padded_width(k, block_k)), dtype=torch.int8),
+        x2d.new_empty((m,), dtype=torch.float32),
+        x2d.new_empty((m,), dtype=torch.int32),
+    )

@@ -23,6 +23,7 @@ program computes a tile of Cᵀ = W · Xᵀ, [BLOCK_N weight rows, BLOCK_M token
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from typing import Any
@@ -135,10 +136,13 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
 
 
 @functools.cache
-def _autotuned_kernel(capability: tuple[int, int]) -> Any:
-    """The kernel wrapped in an autotuner over this capability's configurations."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    assert torch.cuda.get_device_capability(device) == capability
+def _autotuned_kernel(device_index: int) -> Any:
+    """The kernel wrapped in an autotuner over the configurations of GPU ``device_index``.
+
+    Looked up once per GPU (``prepare_device`` at layer construction), never inside a traced
+    region: the capability query and the autotuner's launch live behind the custom operator.
+    """
+    device = torch.device("cuda", device_index)
     configs = [
         triton.Config(c.meta(), num_warps=c.num_warps, num_stages=c.num_stages)
         for c in configs_for(device)
@@ -146,6 +150,16 @@ def _autotuned_kernel(capability: tuple[int, int]) -> Any:
     return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K_PAD", "PACKED"])(
         _lowbit_gemm_kernel
     )
+
+
+def prepare_device(device: torch.device) -> None:
+    """Resolve the autotuned kernel of ``device`` now (layer construction), not at first call."""
+    if device.type == "cuda" and not interpreting():
+        _autotuned_kernel(_device_index(device))
+
+
+def _device_index(device: torch.device) -> int:
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 def choose_path(layout: KernelWeightLayout, tokens: int) -> GemmPath:
@@ -165,48 +179,100 @@ def _check(qa: QuantizedActivations, weight: torch.Tensor, layout: KernelWeightL
         raise ValueError(f"kernel weight must be {layout.shape}, got {tuple(weight.shape)}")
 
 
-def _launch(
+def _gemm(
     qa: QuantizedActivations,
     weight: torch.Tensor,
     layout: KernelWeightLayout,
     epilogue: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-    out: torch.Tensor,
-    path: GemmPath,
+    out_dtype: torch.dtype,
+    path: GemmPath | None,
     config: GemmConfig | None,
-) -> None:
+) -> torch.Tensor:
     _check(qa, weight, layout)
-    m, n = out.shape
+    w_scale, w_zero, bias = epilogue
+    return _gemm_op(
+        qa.codes, qa.scale, qa.code_sum, weight, w_scale, w_zero, bias,
+        layout.in_features, layout.out_features, layout.weight_bits, layout.block_k,
+        out_dtype,
+        None if path is None else path.value,
+        None if config is None else list(dataclasses.astuple(config)),
+    )  # fmt: skip
+
+
+@torch.library.custom_op("qvgen::lowbit_gemm", mutates_args=())
+def _gemm_op(
+    codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_sum: torch.Tensor,
+    weight: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
+    weight_bits: int,
+    block_k: int,
+    out_dtype: torch.dtype,
+    path: str | None,
+    config: list[int] | None,
+) -> torch.Tensor:
+    """y [M, N] in ``out_dtype`` (int32: the raw accumulators); ``path`` a ``GemmPath`` value
+    or None (by token count), ``config`` a ``GemmConfig`` as a list or None (autotuned)."""
+    layout = KernelWeightLayout(in_features, out_features, weight_bits, block_k)
+    m = codes.shape[0]
+    out = torch.empty((m, out_features), dtype=out_dtype, device=codes.device)
     if m == 0:
-        return
-    packed = layout.packed and path is GemmPath.UNPACK_IN_LOOP
+        return out
+    chosen = choose_path(layout, m) if path is None else GemmPath(path)
+    packed = layout.packed and chosen is GemmPath.UNPACK_IN_LOOP
     if layout.packed and not packed:
         weight = expand_to_int8(weight, layout)
-    w_scale, w_zero, bias = epilogue
     args = (
-        weight, qa.codes, qa.scale, qa.code_sum, w_scale, w_zero,
+        weight, codes, x_scale, x_sum, w_scale, w_zero,
         w_scale if bias is None else bias, out,
-        m, n, layout.padded_in_features, triton.next_power_of_2(m),
-        weight.stride(0), qa.codes.stride(0), out.stride(0),
+        m, out_features, layout.padded_in_features, triton.next_power_of_2(m),
+        weight.stride(0), codes.stride(0), out.stride(0),
     )  # fmt: skip
     meta = {
         "PACKED": packed,
         "HAS_BIAS": bias is not None,
-        "STORE_ACC": out.dtype == torch.int32,
-        "BLOCK_K": layout.block_k,
+        "STORE_ACC": out_dtype == torch.int32,
+        "BLOCK_K": block_k,
     }
     if config is None and not interpreting():
-        kernel = _autotuned_kernel(torch.cuda.get_device_capability(out.device))
+        kernel = _autotuned_kernel(_device_index(out.device))
 
         def grid(meta: dict[str, int]) -> tuple[int]:
-            return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
+            return (triton.cdiv(out_features, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
 
         kernel[grid](*args, **meta)
-        return
-    cfg = config or INTERPRETER_CONFIG
-    grid_size = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
+        return out
+    cfg = INTERPRETER_CONFIG if config is None else GemmConfig(*config)
+    grid_size = triton.cdiv(out_features, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     _lowbit_gemm_kernel[(grid_size,)](
         *args, **meta, **cfg.meta(), num_warps=cfg.num_warps, num_stages=cfg.num_stages
     )
+    return out
+
+
+@_gemm_op.register_fake
+def _gemm_fake(
+    codes: torch.Tensor,
+    x_scale: torch.Tensor,
+    x_sum: torch.Tensor,
+    weight: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
+    weight_bits: int,
+    block_k: int,
+    out_dtype: torch.dtype,
+    path: str | None,
+    config: list[int] | None,
+) -> torch.Tensor:
+    return codes.new_empty((codes.shape[0], out_features), dtype=out_dtype)
 
 
 def lowbit_linear(
@@ -221,11 +287,9 @@ def lowbit_linear(
     """y [M, N] in ``out_dtype``; ``epilogue`` = (s_w, z_w, bias or None), float32 [N] each.
 
     ``path`` None picks by token count; ``config`` None autotunes on the GPU (tests pin one).
+    Runs as the custom operator ``qvgen::lowbit_gemm`` (traceable by ``torch.compile``).
     """
-    m = qa.codes.shape[0]
-    out = torch.empty((m, layout.out_features), dtype=out_dtype, device=qa.codes.device)
-    _launch(qa, weight, layout, epilogue, out, path or choose_path(layout, m), config)
-    return out
+    return _gemm(qa, weight, layout, epilogue, out_dtype, path, config)
 
 
 def integer_products(
@@ -236,16 +300,13 @@ def integer_products(
     config: GemmConfig | None = None,
 ) -> torch.Tensor:
     """The raw accumulators Σ_k c_x q_w, int32 [M, N] (for exactness checks)."""
-    m = qa.codes.shape[0]
-    out = torch.empty((m, layout.out_features), dtype=torch.int32, device=qa.codes.device)
     dummy = torch.zeros(layout.out_features, dtype=torch.float32, device=qa.codes.device)
-    _launch(qa, weight, layout, (dummy, dummy, None), out, path, config)
-    return out
+    return _gemm(qa, weight, layout, (dummy, dummy, None), torch.int32, path, config)
 
 
 def tuned_configs() -> dict[str, str]:
     """The configuration the autotuner picked per key so far, on the current GPU (for reports)."""
     if not torch.cuda.is_available():
         return {}
-    kernel = _autotuned_kernel(torch.cuda.get_device_capability())
+    kernel = _autotuned_kernel(torch.cuda.current_device())
     return {str(key): str(config) for key, config in kernel.cache.items()}

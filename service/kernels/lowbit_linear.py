@@ -23,8 +23,9 @@ import enum
 import torch
 from torch import nn
 
+from qvgen.device_copy import shared_copy
 from qvgen.packed_layer import PackedLinearWeights
-from qvgen.timestep_groups import clip_rows
+from qvgen.timestep_groups import check_groups, expand_clip_rows
 from qvgen.triton_support import log_fallback_once, triton_unavailable_reason
 from service.kernels.reference import quantized_linear_reference
 from service.kernels.weight_layout import (
@@ -66,7 +67,14 @@ class LowBitLinear(nn.Module):
     """What every layout shares: per-channel numbers, clip table, timestep group, the forward.
 
     Buffers: ``weight_scale`` / ``weight_zero_point`` float32 [N], ``act_clip`` float32 [G, 2],
-    ``bias`` float32 [N] (when present). Subclasses hold the codes and compute the product.
+    ``bias`` float32 [N] (when present), and ``sample_clip`` float32 [B, 2]: the (α_lo, α_hi)
+    of each sample's timestep group for the next forward call ([0, 2] until one is set). Subclasses
+    hold the codes and compute the product.
+
+    ``set_clip_group`` (the timestep hook) writes ``sample_clip`` in place, so a compiled
+    graph, which takes buffers as inputs, reads the current step's factors on every call
+    instead of a value frozen at trace time.
+
     ``dtype_anchor`` is an empty parameter in the model's compute dtype: diffusers reads a
     module's dtype from its first parameter (Wan's time embedder does, for its input), and a
     module made only of packed layers would otherwise have none.
@@ -77,6 +85,7 @@ class LowBitLinear(nn.Module):
     weight_zero_point: torch.Tensor
     act_clip: torch.Tensor
     bias: torch.Tensor | None
+    sample_clip: torch.Tensor
 
     def __init__(
         self, weights: PackedLinearWeights, compute_dtype: torch.dtype = torch.float32
@@ -94,7 +103,7 @@ class LowBitLinear(nn.Module):
         self.register_buffer("weight_zero_point", weights.weight_zero_point)
         self.register_buffer("act_clip", weights.act_clip)
         self.register_buffer("bias", weights.bias)
-        self._groups: torch.Tensor | None = None
+        self.register_buffer("sample_clip", weights.act_clip.new_empty((0, 2)), persistent=False)
 
     def format_v1_codes(self) -> torch.Tensor:
         """The codes as format v1's ``qweight`` (uint8 [N, ⌈K/2⌉] at ≤ 4 bits)."""
@@ -116,29 +125,34 @@ class LowBitLinear(nn.Module):
         )
 
     def set_clip_group(self, groups: torch.Tensor) -> None:
-        self._groups = groups
+        """Groups of the samples of the next calls, int64 [B] (a CPU tensor: no GPU wait)."""
+        g = torch.as_tensor(groups, dtype=torch.int64).reshape(-1)
+        check_groups(g, self.act_clip.shape[0])
+        index = shared_copy(g, self.act_clip.device)  # one copy for every layer of the call
+        if self.sample_clip.shape[0] != g.numel():
+            self.sample_clip = self.act_clip.new_empty((g.numel(), 2))
+        torch.index_select(self.act_clip, 0, index, out=self.sample_clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._groups is None:
-            raise RuntimeError(
-                f"{self.name}: no timestep group set; bind the transformer with "
-                "qvgen.timestep_groups.bind_timestep_groups or call set_clip_group first"
-            )
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
-        clip = clip_rows(self.act_clip, self._groups, self._rows_per_group(x))
+        clip = expand_clip_rows(self.sample_clip, self._rows_per_sample(x))
         return self.product(x2d, clip).to(x.dtype).reshape(*lead, self.out_features)
 
     def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
         """Q_a(x) · Q_w(W)^T + b for x [M, K] with per-row clip factors [M, 2]."""
         raise NotImplementedError
 
-    def _rows_per_group(self, x: torch.Tensor) -> int:
-        """Rows of x that share each entry of the current groups: one group per sample of a
+    def _rows_per_sample(self, x: torch.Tensor) -> int:
+        """Rows of x that share each sample's clip factors: one group per sample of a
         [B, …, K] input ([B, K] too: the embedders see one row per sample)."""
+        n = self.sample_clip.shape[0]
+        if n == 0:
+            raise RuntimeError(
+                f"{self.name}: no timestep group set; bind the transformer with "
+                "qvgen.timestep_groups.bind_timestep_groups or call set_clip_group first"
+            )
         rows = x.numel() // self.in_features
-        assert self._groups is not None
-        n = self._groups.numel()
         if n == 1:
             return rows
         if x.ndim < 2 or x.shape[0] != n:
@@ -209,6 +223,10 @@ class TritonLowBitLinear(LowBitLinear):
         )
         kernel_qweight = to_kernel_layout(weights.weight_codes(), self.layout)
         self.register_buffer("kernel_qweight", kernel_qweight, persistent=False)
+        from service.kernels.lowbit_gemm import prepare_device
+
+        # The GPU's kernel configurations are looked up here, never inside a compiled graph.
+        prepare_device(kernel_qweight.device)
 
     def format_v1_codes(self) -> torch.Tensor:
         return format_v1_from_kernel_layout(self.kernel_qweight, self.layout)

@@ -125,24 +125,24 @@ def test_every_forward_call_uses_the_clip_group_of_its_timestep(engines: Quantiz
     transformer = engines.packed.pipeline.transformer
     layer = next(m for m in transformer.modules() if isinstance(m, LowBitLinear))
     timesteps: list[torch.Tensor] = []
-    groups: list[torch.Tensor] = []
+    clips: list[torch.Tensor] = []
 
     def record_timestep(_m: nn.Module, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
         timesteps.append(kwargs["timestep"].detach().clone())
 
-    def record_group(m: nn.Module, _args: object) -> None:
-        groups.append(m._groups.clone())
+    def record_clip(m: nn.Module, _args: object) -> None:
+        clips.append(m.sample_clip.clone())
 
     handles = [
         transformer.register_forward_pre_hook(record_timestep, with_kwargs=True),
-        layer.register_forward_pre_hook(record_group),
+        layer.register_forward_pre_hook(record_clip),
     ]
     try:
         engines.packed.generate(REQUEST)
     finally:
         for handle in handles:
             handle.remove()
-    assert len(timesteps) == len(groups) >= REQUEST.num_inference_steps
-    for t, g in zip(timesteps, groups, strict=True):
-        assert torch.equal(g, timestep_to_group(t, SCHEME.clip_groups))
-    assert len({int(g[0]) for g in groups}) > 1
+    assert len(timesteps) == len(clips) >= REQUEST.num_inference_steps
+    for t, clip in zip(timesteps, clips, strict=True):
+        assert torch.equal(clip, layer.act_clip[timestep_to_group(t, SCHEME.clip_groups)])
+    assert len({tuple(c[0].tolist()) for c in clips}) > 1
