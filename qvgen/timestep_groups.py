@@ -15,10 +15,19 @@ per-call countdown at inference; those disagree under guidance, this does not.
 ``bind_timestep_groups`` installs a forward pre-hook on a diffusers transformer that reads the
 ``timestep`` argument of every forward call and hands the group of each sample to every module
 that consumes one (``ClipGroupConsumer``).
+
+A checkpoint imported from the authors' release was evaluated with their inference order
+instead (``TimestepMapping.CALL_COUNTDOWN``): the c-th transformer call of a generation uses
+group max(G − 1 − c, 0), whatever its timestep. For Wan (guidance as two calls a step) the
+conditional call of step i gets 49 − 2i and the unconditional one 48 − 2i, down to 0 from step
+25 on; for CogVideoX (guidance batched, one call a step) at 50 DDIM steps it is 49 − i, which is
+g(t) of that step, so the two mappings agree there. Serving such a checkpoint with this order
+gives each call the clip factors it was trained and evaluated with.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,7 +38,16 @@ from qvgen.device_copy import shared_copy
 
 DEFAULT_GROUPS = 50
 NUM_TRAIN_TIMESTEPS = 1000
-MAPPING_NAME = "uniform-bins-v1"
+
+
+class TimestepMapping(enum.Enum):
+    """How a transformer call picks its clip group; the value is stored in format v1."""
+
+    UNIFORM_BINS = "uniform-bins-v1"  # g(t) = min(⌊t·G/T_train⌋, G − 1)
+    CALL_COUNTDOWN = "call-countdown-v1"  # the c-th call of a generation: max(G − 1 − c, 0)
+
+
+MAPPING_NAME = TimestepMapping.UNIFORM_BINS.value
 
 
 def timestep_to_group(
@@ -70,10 +88,49 @@ def _per_sample_timestep(timestep: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)[:, 0]
 
 
+class CallCountdown:
+    """Group of the c-th transformer call of a generation: max(G − 1 − c, 0) for every sample.
+
+    A generation starts at ``restart`` (the engine calls it before each one) or, for callers
+    that never do, at the first call whose timestep is above the previous call's: timesteps
+    only fall within a generation, and both calls of a guided step share one.
+    """
+
+    def __init__(self, groups: int) -> None:
+        if groups < 1:
+            raise ValueError(f"groups must be ≥ 1, got {groups}")
+        self.groups = groups
+        self.calls = 0
+        self._last_timestep: float | None = None
+
+    def restart(self) -> None:
+        self.calls = 0
+        self._last_timestep = None
+
+    def next_groups(self, timestep: torch.Tensor) -> torch.Tensor:
+        """int64 [B] for a call with per-sample timesteps ``timestep`` [B]."""
+        top = float(timestep.max())
+        if self._last_timestep is not None and top > self._last_timestep:
+            self.calls = 0
+        self._last_timestep = top
+        group = max(self.groups - 1 - self.calls, 0)
+        self.calls += 1
+        return torch.full((timestep.numel(),), group, dtype=torch.int64)
+
+
+# The countdown of a bound transformer, found by ``restart_timestep_groups``.
+_COUNTDOWN_ATTRIBUTE = "_qvgen_call_countdown"
+
+
 def bind_timestep_groups(
-    transformer: nn.Module, groups: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    transformer: nn.Module,
+    groups: int,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
+    mapping: TimestepMapping = TimestepMapping.UNIFORM_BINS,
 ) -> RemovableHandle:
-    """Set each consumer's clip group from ``timestep`` on every forward call of ``transformer``.
+    """Set each consumer's clip group on every forward call of ``transformer``: from
+    ``timestep`` (``UNIFORM_BINS``), or from the call's place in the generation
+    (``CALL_COUNTDOWN``, module docstring).
 
     Works with diffusers' Wan and CogVideoX transformers, which take ``timestep`` as their second
     argument or as a keyword. The hook always runs eagerly, also when the transformer is
@@ -83,19 +140,31 @@ def bind_timestep_groups(
     its clip rows into a buffer in place), never as Python values a trace would bake in.
     """
     consumers = [m for m in transformer.modules() if isinstance(m, ClipGroupConsumer)]
+    countdown = CallCountdown(groups) if mapping is TimestepMapping.CALL_COUNTDOWN else None
+    setattr(transformer, _COUNTDOWN_ATTRIBUTE, countdown)
 
     @torch.compiler.disable
     def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if timestep is None:
             raise ValueError("the transformer was called without a timestep: no clip group to use")
-        g = timestep_to_group(
-            _per_sample_timestep(torch.as_tensor(timestep)), groups, num_train_timesteps
-        )
+        t = _per_sample_timestep(torch.as_tensor(timestep))
+        g = timestep_to_group(t, groups, num_train_timesteps)  # validates t in both mappings
+        if countdown is not None:
+            g = countdown.next_groups(t)
         for consumer in consumers:
             consumer.set_clip_group(g)
 
     return transformer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def restart_timestep_groups(transformer: nn.Module) -> None:
+    """Mark the start of a generation for a transformer bound with ``CALL_COUNTDOWN`` (a no-op
+    for the timestep mapping); a compiled transformer is looked through."""
+    module = getattr(transformer, "_orig_mod", transformer)
+    countdown = getattr(module, _COUNTDOWN_ATTRIBUTE, None)
+    if isinstance(countdown, CallCountdown):
+        countdown.restart()
 
 
 def check_groups(groups: torch.Tensor, n_groups: int) -> None:

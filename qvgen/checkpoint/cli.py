@@ -11,6 +11,7 @@ logger = logging.getLogger(__name__)
 def _run(args: argparse.Namespace) -> int:
     # Imported here: the importer pulls in diffusers, which every other command would pay for.
     from qvgen.checkpoint.import_release import ReleaseImport, WeightArithmetic, import_release
+    from qvgen.timestep_groups import TimestepMapping
 
     try:
         options = ReleaseImport(
@@ -18,6 +19,7 @@ def _run(args: argparse.Namespace) -> int:
             activation_bits=args.a_bits,
             clip_ratio=args.clip_ratio,
             arithmetic=WeightArithmetic(args.weight_arithmetic),
+            mapping=TimestepMapping(args.clip_group_order),
         )
     except ValueError as err:
         logger.error("qvgen import-release: %s", err)
@@ -56,5 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["bf16", "fp32"],
         default="bf16",
         help="dtype their model computed the weight codes in (inference scripts: bf16)",
+    )
+    p.add_argument(
+        "--clip-group-order",
+        choices=["call-countdown-v1", "uniform-bins-v1"],
+        default="call-countdown-v1",
+        help="which clip group each transformer call uses when served: the release's "
+        "inference order (default) or qvgen's timestep bins",
     )
     p.set_defaults(handler=_run)

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 import qvgen
 from qvgen.numerics import check_bits
 from qvgen.packed_layer import PackedLinearWeights
-from qvgen.timestep_groups import MAPPING_NAME, NUM_TRAIN_TIMESTEPS
+from qvgen.timestep_groups import MAPPING_NAME, NUM_TRAIN_TIMESTEPS, TimestepMapping
 
 FORMAT_NAME = "qvgen-packed"
 FORMAT_VERSION = 1
@@ -62,11 +62,19 @@ class PackedScheme:
         expected = {
             "weight_granularity": "per_channel",
             "activation_granularity": "per_token",
-            "timestep_mapping": MAPPING_NAME,
         }
         for key, value in expected.items():
             if getattr(self, key) != value:
                 raise CheckpointError(f"scheme.{key} must be {value!r}, got {getattr(self, key)!r}")
+        allowed = [m.value for m in TimestepMapping]
+        if self.timestep_mapping not in allowed:
+            raise CheckpointError(
+                f"scheme.timestep_mapping must be one of {allowed}, got {self.timestep_mapping!r}"
+            )
+
+    @property
+    def mapping(self) -> TimestepMapping:
+        return TimestepMapping(self.timestep_mapping)
 
 
 @dataclass(frozen=True)

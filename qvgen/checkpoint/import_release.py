@@ -47,6 +47,7 @@ from qvgen.checkpoint.format_v1 import (
 from qvgen.numerics import check_bits, qmax
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
+from qvgen.timestep_groups import TimestepMapping
 
 SCALE_SUFFIX = ".wquantizer.scale"
 # Their inference scripts' ``--clip_ratio``.
@@ -83,6 +84,9 @@ class ReleaseImport:
     activation_bits: int = 4
     clip_ratio: float = RELEASE_CLIP_RATIO
     arithmetic: WeightArithmetic = WeightArithmetic.BF16
+    # Serve each transformer call the clip group their inference gives it
+    # (``qvgen.timestep_groups.TimestepMapping``), stored with the weights.
+    mapping: TimestepMapping = TimestepMapping.CALL_COUNTDOWN
 
     def __post_init__(self) -> None:
         check_bits(self.weight_bits, "weight_bits")
@@ -185,7 +189,12 @@ def import_release_state(
     full_precision = [n for n in _linear_names(config) if n not in layers]
     return PackedCheckpoint(
         config=dict(config),
-        scheme=PackedScheme(options.weight_bits, options.activation_bits, clip_groups=groups.pop()),
+        scheme=PackedScheme(
+            options.weight_bits,
+            options.activation_bits,
+            clip_groups=groups.pop(),
+            timestep_mapping=options.mapping.value,
+        ),
         layers=layers,
         full_precision_modules=tuple(full_precision),
         tensors=state,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from qvgen.family import ModelFamily, detect_family
+from qvgen.timestep_groups import restart_timestep_groups
 from service.engine.environment import RuntimeTarget, resolve_target
 from service.engine.loading import (
     MemoryOptions,
@@ -164,6 +165,8 @@ class DiffusersEngine:
         clock: _StepClock,
     ) -> np.ndarray:
         generator = torch.Generator(device=self.target.device).manual_seed(request.seed)
+        # A checkpoint served in the release's call order counts this generation's calls anew.
+        restart_timestep_groups(self.pipeline.transformer)
         output = self.pipeline(
             prompt_embeds=embeddings[0],
             negative_prompt_embeds=embeddings[1],

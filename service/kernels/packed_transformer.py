@@ -100,7 +100,10 @@ def load_packed_transformer(
     model.to(device)
     model.eval()
     bind_timestep_groups(
-        model, checkpoint.scheme.clip_groups, checkpoint.scheme.num_train_timesteps
+        model,
+        checkpoint.scheme.clip_groups,
+        checkpoint.scheme.num_train_timesteps,
+        checkpoint.scheme.mapping,
     )
     backends = sorted({m.backend.value for m in model.modules() if isinstance(m, LowBitLinear)})
     logger.info(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from qvgen.checkpoint.import_release import (
     import_release,
     import_release_state,
 )
-from qvgen.timestep_groups import timestep_to_group
+from qvgen.timestep_groups import TimestepMapping, timestep_to_group
 from service.kernels.lowbit_linear import KernelBackend
 from service.kernels.packed_transformer import load_packed_transformer
 from tests.qvgen.release_layout import (
@@ -92,7 +93,7 @@ def test_fp32_release_imports_and_matches_its_forward(
     tmp_path: Path, family: str, lora: bool
 ) -> None:
     official, _, root = _release(tmp_path, family, torch.float32, lora)
-    options = ReleaseImport(arithmetic=WeightArithmetic.FP32)
+    options = ReleaseImport(arithmetic=WeightArithmetic.FP32, mapping=TimestepMapping.UNIFORM_BINS)
     import_release(root / "release.safetensors", root / "config.json", root / "v1", options)
     packed = load_packed_transformer(root / "v1", backend=KernelBackend.REFERENCE)
     error = _relative_error(family, official, packed, torch.float32)
@@ -103,7 +104,8 @@ def test_fp32_release_imports_and_matches_its_forward(
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bf16_release_imports_with_its_codes(tmp_path: Path, family: str, lora: bool) -> None:
     official, _, root = _release(tmp_path, family, torch.bfloat16, lora)
-    import_release(root / "release.safetensors", root / "config.json", root / "v1")
+    options = ReleaseImport(mapping=TimestepMapping.UNIFORM_BINS)
+    import_release(root / "release.safetensors", root / "config.json", root / "v1", options)
     checkpoint = read_packed(root / "v1")
     names = {m: n for n, m in official.named_modules() if isinstance(m, ReleaseLinear)}
     assert set(checkpoint.layers) == set(names.values()), "every linear is quantized"
@@ -162,3 +164,36 @@ def test_release_layout_errors_name_the_layer(tmp_path: Path) -> None:
         import_release_state(state, config, ReleaseImport())
     with pytest.raises(CheckpointError, match="not a QVGen release checkpoint"):
         import_release_state({"x.weight": torch.zeros(2, 2)}, config, ReleaseImport())
+
+
+def _countdown_hook(layers: list[ReleaseLinear], groups: int) -> Callable[..., None]:
+    """Their inference order: the c-th call of a generation uses group max(G − 1 − c, 0)."""
+    calls = [0]
+
+    def hook(*_: Any) -> None:
+        set_group(layers, max(groups - 1 - calls[0], 0))
+        calls[0] += 1
+
+    return hook
+
+
+def test_imported_wan_follows_the_release_call_order_under_guidance(tmp_path: Path) -> None:
+    official, layers, root = _release(tmp_path, "wan", torch.float32, lora=False)
+    options = ReleaseImport(arithmetic=WeightArithmetic.FP32)  # the release's call order
+    import_release(root / "release.safetensors", root / "config.json", root / "v1", options)
+    packed = load_packed_transformer(root / "v1", backend=KernelBackend.REFERENCE)
+    assert read_packed(root / "v1").scheme.mapping is TimestepMapping.CALL_COUNTDOWN
+    official.register_forward_pre_hook(_countdown_hook(layers, 50))
+    # Two generations of three guided steps, guidance as two calls (cond, uncond) a step, as
+    # WanPipeline runs it; the second generation starts over without being told.
+    for _ in range(2):
+        for t in (999.0, 666.0, 333.0):
+            for seed in (1, 2):  # cond and uncond inputs
+                inputs = wan_inputs(batch=1, seed=seed, timestep=t)
+                with torch.no_grad():
+                    want = official(**inputs, return_dict=False)[0]
+                    got = packed(**inputs, return_dict=False)[0]
+                error = ((got - want).norm() / want.norm()).item()
+                assert error <= 1e-5, f"t={t}, call {seed}: {error:.3g}"
+        official._forward_pre_hooks.clear()
+        official.register_forward_pre_hook(_countdown_hook(layers, 50))

@@ -2,9 +2,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import CogVideoXDDIMScheduler
 from torch import nn
 
-from qvgen.timestep_groups import bind_timestep_groups, timestep_to_group
+from qvgen.timestep_groups import (
+    CallCountdown,
+    TimestepMapping,
+    bind_timestep_groups,
+    restart_timestep_groups,
+    timestep_to_group,
+)
 
 
 def test_uniform_bins_and_edges() -> None:
@@ -49,3 +56,39 @@ def test_hook_refuses_call_without_timestep() -> None:
     bind_timestep_groups(model, 50)
     with pytest.raises(ValueError, match="without a timestep"):
         model(torch.zeros(1))
+
+
+def test_call_countdown_gives_wan_guidance_the_release_order() -> None:
+    countdown = CallCountdown(50)
+    timesteps = torch.linspace(999, 1, 50)
+    cond, uncond = [], []
+    for t in timesteps:  # WanPipeline: a conditional then an unconditional call per step
+        cond.append(int(countdown.next_groups(t.reshape(1))[0]))
+        uncond.append(int(countdown.next_groups(t.reshape(1))[0]))
+    assert cond[:25] == list(range(49, 0, -2)) and set(cond[25:]) == {0}
+    assert uncond[:25] == list(range(48, -1, -2)) and set(uncond[25:]) == {0}
+    # A new generation starts over: explicitly, or at a timestep above the last one.
+    assert int(countdown.next_groups(torch.tensor([999.0]))[0]) == 49
+    countdown.restart()
+    assert int(countdown.next_groups(torch.tensor([500.0]))[0]) == 49
+
+
+def test_call_countdown_equals_the_timestep_bins_for_cogvideox_ddim_50_steps() -> None:
+    scheduler = CogVideoXDDIMScheduler(timestep_spacing="trailing", num_train_timesteps=1000)
+    scheduler.set_timesteps(50)
+    countdown = CallCountdown(50)
+    for t in scheduler.timesteps:  # guidance batched: one call, two samples, per step
+        batch = t.reshape(1).repeat(2).float()
+        assert countdown.next_groups(batch).tolist() == timestep_to_group(batch, 50).tolist()
+
+
+def test_bound_countdown_restarts_through_a_compiled_wrapper() -> None:
+    model = _Model()
+    bind_timestep_groups(model, 50, mapping=TimestepMapping.CALL_COUNTDOWN)
+    for t in (900.0, 900.0, 800.0):
+        model(torch.zeros(1), torch.tensor([t]))
+    wrapper = nn.Module()
+    wrapper._orig_mod = model  # what torch.compile's OptimizedModule holds
+    restart_timestep_groups(wrapper)
+    model(torch.zeros(1), torch.tensor([100.0]))
+    assert [g[0] for g in model.inner.seen] == [49, 48, 47, 49]
