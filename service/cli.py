@@ -73,13 +73,17 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
 
     from service.api.main import create_app
 
-    app = create_app(settings or ServiceSettings())
+    settings = settings or ServiceSettings()
+    # No `limit_concurrency`: uvicorn answers past it with a 503 and a close before reading the
+    # request body, and closing a socket with unread bytes sends a reset that can destroy the
+    # answer. The API caps requests itself (service/api/limits.py) and keeps the connection.
     uvicorn.run(
-        app,
+        create_app(settings),
         host=args.host,
         port=args.port,
         log_level="warning",
         access_log=getattr(args, "access_log", False),
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
     return 0
 

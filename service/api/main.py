@@ -12,7 +12,7 @@ from redis import asyncio as aioredis
 
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
-from service.api.limits import BodySizeLimit
+from service.api.limits import BodySizeLimit, ConcurrencyLimit
 from service.api.routes import playground, system, videos
 from service.api.state import ApiState
 from service.metrics import ApiMetrics
@@ -63,7 +63,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(system.router)
     app.include_router(playground.router)
-    # Added last = outermost: the timer sees every answer, the cap runs before any route.
+    # Added last = outermost: the timer sees every answer, the body cap runs before any route
+    # and bounds what the in-flight cap reads of a request it refuses.
+    app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)
     return app
