@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from qvgen.numerics import EPS, check_bits, qmax
+from service.kernels.triton_support import interpreting
 from service.kernels.weight_layout import MAX_KERNEL_BITS, padded_width
 
 # One pass (whole rows in registers) unless the power-of-two tile would leave more than this
@@ -42,6 +43,9 @@ _ONE_PASS_ELEMENTS = 2048
 _CHUNK_MAX = 1024
 # Elements of x per program in the two-phase mode: small enough that the re-read hits L2.
 _ROW_ELEMENTS = 10240
+# Elements of x per program under Triton's CPU interpreter (tests), where each program costs
+# milliseconds of Python whatever its size: a test's whole activation in one or a few programs.
+_INTERPRETER_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,13 @@ def default_launch(k_pad: int, tokens: int) -> QuantLaunch:
     return QuantLaunch(block_m=rows, chunk=chunk, num_warps=4)
 
 
+def interpreter_launch(k_pad: int, tokens: int) -> QuantLaunch:
+    """Whole rows, as many per program as ``_INTERPRETER_ELEMENTS`` allows."""
+    full = triton.next_power_of_2(k_pad)
+    rows = min(triton.next_power_of_2(tokens), _pow2_floor(max(1, _INTERPRETER_ELEMENTS // full)))
+    return QuantLaunch(block_m=rows, chunk=full, num_warps=4)
+
+
 def _pow2_floor(v: int) -> int:
     return 1 << (v.bit_length() - 1)
 
@@ -214,7 +225,7 @@ def quantize_activations(
     """Quantize x [M, K] (bf16, fp16 or fp32) per token with per-row clip factors [M, 2].
 
     Codes come back zero-padded to a multiple of ``block_k`` columns (the GEMM's K-block).
-    ``launch`` None picks ``default_launch``.
+    ``launch`` None picks ``default_launch`` (``interpreter_launch`` under the interpreter).
     """
     check_bits(bits, "activation bits")
     if bits > MAX_KERNEL_BITS:
@@ -235,12 +246,13 @@ def quantize_activations(
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     code_sum = torch.empty((m,), dtype=torch.int32, device=x2d.device)
     if m:
-        shape = launch or default_launch(k_pad, m)
-        _quantize_tokens_kernel[(triton.cdiv(m, shape.block_m),)](
+        if launch is None:
+            launch = interpreter_launch(k_pad, m) if interpreting() else default_launch(k_pad, m)
+        _quantize_tokens_kernel[(triton.cdiv(m, launch.block_m),)](
             x2d, clip, codes, scale, code_sum,
             m, k, k_pad,
             x2d.stride(0), clip.stride(0), codes.stride(0),
-            LEVELS=qmax(bits), EPSILON=EPS, BLOCK_M=shape.block_m, CHUNK=shape.chunk,
-            ONE_CHUNK=shape.chunk >= k_pad, num_warps=shape.num_warps,
+            LEVELS=qmax(bits), EPSILON=EPS, BLOCK_M=launch.block_m, CHUNK=launch.chunk,
+            ONE_CHUNK=launch.chunk >= k_pad, num_warps=launch.num_warps,
         )  # fmt: skip
     return QuantizedActivations(codes=codes, scale=scale, code_sum=code_sum, in_features=k)
