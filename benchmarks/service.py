@@ -106,16 +106,20 @@ class Cluster:
         command = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", *args]
         return subprocess.Popen(command, env=self.env)
 
-    def start_api(self) -> None:
+    def start_api(self, timeout_s: float = 120) -> None:
+        """Starts ``qvgen serve api`` and waits for /healthz (imports take seconds on a busy
+        machine, so the deadline is generous)."""
         self.api = self._qvgen("serve", "api", "--port", str(self.port))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise RuntimeError(f"the API exited with {self.api.returncode} before it was up")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/healthz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("the API did not come up within 30 s")
+        raise RuntimeError(f"the API did not come up within {timeout_s} s")
 
     @property
     def base_url(self) -> str:

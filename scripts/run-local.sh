@@ -7,7 +7,9 @@
 #    directory that goes away with it. A QVGEN_REDIS_URL set in the environment is used as it is.
 # 2. The API and one worker (`serve all`) on the embedded model, on CUDA when torch sees a GPU.
 # 3. Once /readyz answers: the URL and a curl example (the same as README's "Serving").
-# Ctrl-C (or SIGTERM) stops every process this script started, and only those.
+# Ctrl-C (or SIGTERM) stops every process this script started, and only those; a second Ctrl-C
+# (or SIGTERM) while they stop kills them at once. A shell that starts this script as a background
+# job starts it with SIGINT ignored, which a script cannot undo: stop it with SIGTERM then.
 #
 # Overrides: MODEL_DIR, MODEL_ID, DEVICE, API_PORT, REDIS_HOST, REDIS_PORT, READY_TIMEOUT_S, and
 # any QVGEN_* setting (README, "Deployment").
@@ -33,6 +35,11 @@ free_port() {
 }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 redis_answers() { [ "$(redis-cli -h "$1" -p "$2" ping 2>/dev/null)" = PONG ]; }
+sigint_ignored() {  # bit 2 of the ignored-signals mask (Linux /proc); elsewhere assume not
+  local mask
+  mask=$(awk '/^SigIgn:/ {print $2}' "/proc/$$/status" 2>/dev/null) || return 1
+  [ -n "$mask" ] && (((16#$mask >> 1) & 1))
+}
 
 curl_example() {  # the README's example, against base URL $1 and model $2
   cat <<EOF
@@ -56,6 +63,7 @@ DEVICE=${DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_availab
 # ---- process groups: each started command leads its own, stop_all ends them --------------------
 state_dir=$(mktemp -d "${TMPDIR:-/tmp}/qvgen-run.XXXXXX")
 leaders=()
+timers=()
 
 start_group() {  # runs "$@" in the background as the leader of a new process group
   set -m
@@ -70,15 +78,28 @@ stop_group() {  # SIGTERM to the whole group; SIGKILL to what is left after STOP
   set -m
   (sleep "$STOP_TIMEOUT_S"; kill -KILL -- "-$leader") 2>/dev/null &
   timer=$!
+  timers+=("$timer")
   set +m
   wait "$leader" 2>/dev/null || true
   kill -KILL -- "-$leader" 2>/dev/null || true
   kill -- "-$timer" 2>/dev/null || true
 }
 
-stop_all() {
+kill_all() {  # the second signal: SIGKILL to every group this script started, stop timers included
+  local status=$1 leader
   trap - INT TERM EXIT
+  for leader in "${leaders[@]}" "${timers[@]}"; do kill -KILL -- "-$leader" 2>/dev/null || true; done
+  rm -rf "$state_dir"
+  log "killed"
+  exit "$status"
+}
+
+stop_all() {
+  trap 'kill_all 130' INT
+  trap 'kill_all 143' TERM
+  trap - EXIT
   local i
+  ((${#leaders[@]} == 0)) || log "stopping (Ctrl-C again to kill at once)"
   # The service first (its worker hands jobs back to Redis), Redis last.
   for ((i = ${#leaders[@]} - 1; i >= 0; i--)); do stop_group "${leaders[i]}"; done
   rm -rf "$state_dir"
@@ -131,5 +152,8 @@ $(curl_example "$base" "$MODEL_ID" | sed 's/^/    /')
 
 Ctrl-C stops the service$([ ${#leaders[@]} -gt 1 ] && echo " and the Redis it started").
 EOF
+if sigint_ignored; then
+  log "SIGINT is ignored here (started as a background job?): stop it with 'kill $$' (SIGTERM)"
+fi
 
 wait "$service"

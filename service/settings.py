@@ -57,6 +57,13 @@ class ServiceSettings(BaseSettings):
     max_queue_depth: int = Field(default=1000, ge=1, le=1_000_000)
     queue_full_retry_after_s: int = Field(default=10, ge=1, le=3600)
     poll_after_ms: int = Field(default=1000, ge=10, le=60_000)
+    # Requests one API process serves at once; more are answered 503 with Retry-After.
+    max_concurrent_requests: int = Field(default=256, ge=1, le=100_000)
+    # An idle keep-alive connection is closed after this long. Longer than any client's pool
+    # keeps one idle (httpx and the OpenAI SDK: 5 s; aiohttp: 15 s; a load balancer: 60 s), so
+    # that the client always closes first: a server closing at the client's own expiry races
+    # the client's next request on that connection, which then meets a reset.
+    http_keep_alive_s: int = Field(default=75, ge=20, le=3600)
 
     # --- request defaults when the client leaves a field out -----------------------------
     default_size: str = Field(default="64x64", pattern=r"^\d{1,4}x\d{1,4}$")

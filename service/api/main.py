@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.auth import KeyRing
-from service.api.body_size import BodySizeLimit
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
+from service.api.request_limits import BodySizeLimit, ConcurrencyLimit
 from service.api.routes import playground, system, videos
 from service.api.state import ApiState
 from service.metrics import ApiMetrics
@@ -66,7 +66,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(system.router)
     app.include_router(playground.router)
-    # Added last = outermost: the timer sees every answer, the cap runs before any route.
+    # Added last = outermost: the timer sees every answer, the body cap runs before any route
+    # and bounds what the in-flight cap reads of a request it refuses.
+    app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)
     return app

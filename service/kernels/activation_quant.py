@@ -29,6 +29,7 @@ import triton.language as tl
 
 from qvgen.numerics import EPS, check_bits, qmax
 from qvgen.triton_numerics import token_scale_zero
+from qvgen.triton_support import interpreting
 from service.kernels.weight_layout import MAX_KERNEL_BITS, padded_width
 
 # One pass (whole rows in registers) unless the power-of-two tile would leave more than this
@@ -43,6 +44,9 @@ _ONE_PASS_ELEMENTS = 2048
 _CHUNK_MAX = 1024
 # Elements of x per program in the two-phase mode: small enough that the re-read hits L2.
 _ROW_ELEMENTS = 10240
+# Elements of x per program under Triton's CPU interpreter (tests), where each program costs
+# milliseconds of Python whatever its size: a test's whole activation in one or a few programs.
+_INTERPRETER_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,13 @@ def default_launch(k_pad: int, tokens: int) -> QuantLaunch:
     return QuantLaunch(block_m=rows, chunk=chunk, num_warps=4)
 
 
+def interpreter_launch(k_pad: int, tokens: int) -> QuantLaunch:
+    """Whole rows, as many per program as ``_INTERPRETER_ELEMENTS`` allows."""
+    full = triton.next_power_of_2(k_pad)
+    rows = min(triton.next_power_of_2(tokens), _pow2_floor(max(1, _INTERPRETER_ELEMENTS // full)))
+    return QuantLaunch(block_m=rows, chunk=full, num_warps=4)
+
+
 def _pow2_floor(v: int) -> int:
     return 1 << (v.bit_length() - 1)
 
@@ -195,9 +206,10 @@ def quantize_activations(
     """Quantize x [M, K] (bf16, fp16 or fp32) per token with per-row clip factors [M, 2].
 
     Codes come back zero-padded to a multiple of ``block_k`` columns (the GEMM's K-block).
-    ``launch`` None picks ``default_launch``. The kernel runs as the custom operator
-    ``qvgen::quantize_activations``, so ``torch.compile`` traces through this call without a
-    graph break (the operator's fake implementation gives the output shapes).
+    ``launch`` None picks ``default_launch`` (``interpreter_launch`` under the interpreter).
+    The kernel runs as the custom operator ``qvgen::quantize_activations``, so
+    ``torch.compile`` traces through this call without a graph break (the operator's fake
+    implementation gives the output shapes).
     """
     check_bits(bits, "activation bits")
     if bits > MAX_KERNEL_BITS:
@@ -231,7 +243,10 @@ def _quantize_op(
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     code_sum = torch.empty((m,), dtype=torch.int32, device=x2d.device)
     if m:
-        shape = default_launch(k_pad, m) if launch is None else QuantLaunch(*launch)
+        if launch is None:
+            shape = interpreter_launch(k_pad, m) if interpreting() else default_launch(k_pad, m)
+        else:
+            shape = QuantLaunch(*launch)
         _quantize_tokens_kernel[(triton.cdiv(m, shape.block_m),)](
             x2d, clip, codes, scale, code_sum,
             m, k, k_pad,

@@ -43,7 +43,7 @@ from tests.service.redis_fixtures import free_port
 REQUEST = {"prompt": "a red circle moving left", "size": "32x32", "num_frames": 5}
 REQUEST_STEPS = 2
 # Prometheus scrapes every 15 s (the project's interval) from a per-target offset.
-SCRAPE_WAIT_S = 45.0
+SCRAPE_WAIT_S = 90.0
 
 
 def redis_command(service: dict[str, Any], port: int, data: Path) -> list[str]:
@@ -131,7 +131,7 @@ def start_app(
         "redis", redis_command(services["redis"], redis_port, tmp_path / "redis"), dict(os.environ)
     )
     client = redis.Redis(port=redis_port, decode_responses=True)
-    wait_until(lambda: client.ping(), 10, "redis-server")
+    wait_until(lambda: client.ping(), 60, "redis-server")
     config = {
         key: client.config_get(key)[key]
         for key in ("appendonly", "appendfsync", "maxmemory-policy")
@@ -184,7 +184,7 @@ def run_one_job(base_url: str) -> None:
         video: dict[str, Any] = httpx.get(f"{base_url}/v1/videos/{video_id}", timeout=5).json()
         return video if video["status"] in ("completed", "failed") else None
 
-    video = wait_until(finished, 60, f"job {video_id}")
+    video = wait_until(finished, 120, f"job {video_id}")
     assert video["status"] == "completed", video
 
 
@@ -206,7 +206,7 @@ def test_compose_commands_serve_a_job_that_prometheus_sees(
         running.start("prometheus", command, dict(os.environ))
         prometheus = f"http://127.0.0.1:{prom_port}"
         # Until its storage is open Prometheus answers 503 in plain text.
-        wait_until(lambda: httpx.get(f"{prometheus}/-/ready").status_code == 200, 30, "Prometheus")
+        wait_until(lambda: httpx.get(f"{prometheus}/-/ready").status_code == 200, 60, "Prometheus")
 
         def scraped() -> bool:
             up = {series["metric"]["job"]: series["value"][1] for series in query(prometheus, "up")}

@@ -1,4 +1,10 @@
-"""qvgen eval end to end: a tiny Wan pipeline against its RTN W4A4 export."""
+"""qvgen eval end to end: a tiny Wan pipeline against its RTN W4A4 export.
+
+The export generates on the reference backend (exact integers, pure PyTorch): what is tested is
+the evaluation, and the Triton interpreter that ``make test`` enables for the kernel tests would
+spend most of this test's time in kernel launches whose agreement with the reference
+``tests/service/kernels`` and ``tests/service/engine/test_packed_generation.py`` check.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,12 @@ PROMPTS = (
 
 
 def test_eval_reports_psnr_ssim_and_task_scores(
-    tiny_wan_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_wan_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     run = tmp_path / "rtn"
     assert main(["train", "--model", str(tiny_wan_dir), "--out", str(run), "--method", "rtn"]) == 0
     exported = tmp_path / "exported"

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, Request, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, Request, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
@@ -28,6 +28,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--no-first-run",
 )
+LOADED_TIMEOUT_MS = 60_000
 
 
 @dataclass
@@ -72,6 +73,11 @@ def chromium_page(viewport: tuple[int, int] = (1280, 900)) -> Iterator[tuple[Pag
 
             context.on("request", on_request)
             context.on("console", on_console)
-            yield context.new_page(), log
+            page = context.new_page()
+            # Waits are deadlines on what the page shows, generous for a busy machine: Playwright's
+            # own defaults (5 s for an expectation, 30 s for an action) assume an idle one.
+            page.set_default_timeout(LOADED_TIMEOUT_MS)
+            expect.set_options(timeout=LOADED_TIMEOUT_MS)
+            yield page, log
         finally:
             browser.close()

@@ -24,11 +24,17 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
 
 
-def wait_ready(cluster: Cluster, workers: int = 1, timeout_s: float = 60) -> None:
+# Deadlines of the waits below: what a worker's start or a job takes on a loaded 2-core machine,
+# with room to spare; a wait returns as soon as its condition holds.
+READY_TIMEOUT_S = 120.0
+JOB_TIMEOUT_S = 120.0
+
+
+def wait_ready(cluster: Cluster, workers: int = 1, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until /readyz counts ``workers`` live workers for the model."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        response = httpx.get(f"{cluster.base_url}/readyz", timeout=2)
+        response = httpx.get(f"{cluster.base_url}/readyz", timeout=10)
         if response.json()["workers"].get(MODEL, 0) >= workers:
             return
         time.sleep(0.1)
@@ -39,12 +45,12 @@ def wait_video(
     cluster: Cluster,
     video_id: str,
     done: Callable[[dict[str, object]], bool],
-    timeout_s: float = 60,
+    timeout_s: float = JOB_TIMEOUT_S,
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     while True:
         video: dict[str, object] = httpx.get(
-            f"{cluster.base_url}/v1/videos/{video_id}", headers=auth(), timeout=5
+            f"{cluster.base_url}/v1/videos/{video_id}", headers=auth(), timeout=10
         ).json()
         if done(video) or time.monotonic() > deadline:
             return video

@@ -1,11 +1,13 @@
-"""Abuse: a submission flood against a small queue, and schemathesis over /openapi.json.
+"""Abuse: a submission flood against a small queue and against the in-flight cap, idle keep-alive
+connections, and schemathesis over /openapi.json.
 
-Both against a real uvicorn API process and a real Redis.
+All against a real uvicorn API process and a real Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,15 +56,27 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-async def _flood(base_url: str, requests: int, concurrency: int) -> list[httpx.Response]:
+async def _flood(
+    base_url: str, requests: int, concurrency: int, connects: list[object] | None = None
+) -> list[httpx.Response]:
+    """``requests`` POSTs, ``concurrency`` at a time over keep-alive connections; any transport
+    error (a reset, a connection closed under a request) raises. ``connects`` collects one
+    entry per TCP connection the client opened."""
     limits = httpx.Limits(max_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
     body = {"prompt": "flood " * 100, "model": MODEL}
+
+    async def trace(event: str, info: object) -> None:
+        if connects is not None and event == "connection.connect_tcp.complete":
+            connects.append(info)
+
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
 
         async def one() -> httpx.Response:
             async with gate:
-                return await client.post("/v1/videos", json=body, headers=auth())
+                return await client.post(
+                    "/v1/videos", json=body, headers=auth(), extensions={"trace": trace}
+                )
 
         return list(await asyncio.gather(*(one() for _ in range(requests))))
 
@@ -89,6 +103,50 @@ def test_flood_gets_429_never_5xx_and_memory_stays_bounded(
         headers={**auth(), "content-type": "application/json"},
     )
     assert big.status_code == 413
+
+
+def test_flood_past_the_in_flight_cap_gets_503_with_retry_after_on_kept_connections(
+    redis_server: object, tmp_path: Path
+) -> None:
+    running, _ = start_cluster(
+        redis_server.url,  # type: ignore[attr-defined]
+        tmp_path / "results",
+        max_queue_depth=QUEUE_CAP,
+        max_concurrent_requests=1,
+    )
+    try:
+        connects: list[object] = []
+        concurrency = 20
+        responses = asyncio.run(_flood(running.base_url, 300, concurrency, connects))
+    finally:
+        running.stop()
+    overloaded = [r for r in responses if r.status_code == 503]
+    statuses = Counter(r.status_code for r in responses)
+    assert overloaded and set(statuses) <= {200, 429, 503}, statuses
+    assert all(r.headers["retry-after"] == "1" for r in overloaded)
+    assert {r.json()["error"]["code"] for r in overloaded} == {"overloaded"}
+    # Refused requests leave their connection open: no more connections than the client's pool.
+    assert len(connects) <= concurrency, len(connects)
+
+
+def test_an_idle_keep_alive_connection_outlives_the_client_pools_expiry(
+    small_queue: tuple[Cluster, ServiceSettings],
+) -> None:
+    """The server must not close a connection a client may still reuse: closing at the client
+    pool's own expiry (httpx and the OpenAI SDK: 5 s) races its next request into a reset."""
+    running, _ = small_queue
+    connects: list[object] = []
+
+    def trace(event: str, info: object) -> None:
+        if event == "connection.connect_tcp.complete":
+            connects.append(info)
+
+    limits = httpx.Limits(keepalive_expiry=None)  # this client never gives up a connection
+    with httpx.Client(base_url=running.base_url, limits=limits, timeout=30) as client:
+        assert client.get("/healthz", extensions={"trace": trace}).status_code == 200
+        time.sleep(httpx.Limits().keepalive_expiry + 1)  # type: ignore[operator]
+        assert client.get("/healthz", extensions={"trace": trace}).status_code == 200
+    assert len(connects) == 1, "the server closed an idle connection within a client's expiry"
 
 
 # The schema the API serves, read from the same app factory (no server needed to collect).

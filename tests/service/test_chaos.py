@@ -111,11 +111,11 @@ def test_sigstop_past_claim_timeout_then_sigcont_has_its_writes_refused(
     assert refused >= 1
 
 
-def wait_metric(port: int, name: str, timeout_s: float = 10) -> float:
+def wait_metric(port: int, name: str, timeout_s: float = 60) -> float:
     deadline = time.monotonic() + timeout_s
     value = 0.0
     while time.monotonic() < deadline:
-        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text.splitlines():
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
             if line.startswith(name + "{"):
                 value = float(line.rsplit(" ", 1)[1])
         if value:
@@ -142,7 +142,7 @@ def test_redis_killed_and_restarted_from_aof_every_accepted_job_finishes(
             server.kill()  # SIGKILL: no shutdown save; only the AOF remains
             server.start()  # same port, same directory
             finals = [
-                wait_video(running, video_id, is_final, timeout_s=90) for video_id in accepted
+                wait_video(running, video_id, is_final, timeout_s=180) for video_id in accepted
             ]
             assert [v["status"] for v in finals] == ["completed"] * len(accepted), finals
             for video_id in accepted:

@@ -146,7 +146,7 @@ def _generate_on_wan(page: Page) -> None:
     expect(page.locator("#guidance")).to_have_attribute("min", "1")
     _record_progress(page)
     page.click("#submit")
-    expect(page.locator("#job")).to_have_attribute("data-status", "completed", timeout=60_000)
+    expect(page.locator("#job")).to_have_attribute("data-status", "completed")
     expect(page.locator("#cancel")).to_be_hidden()
     expect(page.locator("#job-steps")).to_contain_text("4 steps in")
     seen = page.evaluate("window.seenProgress")
@@ -155,8 +155,7 @@ def _generate_on_wan(page: Page) -> None:
         """() => {
           const v = document.getElementById("video");
           return v.readyState >= 2 && v.duration > 0 && v.currentTime > 0;
-        }""",
-        timeout=15_000,
+        }"""
     )
     assert page.eval_on_selector("#video", "v => v.src").startswith("blob:")
     assert page.eval_on_selector("#thumbnail", "img => img.naturalWidth") == 32
@@ -191,7 +190,6 @@ def test_playground_generates_plays_and_cancels_in_chromium(
 ) -> None:
     cluster, _ = service
     with chromium_page() as (page, log):
-        page.set_default_timeout(30_000)
         page.goto(cluster.base_url + "/")
         _enter_key(page)
         _wait_workers(cluster, (SLOW_MODEL,))

@@ -77,71 +77,88 @@ def test_packed_directory_loads_w4a4_layers(engines: QuantizedPair) -> None:
     assert len(packed) > 0
 
 
-def _generate_recording(engine: DiffusersEngine) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """Frames, and every noise prediction the transformer made on the way."""
-    predictions: list[torch.Tensor] = []
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """One generation of ``REQUEST``: its frames, and per transformer call the noise prediction,
+    the timestep and (packed models) the clip factors the first packed layer was set to."""
 
-    def record(_module: nn.Module, _args: object, output: tuple[torch.Tensor, ...]) -> None:
-        predictions.append(output[0].detach().clone())
+    frames: np.ndarray
+    predictions: list[torch.Tensor]
+    timesteps: list[torch.Tensor]
+    clips: list[torch.Tensor]
 
-    handle = engine.pipeline.transformer.register_forward_hook(record)
+
+def _generate_recording(engine: DiffusersEngine) -> Recording:
+    transformer = engine.pipeline.transformer
+    recording = Recording(np.empty(0), [], [], [])
+
+    def record_timestep(_m: nn.Module, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
+        recording.timesteps.append(kwargs["timestep"].detach().clone())
+
+    def record_prediction(_m: nn.Module, _args: object, output: tuple[torch.Tensor, ...]) -> None:
+        recording.predictions.append(output[0].detach().clone())
+
+    def record_clip(m: nn.Module, _args: object) -> None:
+        recording.clips.append(m.sample_clip.clone())
+
+    handles = [
+        transformer.register_forward_pre_hook(record_timestep, with_kwargs=True),
+        transformer.register_forward_hook(record_prediction),
+    ]
+    layer = next((m for m in transformer.modules() if isinstance(m, LowBitLinear)), None)
+    if layer is not None:
+        handles.append(layer.register_forward_pre_hook(record_clip))
     try:
         frames = engine.generate(REQUEST).frames
     finally:
-        handle.remove()
-    return frames, predictions
+        for handle in handles:
+            handle.remove()
+    return dataclasses.replace(recording, frames=frames)
+
+
+@pytest.fixture(scope="module")
+def packed_run(engines: QuantizedPair) -> Recording:
+    """The packed engine's generation of ``REQUEST``, recorded once for the tests below."""
+    return _generate_recording(engines.packed)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def test_packed_output_equals_fake_quant_output(engines: QuantizedPair) -> None:
-    fake_frames, fake_predictions = _generate_recording(engines.fake_quant)
-    packed_frames, packed_predictions = _generate_recording(engines.packed)
-    assert len(packed_predictions) == len(fake_predictions) > 0
-    errors = [_relative(p, f) for p, f in zip(packed_predictions, fake_predictions, strict=True)]
+def test_packed_output_equals_fake_quant_output(
+    engines: QuantizedPair, packed_run: Recording
+) -> None:
+    fake = _generate_recording(engines.fake_quant)
+    assert len(packed_run.predictions) == len(fake.predictions) > 0
+    pairs = zip(packed_run.predictions, fake.predictions, strict=True)
+    errors = [_relative(p, f) for p, f in pairs]
     assert max(errors) <= MAX_RELATIVE_PREDICTION_ERROR, errors
-    difference = np.abs(packed_frames.astype(np.int16) - fake_frames.astype(np.int16))
+    difference = np.abs(packed_run.frames.astype(np.int16) - fake.frames.astype(np.int16))
     assert difference.max() <= MAX_LEVEL_DIFFERENCE, (difference.max(), difference.mean())
     # The test can tell models apart: the unquantized model predicts something else.
-    _, plain_predictions = _generate_recording(engines.plain)
+    plain = _generate_recording(engines.plain)
     assert (
-        _relative(plain_predictions[0], fake_predictions[0]) > 100 * MAX_RELATIVE_PREDICTION_ERROR
+        _relative(plain.predictions[0], fake.predictions[0]) > 100 * MAX_RELATIVE_PREDICTION_ERROR
     )
 
 
-def test_packed_generation_is_reproducible(engines: QuantizedPair) -> None:
-    first = engines.packed.generate(REQUEST).frames
-    assert np.array_equal(first, engines.packed.generate(REQUEST).frames)
+def test_packed_generation_is_reproducible(engines: QuantizedPair, packed_run: Recording) -> None:
+    assert np.array_equal(packed_run.frames, engines.packed.generate(REQUEST).frames)
     assert not np.array_equal(
-        first, engines.packed.generate(dataclasses.replace(REQUEST, seed=12)).frames
+        packed_run.frames, engines.packed.generate(dataclasses.replace(REQUEST, seed=12)).frames
     )
 
 
-def test_every_forward_call_uses_the_clip_group_of_its_timestep(engines: QuantizedPair) -> None:
-    """g(t) on every denoising step, with guidance (Wan: two calls per step,
-    CogVideoX: one call with a batch of two)."""
-    transformer = engines.packed.pipeline.transformer
-    layer = next(m for m in transformer.modules() if isinstance(m, LowBitLinear))
-    timesteps: list[torch.Tensor] = []
-    clips: list[torch.Tensor] = []
-
-    def record_timestep(_m: nn.Module, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
-        timesteps.append(kwargs["timestep"].detach().clone())
-
-    def record_clip(m: nn.Module, _args: object) -> None:
-        clips.append(m.sample_clip.clone())
-
-    handles = [
-        transformer.register_forward_pre_hook(record_timestep, with_kwargs=True),
-        layer.register_forward_pre_hook(record_clip),
-    ]
-    try:
-        engines.packed.generate(REQUEST)
-    finally:
-        for handle in handles:
-            handle.remove()
+def test_every_forward_call_uses_the_clip_group_of_its_timestep(
+    engines: QuantizedPair, packed_run: Recording
+) -> None:
+    """g(t) on every denoising step, with guidance (Wan: two calls per step, CogVideoX: one
+    call with a batch of two): the first packed layer's clip factors are its table's row g(t)."""
+    timesteps, clips = packed_run.timesteps, packed_run.clips
+    layer = next(
+        m for m in engines.packed.pipeline.transformer.modules() if isinstance(m, LowBitLinear)
+    )
     assert len(timesteps) == len(clips) >= REQUEST.num_inference_steps
     for t, clip in zip(timesteps, clips, strict=True):
         assert torch.equal(clip, layer.act_clip[timestep_to_group(t, SCHEME.clip_groups)])

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,16 +27,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def single_process_log(
+    tiny_wan_dir: Path,
+    video_folder: Path,
+    cache_root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[dict[str, Any]]:
+    """The one-process run at the global batch both parallel runs must match."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    single = tiny_config(
+        tiny_wan_dir, out, video_folder, cache_root, steps=STEPS, phase_steps=1, batch_size=2
+    )
+    train(single, device="cpu")
+    return read_log(out)
+
+
 @pytest.mark.parametrize("parallel", [Parallelism.DDP, Parallelism.FSDP])
 def test_two_processes_match_one_at_the_same_global_batch(
-    parallel: Parallelism, tiny_wan_dir: Path, video_folder: Path, cache_root: Path, tmp_path: Path
+    parallel: Parallelism,
+    single_process_log: list[dict[str, Any]],
+    tiny_wan_dir: Path,
+    video_folder: Path,
+    cache_root: Path,
+    tmp_path: Path,
 ) -> None:
-    single = tiny_config(
-        tiny_wan_dir, tmp_path / "single", video_folder, cache_root,
-        steps=STEPS, phase_steps=1, batch_size=2,
-    )  # fmt: skip
-    train(single, device="cpu")
-    expected = read_log(tmp_path / "single")
+    expected = single_process_log
 
     out = tmp_path / "two"
     args = [
