@@ -7,6 +7,7 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:jobs:<owner>``         sorted set: the same, for the jobs of one API key (its digest)
 - ``P:stream:<model>``       stream: one entry per attempt-able job, consumer group ``GROUP``
 - ``P:idem:<key>``           string: job id submitted under an ``Idempotency-Key``
+- ``P:abandoned:<id>``       string (expires): a submission the API answered as not made
 - ``P:deadletter``           stream: one record per job that ran out of deliveries
 - ``P:workers:<model>``      sorted set: worker ids scored by their last heartbeat (unix s)
 - ``P:worker:<id>``          string (JSON, expires): a worker's model, device, pid, metrics port
@@ -46,6 +47,9 @@ class Keys:
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def abandoned(self, job_id: str) -> str:
+        return f"{self.prefix}:abandoned:{job_id}"
 
     @property
     def deadletter(self) -> str:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.engine.limits import EngineRules
 from service.engine.types import GenerationRequest
@@ -30,6 +32,15 @@ from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
+# How old the rules a submission is checked against may be: a worker with other rules is heard
+# of within this long (until then its own check guards it).
+RULES_MAX_AGE_S = 2.0
+# Calls of SETTLE after a submission went unanswered, each waiting up to the socket timeout.
+SETTLE_ATTEMPTS = 3
+# A tombstone outlives any submission still on its way to Redis (in a socket buffer while Redis
+# was frozen, say).
+TOMBSTONE_TTL_S = 3600
+
 
 class QueueFull(Exception):
     """The model's stream holds ``max_queue_depth`` unfinished jobs."""
@@ -38,6 +49,23 @@ class QueueFull(Exception):
         super().__init__(f"the queue of model {model!r} is full ({depth} unfinished jobs)")
         self.model = model
         self.depth = depth
+
+
+class NotCreated(Exception):
+    """Redis did not answer the submission in time, and then confirmed that it never will
+    create it: nothing was made; the client may retry."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the job store did not answer in time; {job_id} was not created")
+        self.job_id = job_id
+
+
+class OutcomeUnknown(Exception):
+    """Redis answered neither the submission nor the check after it: the job may exist."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the job store did not answer; {job_id} may or may not have been created")
+        self.job_id = job_id
 
 
 class UnknownCursor(ValueError):
@@ -55,6 +83,10 @@ class CancelOutcome(enum.Enum):
 class Submitted:
     job_id: str
     created: bool  # False when an Idempotency-Key named an earlier job
+    # The new job as written and the unfinished jobs ahead of it, when this call wrote it
+    # (None: read the job back).
+    record: JobRecord | None = None
+    jobs_ahead: int | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +104,11 @@ class JobQueue:
         self.keys = Keys(settings.key_prefix)
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._cancel = redis.register_script(scripts.CANCEL)
+        self._settle = redis.register_script(scripts.SETTLE)
         # model → (the published text, what it parsed to): parse a model's rules once.
         self._rules_cache: dict[str, tuple[str, EngineRules | None]] = {}
+        # model → (when they were read, monotonic s; the rules then)
+        self._rules_read: dict[str, tuple[float, EngineRules | None]] = {}
 
     async def ensure_groups(self, models: Sequence[str]) -> None:
         """Create each model's stream and consumer group (reading from the first entry)."""
@@ -133,10 +168,40 @@ class JobQueue:
             idem_key,
             self.keys.owner_jobs(owner),
         ]
-        outcome, value = await self._enqueue(keys=keys, args=args)
+        keys.append(self.keys.abandoned(job_id))
+        try:
+            reply: Any = await self._enqueue(keys=keys, args=args)
+        except (RedisTimeoutError, RedisConnectionError) as error:
+            logger.warning("submission %s unanswered (%s); settling it", job_id, error)
+            reply = [await self._settled(job_id), job_id]
+        outcome, value = reply[0], reply[1]
         if outcome == "full":
             raise QueueFull(model, int(value))
-        return Submitted(job_id=value, created=outcome == "created")
+        if outcome == "abandoned":
+            raise NotCreated(job_id)
+        if outcome == "existing":
+            return Submitted(job_id=value, created=False)
+        # Created, by this call or by an earlier run of it: answer from what was written, so
+        # that no further read (which could fail) stands between the job and its answer.
+        written = {str(name): str(field) for name, field in fields.items()}
+        if len(reply) == 4:
+            record = JobRecord.from_hash({**written, JobField.STREAM_ID: reply[3]})
+            return Submitted(job_id=job_id, created=True, record=record, jobs_ahead=int(reply[2]))
+        return Submitted(job_id=job_id, created=True, record=JobRecord.from_hash(written))
+
+    async def _settled(self, job_id: str) -> str:
+        """'created' or 'abandoned' for a submission whose answer was lost, asking until one
+        answer comes or ``SETTLE_ATTEMPTS`` calls went unanswered (then ``OutcomeUnknown``)."""
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                outcome: Any = await self._settle(
+                    keys=[self.keys.job(job_id), self.keys.abandoned(job_id)],
+                    args=[TOMBSTONE_TTL_S],
+                )
+                return str(outcome)
+            except (RedisTimeoutError, RedisConnectionError) as error:
+                logger.warning("settling %s, attempt %d: %s", job_id, attempt, error)
+        raise OutcomeUnknown(job_id)
 
     async def get(self, job_id: str) -> JobRecord | None:
         fields = cast(dict[str, str], await self._redis.hgetall(self.keys.job(job_id)))
@@ -221,9 +286,16 @@ class JobQueue:
         return rules
 
     async def rules_for(self, model: str) -> EngineRules | None:
-        """The rules ``model``'s workers published, or None (no worker has started yet)."""
+        """The rules ``model``'s workers published, or None (no worker has started yet), as
+        read at most ``RULES_MAX_AGE_S`` ago: a submission costs one Redis call, not two."""
+        now = time.monotonic()
+        fresh = self._rules_read.get(model)
+        if fresh is not None and now - fresh[0] < RULES_MAX_AGE_S:
+            return fresh[1]
         text: Any = await self._redis.get(self.keys.rules(model))
-        return self._parse_rules(model, text)
+        rules = self._parse_rules(model, text)
+        self._rules_read[model] = (now, rules)
+        return rules
 
     def _parse_rules(self, model: str, text: str | None) -> EngineRules | None:
         if text is None:

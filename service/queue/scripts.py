@@ -36,15 +36,18 @@ local function owner(stream, group, id)
 end
 """
 
-# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset
+# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset, the job's tombstone
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
 #       then the job hash as field, value pairs
-# → {'created', id} | {'existing', id} | {'full', depth}
-# Safe to run twice: a second run of the same submission (same job id) changes nothing.
+# → {'created', id, jobs ahead, stream id} | {'created', id} (a repeat) | {'existing', id}
+#   | {'full', depth} | {'abandoned', id}
+# Safe to run twice: a second run of the same submission (same job id) changes nothing. A
+# tombstone (SETTLE) means the API answered that this submission was not made: refuse it.
 ENQUEUE = (
     _REFUSED_WHEN_FULL
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
+if redis.call('EXISTS', KEYS[6]) == 1 then return {'abandoned', ARGV[1]} end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'existing', existing} end
@@ -60,7 +63,21 @@ redis.call('HSET', KEYS[1], 'stream_id', sid)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4]) end
-return {'created', ARGV[1]}
+return {'created', ARGV[1], tostring(depth), sid}
+"""
+)
+
+# KEYS: job, the job's tombstone
+# ARGV: tombstone ttl s
+# → 'created' | 'abandoned'
+# After an enqueue whose answer never came: either it ran (the job exists) or it never will
+# (the tombstone makes it refuse if it arrives later). Either answer is final.
+SETTLE = (
+    _RUNS_WHEN_FULL
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'created' end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return 'abandoned'
 """
 )
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,13 @@ from tests.service.cluster_fixtures import (
     wait_ready,
     wait_video,
 )
-from tests.service.redis_fixtures import free_port, make_settings, redis_server, running_redis
+from tests.service.redis_fixtures import (
+    RedisServer,
+    free_port,
+    make_settings,
+    redis_server,
+    running_redis,
+)
 
 __all__ = ["cluster", "redis_server"]
 
@@ -223,3 +230,68 @@ def test_a_flood_past_the_redis_pool_waits_for_connections_instead_of_503(
     assert statuses == Counter({200: 300}), statuses
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     assert client.xlen(Keys(settings.key_prefix).stream(MODEL)) == 300
+
+
+async def _submit_through_a_freeze(
+    base_url: str, server: RedisServer, count: int, every_s: float, frozen: tuple[float, float]
+) -> list[httpx.Response]:
+    """``count`` submissions, one every ``every_s``; Redis frozen from ``frozen[0]`` s to
+    ``frozen[1]`` s after the first."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    body = {"prompt": "frozen", "size": "16x16", "num_frames": 1, "num_inference_steps": 1}
+    loop = asyncio.get_running_loop()
+    loop.call_later(frozen[0], server.freeze)
+    loop.call_later(frozen[1], server.thaw)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+        async def one(index: int) -> httpx.Response:
+            await asyncio.sleep(index * every_s)
+            return await client.post("/v1/videos", json=body, headers=auth())
+
+        responses = list(await asyncio.gather(*(one(i) for i in range(count))))
+    await asyncio.sleep(max(0.0, frozen[1] - loop.time()))
+    return responses
+
+
+def test_a_submit_answer_says_truly_whether_the_job_exists_when_redis_freezes(
+    tmp_path: Path,
+) -> None:
+    """Redis stops answering (SIGSTOP) for 0.7 s while submissions stream in, past the API's
+    0.3 s command timeout. Every 200 names a job that exists, every 503 job_not_created one
+    that never will; a job may exist behind a 503 only where the answer says so
+    (job_state_unknown). Two freezes."""
+    with running_redis(
+        tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "everysec"
+    ) as server:
+        running, settings = start_cluster(
+            server.url, tmp_path / "results", redis_socket_timeout_s=0.3
+        )
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        keys = Keys(settings.key_prefix)
+        codes: Counter[int | str] = Counter()
+        try:
+            for _ in range(2):
+                responses = asyncio.run(
+                    _submit_through_a_freeze(running.base_url, server, 100, 0.01, (0.3, 1.0))
+                )
+                time.sleep(0.3)  # whatever reached Redis before or during the freeze has run
+                round_codes = Counter(
+                    r.status_code if r.status_code == 200 else r.json()["error"]["code"]
+                    for r in responses
+                )
+                codes += round_codes
+                for response in responses:
+                    if response.status_code == 200:
+                        assert client.exists(keys.job(response.json()["id"]))
+                    elif response.json()["error"]["code"] == "job_not_created":
+                        (job_id,) = re.findall(r"video_[0-9a-f]{32}", response.text)
+                        assert not client.exists(keys.job(job_id))
+                created = client.zcard(keys.jobs)
+                accepted = round_codes[200]
+                assert accepted <= created <= accepted + round_codes["job_state_unknown"], codes
+                client.delete(keys.jobs)
+        finally:
+            running.stop()
+            client.close()
+        assert set(codes) <= {200, "job_not_created", "job_state_unknown", "store_unavailable"}
+        assert codes["job_not_created"] + codes["store_unavailable"] > 0, codes

@@ -24,8 +24,14 @@ from service.api.schemas import (
 )
 from service.api.state import ApiState, api_state, current_caller
 from service.api.validation import ParamError, resolve_model, to_generation
-from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
-from service.queue.records import JobRecord, JobStatus, is_job_id, now_ms
+from service.queue.producer import (
+    CancelOutcome,
+    NotCreated,
+    OutcomeUnknown,
+    QueueFull,
+    UnknownCursor,
+)
+from service.queue.records import JobRecord, JobStatus, is_job_id, new_job_id, now_ms
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
@@ -38,7 +44,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Invalid field (the message names it and the allowed range)"),
         (401, "Missing or wrong API key"),
         (404, "Unknown id"),
-        (503, "Job store unreachable"),
+        (503, "Job store unreachable or full; see Retry-After and the error code"),
     )
 }
 _CREATE_SCHEMA = VideoCreateParams.model_json_schema()
@@ -148,6 +154,7 @@ async def create_video(
             seconds=seconds,
             owner=caller.owner,
             idempotency_key=idempotency_key,
+            job_id=new_job_id(),
         )
     except QueueFull as error:
         state.metrics.jobs_rejected.labels(model).inc()
@@ -159,10 +166,31 @@ async def create_video(
             code="queue_full",
             headers={"Retry-After": retry_after},
         ) from error
+    except (NotCreated, OutcomeUnknown) as error:
+        unknown = isinstance(error, OutcomeUnknown)
+        advice = (
+            f"GET /v1/videos/{error.job_id} shows it if it exists; retry with an "
+            "Idempotency-Key to be sure of making one job"
+            if unknown
+            else "retry"
+        )
+        raise APIError(
+            503,
+            f"{error}; {advice}",
+            type=ErrorType.SERVICE_UNAVAILABLE,
+            code="job_state_unknown" if unknown else "job_not_created",
+            headers={"Retry-After": "1"},
+        ) from error
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
-    record = await _record_or_404(state, submitted.job_id, caller)
-    return await _video_response(record, state, response)
+    if submitted.record is None:
+        record = await _record_or_404(state, submitted.job_id, caller)
+        return await _video_response(record, state, response)
+    response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
+    video = VideoObject.from_record(submitted.record, now_ms())
+    if submitted.jobs_ahead is not None:
+        video.queue_position = min(submitted.jobs_ahead, QUEUE_POSITION_CAP)
+    return video
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)

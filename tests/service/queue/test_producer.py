@@ -133,7 +133,9 @@ def test_a_submission_sent_twice_with_its_id_creates_one_job(
     job_id = new_job_id()
     first = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
     again = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
-    assert first == again and first.job_id == job_id
+    assert (first.job_id, first.created, again.job_id, again.created) == (job_id, True) * 2
+    assert first.jobs_ahead == 0 and first.record is not None and again.record is not None
+    assert first.record.stream_id is not None and again.record.id == job_id
     keys = Keys(settings.key_prefix)
     assert sync_redis.xlen(keys.stream("tiny")) == 1 and sync_redis.zcard(keys.jobs) == 1
 
