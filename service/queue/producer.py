@@ -51,6 +51,18 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+class IdempotencyConflict(Exception):
+    """The ``Idempotency-Key`` was used before with another request, whose job still exists."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r:.80} was used for a different request (job {job_id}); "
+            "send a new key with a new request"
+        )
+        self.key = key
+        self.job_id = job_id
+
+
 class NotCreated(Exception):
     """Redis did not answer the submission in time, and then confirmed that it never will
     create it: nothing was made; the client may retry."""
@@ -132,8 +144,10 @@ class JobQueue:
         job_id: str | None = None,
     ) -> Submitted:
         """Write the job hash and its stream entry in one script; raise ``QueueFull``.
-        ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``. Sending
-        the same ``job_id`` again (a retry) creates nothing more."""
+        ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``: the same
+        key with the same request is the job made the first time; with another request,
+        ``IdempotencyConflict``; once that job is gone (deleted, or past retention), the key is
+        free for a new job. Sending the same ``job_id`` again (a retry) creates nothing more."""
         job_id = job_id or new_job_id()
         created = now_ms()
         fields = {
@@ -155,9 +169,12 @@ class JobQueue:
             job_id,
             created,
             self._settings.max_queue_depth,
-            self._settings.retention_s,
+            # A key is remembered as long as its job can exist: queued, then retained.
+            self._settings.queued_ttl_s + self._settings.retention_s,
             "1" if idempotency_key else "0",
             GROUP,
+            _fingerprint(model, request, seconds),
+            self.keys.job(""),
         ]
         for name, value in fields.items():
             args += [str(name), str(value)]
@@ -181,6 +198,8 @@ class JobQueue:
             raise NotCreated(job_id)
         if outcome == "existing":
             return Submitted(job_id=value, created=False)
+        if outcome == "conflict":
+            raise IdempotencyConflict(idempotency_key or "", value)
         # Created, by this call or by an earlier run of it: answer from what was written, so
         # that no further read (which could fail) stands between the job and its answer.
         written = {str(name): str(field) for name, field in fields.items()}
@@ -319,6 +338,13 @@ class JobQueue:
         """Workers of ``model`` that sent a heartbeat within the claim timeout."""
         since = time.time() - self._settings.claim_timeout_s
         return int(await self._redis.zcount(self.keys.workers(model), since, "+inf"))
+
+
+def _fingerprint(model: str, request: GenerationRequest, seconds: str) -> str:
+    """What makes two submissions the same request: the model and the request as the engine
+    gets it (JSON or form, sent or defaulted fields alike)."""
+    text = f"{model}\x00{seconds}\x00{request_to_json(request)}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _idempotency_digest(owner: str, key: str | None) -> str:

@@ -38,11 +38,15 @@ end
 
 # KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset, the job's tombstone
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
-#       then the job hash as field, value pairs
+#       request fingerprint, job key prefix, then the job hash as field, value pairs
 # → {'created', id, jobs ahead, stream id} | {'created', id} (a repeat) | {'existing', id}
-#   | {'full', depth} | {'abandoned', id}
+#   | {'conflict', id} | {'full', depth} | {'abandoned', id}
 # Safe to run twice: a second run of the same submission (same job id) changes nothing. A
 # tombstone (SETTLE) means the API answered that this submission was not made: refuse it.
+# The idempotency key holds '<job id> <fingerprint>': the same request again is that job, another
+# request a conflict; a key whose job is gone (deleted, or past retention) is free again. Its
+# job's hash is read by name (prefix .. id): keys the caller cannot know in advance, which a
+# single Redis allows.
 ENQUEUE = (
     _REFUSED_WHEN_FULL
     + """
@@ -50,19 +54,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
 if redis.call('EXISTS', KEYS[6]) == 1 then return {'abandoned', ARGV[1]} end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[4])
-  if existing then return {'existing', existing} end
+  if existing then
+    local id, print = string.match(existing, '^(%S+) (%S+)$')
+    if id and redis.call('EXISTS', ARGV[8] .. id) == 1 then
+      if print == ARGV[7] then return {'existing', id} end
+      return {'conflict', id}
+    end
+  end
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[6], '0', 'MKSTREAM')
 end
 local depth = redis.call('XLEN', KEYS[3])
 if depth >= tonumber(ARGV[3]) then return {'full', tostring(depth)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 local sid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'stream_id', sid)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4]) end
+if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[7], 'EX', ARGV[4]) end
 return {'created', ARGV[1], tostring(depth), sid}
 """
 )

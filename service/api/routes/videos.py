@@ -26,6 +26,7 @@ from service.api.state import ApiState, api_state, current_caller
 from service.api.validation import ParamError, resolve_model, to_generation
 from service.queue.producer import (
     CancelOutcome,
+    IdempotencyConflict,
     NotCreated,
     OutcomeUnknown,
     QueueFull,
@@ -61,6 +62,7 @@ _CREATE_ERRORS = {
     **_ERRORS,
     413: {"model": ErrorBody, "description": "Body over the size cap"},
     415: {"model": ErrorBody, "description": "Body neither JSON nor a form"},
+    409: {"model": ErrorBody, "description": "Idempotency-Key reused with another request"},
     429: {"model": ErrorBody, "description": "Queue full; see Retry-After"},
 }
 
@@ -134,9 +136,11 @@ async def create_video(
     caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> VideoObject:
-    """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` returns
-    the job made the first time. A request outside the model's limits (``GET /v1/models``) is
-    refused here with 400, never accepted to fail later."""
+    """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` and the
+    same request returns the job made the first time; the same key with another request is
+    refused (409); a key whose job was deleted or expired makes a new job. A request outside
+    the model's limits (``GET /v1/models``) is refused here with 400, never accepted to fail
+    later."""
     state = api_state(request)
     try:
         params = VideoCreateParams.model_validate(await _read_body(request))
@@ -165,6 +169,10 @@ async def create_video(
             type=ErrorType.RATE_LIMIT,
             code="queue_full",
             headers={"Retry-After": retry_after},
+        ) from error
+    except IdempotencyConflict as error:
+        raise APIError(
+            409, str(error), param="Idempotency-Key", code="idempotency_key_reused"
         ) from error
     except (NotCreated, OutcomeUnknown) as error:
         unknown = isinstance(error, OutcomeUnknown)
