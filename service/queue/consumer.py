@@ -88,6 +88,7 @@ class Consumer:
         self._hand_back = client.register_script(scripts.HAND_BACK)
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
         self._announce = client.register_script(scripts.ANNOUNCE)
+        self._remove_consumer = client.register_script(scripts.REMOVE_IDLE_CONSUMER)
         # Where the next look for a silent peer's job continues in the pending list.
         self._claim_cursor = _START_OF_PENDING
 
@@ -289,7 +290,28 @@ class Consumer:
         else:
             self._redis.set(key, json.dumps(rules.to_dict()), nx=only_if_missing)
 
+    def remove_idle_peers(self, min_idle_ms: int) -> int:
+        """Remove consumers of the group that hold no entry and have not read for
+        ``min_idle_ms`` (workers that crashed or stopped), and worker registrations whose last
+        heartbeat is as old; returns the consumers removed."""
+        removed = 0
+        consumers: Any = self._redis.xinfo_consumers(self._stream, GROUP)
+        for consumer in consumers:
+            name = str(consumer["name"])
+            if name == self.name or int(consumer["pending"]) or int(consumer["idle"]) < min_idle_ms:
+                continue
+            removed += int(
+                self._remove_consumer(keys=[self._stream], args=[GROUP, name, min_idle_ms])
+            )
+        self._redis.zremrangebyscore(
+            self.keys.workers(self.model), "-inf", time.time() - min_idle_ms / 1000
+        )
+        return removed
+
     def retire(self) -> None:
+        """Deregister on a clean stop; the consumer goes too unless it still holds an entry (a
+        job handed back stays its until a peer claims it)."""
+        self._remove_consumer(keys=[self._stream], args=[GROUP, self.name, 0])
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.workers(self.model), self.name)
             pipe.delete(self.keys.worker(self.name))

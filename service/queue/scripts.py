@@ -261,3 +261,24 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
 """
 )
+
+# KEYS: stream
+# ARGV: group, consumer, min idle ms
+# → 1 removed | 0 kept (it holds an entry, or was active within min idle ms, or is unknown)
+# XGROUP DELCONSUMER drops the consumer's pending entries with it: only ever remove one that
+# holds none, checked in the same step.
+REMOVE_IDLE_CONSUMER = (
+    _RUNS_WHEN_FULL
+    + """
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #consumer, 2 do f[consumer[i]] = consumer[i + 1] end
+  if f['name'] == ARGV[2] then
+    if tonumber(f['pending']) ~= 0 or tonumber(f['idle']) < tonumber(ARGV[3]) then return 0 end
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+)

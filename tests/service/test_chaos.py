@@ -175,7 +175,7 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def test_serve_all_restarts_a_dead_worker_and_exits_0_on_sigterm(
+def test_serve_all_splits_the_cores_restarts_a_dead_worker_and_exits_0_on_sigterm(
     redis_server: object, tmp_path: Path
 ) -> None:
     settings = make_settings(redis_server.url, tmp_path / "results", models=(MODEL,))  # type: ignore[attr-defined]
@@ -190,6 +190,15 @@ def test_serve_all_restarts_a_dead_worker_and_exits_0_on_sigterm(
         while len(first := _announced_pids(client, keys)) < 2:
             assert time.monotonic() < deadline and serve_all.poll() is None
             time.sleep(0.1)
+        # Two CPU workers split the cores between them.
+        threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+        for pid in first:
+            environ = dict(
+                item.split("=", 1)
+                for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+                if "=" in item
+            )
+            assert environ["QVGEN_WORKER_THREADS"] == environ["OMP_NUM_THREADS"] == threads
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
@@ -295,3 +304,10 @@ def test_a_submit_answer_says_truly_whether_the_job_exists_when_redis_freezes(
             client.close()
         assert set(codes) <= {200, "job_not_created", "job_state_unknown", "store_unavailable"}
         assert codes["job_not_created"] + codes["store_unavailable"] > 0, codes
+
+
+def test_serve_api_exits_0_on_sigterm(redis_server: object, tmp_path: Path) -> None:
+    running, _ = start_cluster(redis_server.url, tmp_path / "results")  # type: ignore[attr-defined]
+    assert running.api is not None
+    running.api.send_signal(signal.SIGTERM)
+    assert running.api.wait(timeout=30) == 0
