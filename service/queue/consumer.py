@@ -89,6 +89,7 @@ class Consumer:
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
         self._announce = client.register_script(scripts.ANNOUNCE)
         self._remove_consumer = client.register_script(scripts.REMOVE_IDLE_CONSUMER)
+        self._reap = client.register_script(scripts.REAP)
         # Where the next look for a silent peer's job continues in the pending list.
         self._claim_cursor = _START_OF_PENDING
 
@@ -165,7 +166,7 @@ class Consumer:
 
     def _begin(self, stream_id: str, job_id: str, *, reclaimed: bool) -> Delivery:
         reply = self._start(
-            keys=[self.keys.job(job_id), self._stream, self.keys.deadletter],
+            keys=[self.keys.job(job_id), self._stream, self.keys.deadletter, self.keys.expiring],
             args=[
                 stream_id,
                 self.name,
@@ -236,7 +237,9 @@ class Consumer:
         ]
         for name, value in fields.items():
             args += [name.value, value]
-        written = self._finish(keys=[self.keys.job(claim.job.id), self._stream], args=args)
+        written = self._finish(
+            keys=[self.keys.job(claim.job.id), self._stream, self.keys.expiring], args=args
+        )
         return bool(written)
 
     def hand_back(self, claim: Claim) -> bool:
@@ -260,11 +263,21 @@ class Consumer:
         for stream_id, fields in entries:
             expired += int(
                 self._expire(
-                    keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream],
+                    keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream, self.keys.expiring],
                     args=[stream_id, GROUP, now_ms(), self._settings.retention_s * 1000],
                 )
             )
         return expired
+
+    def reap(self, limit: int = 1000) -> int:
+        """Drop jobs whose retention has ended from the listings (their hashes expire by
+        themselves); returns how many. Any worker of any model may do it."""
+        return int(
+            self._reap(
+                keys=[self.keys.expiring, self.keys.jobs],
+                args=[now_ms(), limit, self.keys.owner_jobs_prefix, self.keys.job("")],
+            )
+        )
 
     def announce(self, device: str, metrics_port: int) -> None:
         """Say this worker is alive (readiness reads it); call at least once per heartbeat."""

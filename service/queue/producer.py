@@ -24,6 +24,8 @@ from service.queue.records import (
     JobField,
     JobRecord,
     JobStatus,
+    created_ms_of,
+    is_job_id,
     new_job_id,
     now_ms,
     request_to_json,
@@ -35,6 +37,11 @@ logger = logging.getLogger(__name__)
 # How old the rules a submission is checked against may be: a worker with other rules is heard
 # of within this long (until then its own check guards it).
 RULES_MAX_AGE_S = 2.0
+# A page is filled past entries of gone jobs in at most this many rounds.
+MAX_LIST_BATCHES = 20
+# Ids made before creation times were part of them decode to noise; none is earlier than this
+# (2020-01-01) or later than a day from now.
+EARLIEST_ID_MS = 1_577_836_800_000
 # Calls of SETTLE after a submission went unanswered, each waiting up to the socket timeout.
 SETTLE_ATTEMPTS = 3
 # A tombstone outlives any submission still on its way to Redis (in a socket buffer while Redis
@@ -102,6 +109,13 @@ class Submitted:
 
 
 @dataclass(frozen=True)
+class Page:
+    records: list[JobRecord]
+    more: bool  # entries follow (a next page may still find them all gone: then it is empty)
+    last_id: str | None  # where the next page starts; the last record's id when there is one
+
+
+@dataclass(frozen=True)
 class Cancelled:
     outcome: CancelOutcome
     files: tuple[str, ...] = ()
@@ -149,7 +163,7 @@ class JobQueue:
         ``IdempotencyConflict``; once that job is gone (deleted, or past retention), the key is
         free for a new job. Sending the same ``job_id`` again (a retry) creates nothing more."""
         job_id = job_id or new_job_id()
-        created = now_ms()
+        created = created_ms_of(job_id)
         fields = {
             JobField.ID: job_id,
             JobField.MODEL: model,
@@ -226,38 +240,78 @@ class JobQueue:
         fields = cast(dict[str, str], await self._redis.hgetall(self.keys.job(job_id)))
         return JobRecord.from_hash(fields) if fields else None
 
-    async def list(
+    async def page(
         self, *, owner: str | None, after: str | None, limit: int, descending: bool
-    ) -> tuple[list[JobRecord], bool]:
+    ) -> Page:
         """One page of ``owner``'s jobs (None: everyone's) by creation time after the job
-        ``after``; and whether more follow."""
+        ``after`` (any job id, even one since deleted: ids carry their creation time). Entries
+        whose job is gone are dropped as they are met and the page is filled past them, so a
+        page is empty only at the end of the listing."""
         index = self.keys.jobs if owner is None else self.keys.owner_jobs(owner)
-        start = 0
-        if after is not None:
-            rank: Any = await (
-                self._redis.zrevrank(index, after)
-                if descending
-                else self._redis.zrank(index, after)
+        position = None if after is None else await self._position(index, after)
+        records: list[JobRecord] = []
+        more = False
+        for _ in range(MAX_LIST_BATCHES):
+            need = limit - len(records)
+            entries = await self._entries_after(index, position, need + 1, descending)
+            batch, more = entries[:need], len(entries) > need
+            if not batch:
+                break
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in batch:
+                    pipe.hgetall(self.keys.job(job_id))
+                hashes = await pipe.execute()
+            gone = []
+            for (job_id, _), fields in zip(batch, hashes, strict=True):
+                if fields:
+                    records.append(JobRecord.from_hash(fields))
+                else:
+                    gone.append(job_id)
+            if gone:
+                # Past retention (the janitor drops them too) or deleted meanwhile.
+                await self._redis.zrem(index, *gone)
+            position = (batch[-1][1], batch[-1][0])
+            if len(records) == limit or not more:
+                break
+        last = records[-1].id if records else (position[1] if more and position else None)
+        return Page(records=records, more=more, last_id=last)
+
+    async def _position(self, index: str, after: str) -> tuple[int, str]:
+        score: Any = await self._redis.zscore(index, after)
+        if score is not None:
+            return int(score), after
+        if is_job_id(after):
+            created = created_ms_of(after)
+            if EARLIEST_ID_MS <= created <= now_ms() + 86_400_000:
+                return created, after
+        raise UnknownCursor(f"after={after!r} is not a job id of this service")
+
+    async def _entries_after(
+        self, index: str, position: tuple[int, str] | None, count: int, descending: bool
+    ) -> list[tuple[str, int]]:
+        """Up to ``count`` (job id, score) after ``position`` in listing order: by score, then
+        by id among equal scores (Redis's own order)."""
+        if position is None:
+            first: Any = await self._redis.zrange(
+                index, 0, count - 1, desc=descending, withscores=True
             )
-            if rank is None:
-                raise UnknownCursor(f"after={after!r} names no listed job")
-            start = rank + 1
-        ids: Any = await self._redis.zrange(index, start, start + limit, desc=descending)
-        page, more = ids[:limit], len(ids) > limit
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for job_id in page:
-                pipe.hgetall(self.keys.job(job_id))
-            hashes = await pipe.execute()
-        records, gone = [], []
-        for job_id, fields in zip(page, hashes, strict=True):
-            if fields:
-                records.append(JobRecord.from_hash(fields))
-            else:
-                gone.append(job_id)
-        if gone:
-            # Their hashes expired at the end of retention; the listing forgets them lazily.
-            await self._redis.zrem(index, *gone)
-        return records, more
+            return [(job_id, int(score)) for job_id, score in first]
+        score, job_id = position
+        ties: Any = await self._redis.zrange(index, score, score, byscore=True)
+        later = [t for t in ties if (t < job_id if descending else t > job_id)]
+        later = sorted(later, reverse=descending)[:count]
+        bound = f"({score}"
+        rest: Any = await self._redis.zrange(
+            index,
+            bound,
+            "-inf" if descending else "+inf",
+            desc=descending,
+            byscore=True,
+            offset=0,
+            num=count - len(later),
+            withscores=True,
+        )
+        return [(t, score) for t in later] + [(t, int(s)) for t, s in rest]
 
     async def cancel(self, record: JobRecord) -> Cancelled:
         """Cancel a job ``record`` shows queued or running; delete one it shows finished (its
@@ -268,6 +322,7 @@ class JobQueue:
                 self.keys.stream(record.model),
                 self.keys.jobs,
                 self.keys.owner_jobs(record.owner),
+                self.keys.expiring,
             ],
             args=[
                 record.id,

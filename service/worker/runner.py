@@ -320,13 +320,16 @@ class Worker:
             self.metrics.jobs_finished.labels(
                 self.model, JobStatus.FAILED.value, ErrorCode.EXPIRED.value
             ).inc(expired)
+        reaped = self.consumer.reap()
         removed = self.results.sweep(self._kept_files, grace_s=self.settings.claim_timeout_s * 2)
         # A consumer silent for two claim timeouts holding nothing is a crashed or stopped worker.
         gone = self.consumer.remove_idle_peers(int(self.settings.claim_timeout_s * 2000))
-        if expired or removed or gone:
+        if expired or reaped or removed or gone:
             logger.info(
-                "janitor: %d queued jobs expired, %d files removed, %d dead consumers removed",
+                "janitor: %d queued jobs expired, %d past retention unlisted, %d files removed, "
+                "%d dead consumers removed",
                 expired,
+                reaped,
                 removed,
                 gone,
             )

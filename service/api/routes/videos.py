@@ -214,18 +214,15 @@ async def list_videos(
     state = api_state(request)
     owner = None if caller.admin else caller.owner
     try:
-        records, more = await state.queue.list(
+        page = await state.queue.page(
             owner=owner, after=after, limit=limit, descending=order == "desc"
         )
     except UnknownCursor as error:
         raise APIError(400, str(error), param="after", code="invalid_value") from error
     now = now_ms()
-    data = [VideoObject.from_record(record, now) for record in records]
+    data = [VideoObject.from_record(record, now) for record in page.records]
     return VideoList(
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=more,
+        data=data, first_id=data[0].id if data else None, last_id=page.last_id, has_more=page.more
     )
 
 
