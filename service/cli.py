@@ -19,6 +19,8 @@ from service.worker.engines import EngineKind, build_engine, model_id_for
 
 logger = logging.getLogger(__name__)
 
+# What each of several API processes calls to build its app (from QVGEN_* variables).
+API_FACTORY = "service.api.main:create_app"
 # Seconds ``serve all`` waits for its workers to hand back their jobs before killing them.
 WORKER_EXIT_GRACE_S = 15.0
 
@@ -80,9 +82,13 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
 
     from service.api.main import create_app
 
-    app = create_app(settings or ServiceSettings())
+    settings = settings or ServiceSettings()
+    # Several processes: uvicorn forks them, each building its app from the environment.
+    app = create_app(settings) if settings.api_processes == 1 else API_FACTORY
     uvicorn.run(
         app,
+        factory=settings.api_processes > 1,
+        workers=settings.api_processes,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -134,7 +140,8 @@ def run_all(args: argparse.Namespace) -> int:
         raise SystemExit(f"--workers must be ≥ 1, got {args.workers}")
     model_id = model_id_for(args.engine, args.model, args.model_id)
     base = ServiceSettings(models=(model_id,))
-    env = {**os.environ, "QVGEN_MODELS": model_id}
+    os.environ["QVGEN_MODELS"] = model_id  # for the API's own processes, if it runs several
+    env = {**os.environ}
     if args.device == "cpu":
         env |= thread_environment(threads_per_worker(base.worker_threads, args.workers))
     commands = []

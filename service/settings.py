@@ -52,6 +52,10 @@ class ServiceSettings(BaseSettings):
     # Keys that see, download, cancel and delete every key's jobs (operators).
     admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
+    # Processes `qvgen serve api` runs, each with its own event loop and Redis pool (uvicorn's
+    # workers); one is enough for a few hundred submissions a second on a core.
+    api_processes: int = Field(default=1, ge=1, le=64)
+
     # --- limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     max_queue_depth: int = Field(default=1000, ge=1, le=1_000_000)

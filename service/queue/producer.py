@@ -131,6 +131,7 @@ class JobQueue:
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._settle = redis.register_script(scripts.SETTLE)
+        self._read = redis.register_script(scripts.READ)
         # model → (the published text, what it parsed to): parse a model's rules once.
         self._rules_cache: dict[str, tuple[str, EngineRules | None]] = {}
         # model → (when they were read, monotonic s; the rules then)
@@ -236,6 +237,21 @@ class JobQueue:
                 logger.warning("settling %s, attempt %d: %s", job_id, attempt, error)
         raise OutcomeUnknown(job_id)
 
+    async def read(self, job_id: str, ahead_cap: int) -> tuple[JobRecord, int | None] | None:
+        """The job and, while it is queued, the unfinished jobs of its model whose stream
+        entries precede its own, counted up to ``ahead_cap``, in one call; None when there is
+        no such job. Finished and cancelled entries are deleted from the stream, so the entries
+        before this one are exactly the jobs running or waiting ahead of it; counting them is
+        one bounded XRANGE, whatever the queue's depth."""
+        reply: Any = await self._read(
+            keys=[self.keys.job(job_id)], args=[ahead_cap, self.keys.stream("")]
+        )
+        if not reply:
+            return None
+        ahead, flat = int(reply[0]), reply[1:]
+        record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return record, (ahead if ahead >= 0 else None)
+
     async def get(self, job_id: str) -> JobRecord | None:
         fields = cast(dict[str, str], await self._redis.hgetall(self.keys.job(job_id)))
         return JobRecord.from_hash(fields) if fields else None
@@ -335,18 +351,6 @@ class JobQueue:
         outcome = CancelOutcome(result[0])
         files = tuple(path for path in result[1:] if path)
         return Cancelled(outcome=outcome, files=files)
-
-    async def jobs_ahead(self, record: JobRecord, cap: int) -> int:
-        """Unfinished jobs of the record's model whose stream entries precede its own, counted
-        up to ``cap``: finished and cancelled entries are deleted from the stream, so the entries
-        before this one are exactly the jobs running or waiting ahead of it. One XRANGE of at
-        most ``cap`` entries, whatever the queue's depth."""
-        if record.stream_id is None:
-            return 0
-        ahead: Any = await self._redis.xrange(
-            self.keys.stream(record.model), "-", f"({record.stream_id}", count=cap
-        )
-        return len(ahead)
 
     async def published_rules(self, models: Sequence[str]) -> dict[str, EngineRules]:
         """The request rules the models' workers published (one MGET); a model without any, or

@@ -319,3 +319,22 @@ end
 return #due
 """
 )
+
+# KEYS: job
+# ARGV: most jobs ahead to count, stream key prefix
+# → {jobs ahead (-1 unless queued), field, value, …} | {} (no such job)
+# One call per poll: the record and, while it is queued, the unfinished jobs before its stream
+# entry, counted here rather than shipped to the API (its model's stream is read by name).
+READ = """#!lua flags=no-writes
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return {} end
+local f = {}
+for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+local ahead = -1
+if f['status'] == 'queued' and f['stream_id'] and f['stream_id'] ~= '' then
+  local stream = ARGV[2] .. f['model']
+  ahead = #redis.call('XRANGE', stream, '-', '(' .. f['stream_id'], 'COUNT', ARGV[1])
+end
+table.insert(fields, 1, ahead)
+return fields
+"""

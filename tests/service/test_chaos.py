@@ -306,8 +306,19 @@ def test_a_submit_answer_says_truly_whether_the_job_exists_when_redis_freezes(
         assert codes["job_not_created"] + codes["store_unavailable"] > 0, codes
 
 
-def test_serve_api_exits_0_on_sigterm(redis_server: object, tmp_path: Path) -> None:
-    running, _ = start_cluster(redis_server.url, tmp_path / "results")  # type: ignore[attr-defined]
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_api_serves_from_each_process_and_exits_0_on_sigterm(
+    redis_server: object, tmp_path: Path, processes: int
+) -> None:
+    running, _ = start_cluster(
+        redis_server.url,  # type: ignore[attr-defined]
+        tmp_path / "results",
+        api_processes=processes,
+    )
     assert running.api is not None
+    ids = [_submit(running) for _ in range(10)]  # spread over the processes by the kernel
+    for video_id in ids:
+        response = httpx.get(f"{running.base_url}/v1/videos/{video_id}", headers=auth())
+        assert response.status_code == 200
     running.api.send_signal(signal.SIGTERM)
     assert running.api.wait(timeout=30) == 0

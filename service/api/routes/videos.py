@@ -107,24 +107,29 @@ async def _read_body(request: Request) -> dict[str, Any]:
     )
 
 
-async def _video_response(record: JobRecord, state: ApiState, response: Response) -> VideoObject:
+def _video_object(
+    record: JobRecord, jobs_ahead: int | None, state: ApiState, response: Response
+) -> VideoObject:
     if not record.status.final:
         response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
     video = VideoObject.from_record(record, now_ms())
-    if record.status is JobStatus.QUEUED:
-        video.queue_position = await state.queue.jobs_ahead(record, QUEUE_POSITION_CAP)
+    if record.status is JobStatus.QUEUED and jobs_ahead is not None:
+        video.queue_position = min(jobs_ahead, QUEUE_POSITION_CAP)
     return video
 
 
-async def _record_or_404(state: ApiState, video_id: str, caller: Caller) -> JobRecord:
-    """The job, if it exists and ``caller`` may see it; another key's job is as unknown as one
-    that never existed (404, never 403: its existence is not disclosed)."""
-    record = await state.queue.get(video_id) if is_job_id(video_id) else None
-    if record is None or not caller.sees(record.owner):
+async def _record_or_404(
+    state: ApiState, video_id: str, caller: Caller
+) -> tuple[JobRecord, int | None]:
+    """The job (and the jobs ahead while it is queued), if it exists and ``caller`` may see it;
+    another key's job is as unknown as one that never existed (404, never 403: its existence is
+    not disclosed)."""
+    found = await state.queue.read(video_id, QUEUE_POSITION_CAP) if is_job_id(video_id) else None
+    if found is None or not caller.sees(found[0].owner):
         raise APIError(
             404, f"no video with id {video_id!r:.80}", type=ErrorType.NOT_FOUND, param="video_id"
         )
-    return record
+    return found
 
 
 @router.post(
@@ -192,13 +197,10 @@ async def create_video(
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
     if submitted.record is None:
-        record = await _record_or_404(state, submitted.job_id, caller)
-        return await _video_response(record, state, response)
-    response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
-    video = VideoObject.from_record(submitted.record, now_ms())
-    if submitted.jobs_ahead is not None:
-        video.queue_position = min(submitted.jobs_ahead, QUEUE_POSITION_CAP)
-    return video
+        return _video_object(
+            *await _record_or_404(state, submitted.job_id, caller), state, response
+        )
+    return _video_object(submitted.record, submitted.jobs_ahead, state, response)
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
@@ -236,7 +238,7 @@ async def retrieve_video(
 ) -> VideoObject:
     """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
-    return await _video_response(await _record_or_404(state, video_id, caller), state, response)
+    return _video_object(*await _record_or_404(state, video_id, caller), state, response)
 
 
 @router.get(
@@ -256,7 +258,7 @@ async def download_video(
 ) -> FileResponse:
     """The MP4 (``variant=video``) or its first frame as PNG (``variant=thumbnail``)."""
     state = api_state(request)
-    record = await _record_or_404(state, video_id, caller)
+    record, _ = await _record_or_404(state, video_id, caller)
     if record.status is not JobStatus.COMPLETED:
         raise APIError(
             409,
@@ -280,7 +282,7 @@ async def delete_video(
     A job that finished between the read and the cancel stays as it is: DELETE it again to
     delete it."""
     state = api_state(request)
-    record = await _record_or_404(state, video_id, caller)
+    record, _ = await _record_or_404(state, video_id, caller)
     cancelled = await state.queue.cancel(record)
     if cancelled.outcome is CancelOutcome.CANCELLED:
         state.metrics.jobs_cancelled.labels(record.model).inc()
