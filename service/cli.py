@@ -19,6 +19,8 @@ from service.worker.engines import EngineKind, build_engine, model_id_for
 
 logger = logging.getLogger(__name__)
 
+# What each of several API processes calls to build its app (from QVGEN_* variables).
+API_FACTORY = "service.api.main:create_app"
 # Seconds ``serve all`` waits for its workers to hand back their jobs before killing them.
 WORKER_EXIT_GRACE_S = 15.0
 
@@ -60,7 +62,15 @@ def register(subparsers: Any) -> None:
     both.set_defaults(handler=run_all)
 
 
+def _survive_uvicorns_sigterm() -> None:
+    """uvicorn handles SIGTERM (a graceful shutdown), then raises it again under the handler it
+    found. With none of ours that is the default one, and the process dies with -15 instead of
+    exiting 0 after its clean shutdown (and ``serve all`` before it stops its workers)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+
+
 def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -> int:
+    _survive_uvicorns_sigterm()
     import uvicorn
 
     from service.api.main import create_app
@@ -68,9 +78,14 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
     settings = settings or ServiceSettings()
     # No `limit_concurrency`: uvicorn answers past it with a 503 and a close before reading the
     # request body, and closing a socket with unread bytes sends a reset that can destroy the
-    # answer. The API caps requests itself (service/api/limits.py) and keeps the connection.
+    # answer. The API caps requests itself (service/api/request_limits.py) and keeps the
+    # connection. Several processes: uvicorn forks them, each building its app from the
+    # environment.
+    app = create_app(settings) if settings.api_processes == 1 else API_FACTORY
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=settings.api_processes > 1,
+        workers=settings.api_processes,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -82,10 +97,13 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
 
 def run_worker(args: argparse.Namespace) -> int:
     from service.worker.runner import Worker
+    from service.worker.threads import limit_torch_threads
 
     settings = ServiceSettings()
     model_id = model_id_for(args.engine, args.model, args.model_id)
     engine = build_engine(args.engine, args.model, args.device, model_id, args.step_delay)
+    if args.device == "cpu":
+        limit_torch_threads(settings.worker_threads)
     worker = Worker(engine, settings, args.device, metrics_port=args.metrics_port)
     worker.install_signal_handlers()
     worker.run()
@@ -120,12 +138,16 @@ def worker_command(args: argparse.Namespace, model_id: str) -> list[str]:
 
 def run_all(args: argparse.Namespace) -> int:
     from service.worker.supervisor import WorkerPool
+    from service.worker.threads import thread_environment, threads_per_worker
 
     if args.workers < 1:
         raise SystemExit(f"--workers must be ≥ 1, got {args.workers}")
     model_id = model_id_for(args.engine, args.model, args.model_id)
     base = ServiceSettings(models=(model_id,))
-    env = {**os.environ, "QVGEN_MODELS": model_id}
+    os.environ["QVGEN_MODELS"] = model_id  # for the API's own processes, if it runs several
+    env = {**os.environ}
+    if args.device == "cpu":
+        env |= thread_environment(threads_per_worker(base.worker_threads, args.workers))
     commands = []
     for index in range(args.workers):
         port = base.worker_metrics_port + index if base.worker_metrics_port else 0
@@ -133,9 +155,6 @@ def run_all(args: argparse.Namespace) -> int:
         commands.append((worker_command(args, model_id), worker_env))
     pool = WorkerPool(commands, exit_grace_s=WORKER_EXIT_GRACE_S + base.drain_timeout_s)
     pool.start()
-    # uvicorn re-raises the SIGTERM it handled once it has shut down; without a handler of our
-    # own that would kill this process before it stops its workers.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     logger.info(
         "started %d workers for %r; API on %s:%d", args.workers, model_id, args.host, args.port
     )

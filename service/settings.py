@@ -52,6 +52,10 @@ class ServiceSettings(BaseSettings):
     # Keys that see, download, cancel and delete every key's jobs (operators).
     admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
+    # Processes `qvgen serve api` runs, each with its own event loop and Redis pool (uvicorn's
+    # workers); one is enough for a few hundred submissions a second on a core.
+    api_processes: int = Field(default=1, ge=1, le=64)
+
     # --- limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     max_queue_depth: int = Field(default=1000, ge=1, le=1_000_000)
@@ -89,6 +93,11 @@ class ServiceSettings(BaseSettings):
 
     results_dir: Path = Path("results")
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # Where a worker's /metrics listens: this machine only, unless set (compose: 0.0.0.0).
+    worker_metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    # CPU threads of a worker's torch operations; 0: the cores given to this process, divided
+    # by the workers that `qvgen serve all` starts beside it (all of them for a worker alone).
+    worker_threads: int = Field(default=0, ge=0, le=1024)
 
     @field_validator("models", "api_keys", "admin_api_keys", mode="before")
     @classmethod

@@ -160,6 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
             503,
             "the job store is unreachable; retry shortly",
             type=ErrorType.SERVICE_UNAVAILABLE,
+            code="store_unavailable",
             headers={"Retry-After": "1"},
         )
         return error_response(unavailable)

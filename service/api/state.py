@@ -30,6 +30,7 @@ def api_state(request: Request) -> ApiState:
     return state
 
 
-def current_caller(request: Request) -> Caller:
-    """Dependency of every ``/v1`` route: authenticates, returns the caller (401 otherwise)."""
+async def current_caller(request: Request) -> Caller:
+    """Dependency of every ``/v1`` route: authenticates, returns the caller (401 otherwise).
+    A coroutine, so that FastAPI runs it on the event loop rather than in its thread pool."""
     return api_state(request).keys.authenticate(request)

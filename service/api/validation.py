@@ -6,8 +6,10 @@ request the API accepts is one the worker's engine runs; an error names the fiel
 sent (``seconds``, not the ``num_frames`` it became) and the nearest values that would pass.
 
 The worker's engine still checks the request once (``service.engine.rules.check_request``), as a
-guard: when a worker with other rules starts between submit and run, a job accepted under the old
-rules fails there with ``invalid_request`` and the engine's message.
+guard: when a worker with other rules starts between submit and run (or less than
+``service.queue.producer.RULES_MAX_AGE_S`` before the submission, while the API still holds the
+rules it read), a job accepted under the old rules fails there with ``invalid_request`` and the
+engine's message.
 """
 
 from __future__ import annotations

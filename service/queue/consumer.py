@@ -88,6 +88,8 @@ class Consumer:
         self._hand_back = client.register_script(scripts.HAND_BACK)
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
         self._announce = client.register_script(scripts.ANNOUNCE)
+        self._remove_consumer = client.register_script(scripts.REMOVE_IDLE_CONSUMER)
+        self._reap = client.register_script(scripts.REAP)
         # Where the next look for a silent peer's job continues in the pending list.
         self._claim_cursor = _START_OF_PENDING
 
@@ -164,7 +166,7 @@ class Consumer:
 
     def _begin(self, stream_id: str, job_id: str, *, reclaimed: bool) -> Delivery:
         reply = self._start(
-            keys=[self.keys.job(job_id), self._stream, self.keys.deadletter],
+            keys=[self.keys.job(job_id), self._stream, self.keys.deadletter, self.keys.expiring],
             args=[
                 stream_id,
                 self.name,
@@ -235,7 +237,9 @@ class Consumer:
         ]
         for name, value in fields.items():
             args += [name.value, value]
-        written = self._finish(keys=[self.keys.job(claim.job.id), self._stream], args=args)
+        written = self._finish(
+            keys=[self.keys.job(claim.job.id), self._stream, self.keys.expiring], args=args
+        )
         return bool(written)
 
     def hand_back(self, claim: Claim) -> bool:
@@ -259,11 +263,21 @@ class Consumer:
         for stream_id, fields in entries:
             expired += int(
                 self._expire(
-                    keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream],
+                    keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream, self.keys.expiring],
                     args=[stream_id, GROUP, now_ms(), self._settings.retention_s * 1000],
                 )
             )
         return expired
+
+    def reap(self, limit: int = 1000) -> int:
+        """Drop jobs whose retention has ended from the listings (their hashes expire by
+        themselves); returns how many. Any worker of any model may do it."""
+        return int(
+            self._reap(
+                keys=[self.keys.expiring, self.keys.jobs],
+                args=[now_ms(), limit, self.keys.owner_jobs_prefix, self.keys.job("")],
+            )
+        )
 
     def announce(self, device: str, metrics_port: int) -> None:
         """Say this worker is alive (readiness reads it); call at least once per heartbeat."""
@@ -289,7 +303,28 @@ class Consumer:
         else:
             self._redis.set(key, json.dumps(rules.to_dict()), nx=only_if_missing)
 
+    def remove_idle_peers(self, min_idle_ms: int) -> int:
+        """Remove consumers of the group that hold no entry and have not read for
+        ``min_idle_ms`` (workers that crashed or stopped), and worker registrations whose last
+        heartbeat is as old; returns the consumers removed."""
+        removed = 0
+        consumers: Any = self._redis.xinfo_consumers(self._stream, GROUP)
+        for consumer in consumers:
+            name = str(consumer["name"])
+            if name == self.name or int(consumer["pending"]) or int(consumer["idle"]) < min_idle_ms:
+                continue
+            removed += int(
+                self._remove_consumer(keys=[self._stream], args=[GROUP, name, min_idle_ms])
+            )
+        self._redis.zremrangebyscore(
+            self.keys.workers(self.model), "-inf", time.time() - min_idle_ms / 1000
+        )
+        return removed
+
     def retire(self) -> None:
+        """Deregister on a clean stop; the consumer goes too unless it still holds an entry (a
+        job handed back stays its until a peer claims it)."""
+        self._remove_consumer(keys=[self._stream], args=[GROUP, self.name, 0])
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.workers(self.model), self.name)
             pipe.delete(self.keys.worker(self.name))

@@ -5,8 +5,11 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:job:<id>``             hash: the job record (``records.JobField`` names its fields)
 - ``P:jobs``                 sorted set: job ids scored by creation time in ms (listing order)
 - ``P:jobs:<owner>``         sorted set: the same, for the jobs of one API key (its digest)
+- ``P:expiring``             sorted set: '<id> <owner>' of finished jobs, scored by the time
+                             their retention ends (then the janitor drops them from listings)
 - ``P:stream:<model>``       stream: one entry per attempt-able job, consumer group ``GROUP``
 - ``P:idem:<key>``           string: job id submitted under an ``Idempotency-Key``
+- ``P:abandoned:<id>``       string (expires): a submission the API answered as not made
 - ``P:deadletter``           stream: one record per job that ran out of deliveries
 - ``P:workers:<model>``      sorted set: worker ids scored by their last heartbeat (unix s)
 - ``P:worker:<id>``          string (JSON, expires): a worker's model, device, pid, metrics port
@@ -37,15 +40,26 @@ class Keys:
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"
 
+    @property
+    def expiring(self) -> str:
+        return f"{self.prefix}:expiring"
+
+    @property
+    def owner_jobs_prefix(self) -> str:
+        return f"{self.prefix}:jobs:"
+
     def owner_jobs(self, owner: str) -> str:
         """The listing of ``owner``'s jobs; every job's without an owner (no API keys)."""
-        return f"{self.prefix}:jobs:{owner}" if owner else self.jobs
+        return self.owner_jobs_prefix + owner if owner else self.jobs
 
     def stream(self, model: str) -> str:
         return f"{self.prefix}:stream:{model}"
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def abandoned(self, job_id: str) -> str:
+        return f"{self.prefix}:abandoned:{job_id}"
 
     @property
     def deadletter(self) -> str:

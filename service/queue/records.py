@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from service.engine.types import GenerationRequest
 
 JOB_ID_PREFIX = "video_"
-# 128 random bits, hex: unguessable, and safe as a file name and a Redis key.
+# 32 hex digits: the creation time (unix ms, 12 digits) then 80 random bits. Safe as a file name
+# and a Redis key; unguessable (and a job answers only its owner's key). The time makes any id
+# a position in the listing, even once its job is gone: paging never loses its place.
 _JOB_ID_RE = re.compile(r"^video_[0-9a-f]{32}$")
+_TIME_DIGITS = 12
 
 
 def now_ms() -> int:
@@ -29,8 +32,15 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def new_job_id() -> str:
-    return JOB_ID_PREFIX + secrets.token_hex(16)
+def new_job_id(created_ms: int | None = None) -> str:
+    created = now_ms() if created_ms is None else created_ms
+    return f"{JOB_ID_PREFIX}{created:0{_TIME_DIGITS}x}{secrets.token_hex(10)}"
+
+
+def created_ms_of(job_id: str) -> int:
+    """The creation time an id made by ``new_job_id`` carries (ids made before it carry noise;
+    their jobs are found by their listing score instead)."""
+    return int(job_id[len(JOB_ID_PREFIX) : len(JOB_ID_PREFIX) + _TIME_DIGITS], 16)
 
 
 def is_job_id(value: str) -> bool:

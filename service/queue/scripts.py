@@ -36,40 +36,82 @@ local function owner(stream, group, id)
 end
 """
 
-# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset
+# A finished job's hash expires ``ttl`` ms from now, at ``at``; the expiry index remembers when,
+# under '<id> <owner>', so that the janitor (REAP) drops it from the listings then too.
+_RETAIN = """
+local function expiry_member(job)
+  local f = redis.call('HMGET', job, 'id', 'owner')
+  if f[2] and f[2] ~= '' then return f[1] .. ' ' .. f[2] end
+  return f[1]
+end
+local function retain_until(job, expiring, at, ttl)
+  redis.call('PEXPIRE', job, ttl)
+  redis.call('ZADD', expiring, at, expiry_member(job))
+end
+"""
+
+# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset, the job's tombstone
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
-#       then the job hash as field, value pairs
-# → {'created', id} | {'existing', id} | {'full', depth}
-# Safe to run twice: a second run of the same submission (same job id) changes nothing.
+#       request fingerprint, job key prefix, then the job hash as field, value pairs
+# → {'created', id, jobs ahead, stream id} | {'created', id} (a repeat) | {'existing', id}
+#   | {'conflict', id} | {'full', depth} | {'abandoned', id}
+# Safe to run twice: a second run of the same submission (same job id) changes nothing. A
+# tombstone (SETTLE) means the API answered that this submission was not made: refuse it.
+# The idempotency key holds '<job id> <fingerprint>': the same request again is that job, another
+# request a conflict; a key whose job is gone (deleted, or past retention) is free again. Its
+# job's hash is read by name (prefix .. id): keys the caller cannot know in advance, which a
+# single Redis allows.
 ENQUEUE = (
     _REFUSED_WHEN_FULL
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
+if redis.call('EXISTS', KEYS[6]) == 1 then return {'abandoned', ARGV[1]} end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[4])
-  if existing then return {'existing', existing} end
+  if existing then
+    local id, print = string.match(existing, '^(%S+) (%S+)$')
+    if id and redis.call('EXISTS', ARGV[8] .. id) == 1 then
+      if print == ARGV[7] then return {'existing', id} end
+      return {'conflict', id}
+    end
+  end
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[6], '0', 'MKSTREAM')
 end
 local depth = redis.call('XLEN', KEYS[3])
 if depth >= tonumber(ARGV[3]) then return {'full', tostring(depth)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 local sid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'stream_id', sid)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4]) end
-return {'created', ARGV[1]}
+if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[7], 'EX', ARGV[4]) end
+return {'created', ARGV[1], tostring(depth), sid}
 """
 )
 
-# KEYS: job, stream, deadletter
+# KEYS: job, the job's tombstone
+# ARGV: tombstone ttl s
+# → 'created' | 'abandoned'
+# After an enqueue whose answer never came: either it ran (the job exists) or it never will
+# (the tombstone makes it refuse if it arrives later). Either answer is final.
+SETTLE = (
+    _RUNS_WHEN_FULL
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'created' end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return 'abandoned'
+"""
+)
+
+# KEYS: job, stream, deadletter, expiry index
 # ARGV: stream id, consumer, now ms, max deliveries, retention ms, group, deadletter maxlen
 # → {'started', attempt} | {'lost'} | {'gone'} | {'final'} | {'expired'} | {'dead', attempt}
 START = (
     _RUNS_WHEN_FULL
     + _ACK
+    + _RETAIN
     + """
 local sid, me, now, group = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
 if owner(KEYS[2], group, sid) ~= me then return {'lost'} end
@@ -83,7 +125,7 @@ end
 local function finish_failed(code, message)
   redis.call('HSET', KEYS[1], 'status', 'failed', 'error_code', code, 'error_message', message,
              'completed_at', now, 'expires_at', now + tonumber(ARGV[5]))
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  retain_until(KEYS[1], KEYS[4], now + tonumber(ARGV[5]), ARGV[5])
   ack(KEYS[2], group, sid)
 end
 if (f[5] == false or f[5] == '') and tonumber(f[2]) < now then
@@ -137,12 +179,13 @@ return 1
 """
 )
 
-# KEYS: job, stream
+# KEYS: job, stream, expiry index
 # ARGV: stream id, attempt, group, now ms, retention ms, final status, then field, value pairs
 # → 1 written (or already, by this attempt: a retry) | 0 fenced (the caller deletes its files)
 FINISH = (
     _RUNS_WHEN_FULL
     + _ACK
+    + _RETAIN
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if f[1] == ARGV[2] and f[2] == ARGV[6] then return 1 end
@@ -151,7 +194,7 @@ local now = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', ARGV[6], 'completed_at', now,
            'expires_at', now + tonumber(ARGV[5]))
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+retain_until(KEYS[1], KEYS[3], now + tonumber(ARGV[5]), ARGV[5])
 ack(KEYS[2], ARGV[3], ARGV[1])
 return 1
 """
@@ -173,7 +216,7 @@ return 1
 """
 )
 
-# KEYS: job, stream, jobs zset, the owner's jobs zset
+# KEYS: job, stream, jobs zset, the owner's jobs zset, expiry index
 # ARGV: job id, group, now ms, retention ms, the status the caller read
 # → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path} | {'unchanged'}
 # Acts on the status the caller read, so that running it twice never turns a cancellation into
@@ -182,6 +225,7 @@ return 1
 CANCEL = (
     _RUNS_WHEN_FULL
     + _ACK
+    + _RETAIN
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'stream_id', 'video_path', 'thumbnail_path')
 if not f[1] then return {'missing'} end
@@ -191,10 +235,11 @@ if active(ARGV[5]) then
   local now = tonumber(ARGV[3])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', now,
              'expires_at', now + tonumber(ARGV[4]))
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  retain_until(KEYS[1], KEYS[5], now + tonumber(ARGV[4]), ARGV[4])
   ack(KEYS[2], ARGV[2], f[2])
   return {'cancelled'}
 end
+redis.call('ZREM', KEYS[5], expiry_member(KEYS[1]))
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -202,12 +247,13 @@ return {'deleted', f[3] or '', f[4] or ''}
 """
 )
 
-# KEYS: job, stream
+# KEYS: job, stream, expiry index
 # ARGV: stream id, group, now ms, retention ms
 # → 1 expired or orphan removed | 0 left alone
 EXPIRE_QUEUED = (
     _RUNS_WHEN_FULL
     + _ACK
+    + _RETAIN
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'queue_deadline', 'started_at')
 if not f[1] then ack(KEYS[2], ARGV[2], ARGV[1]); return 1 end
@@ -217,7 +263,7 @@ if tonumber(f[2]) >= now then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error_code', 'expired',
            'error_message', 'the job waited in the queue past its deadline',
            'completed_at', now, 'expires_at', now + tonumber(ARGV[4]))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+retain_until(KEYS[1], KEYS[3], now + tonumber(ARGV[4]), ARGV[4])
 ack(KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
@@ -234,3 +280,61 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
 """
 )
+
+# KEYS: stream
+# ARGV: group, consumer, min idle ms
+# → 1 removed | 0 kept (it holds an entry, or was active within min idle ms, or is unknown)
+# XGROUP DELCONSUMER drops the consumer's pending entries with it: only ever remove one that
+# holds none, checked in the same step.
+REMOVE_IDLE_CONSUMER = (
+    _RUNS_WHEN_FULL
+    + """
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #consumer, 2 do f[consumer[i]] = consumer[i + 1] end
+  if f['name'] == ARGV[2] then
+    if tonumber(f['pending']) ~= 0 or tonumber(f['idle']) < tonumber(ARGV[3]) then return 0 end
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+)
+
+# KEYS: expiry index, jobs zset
+# ARGV: now ms, most jobs to drop, owner listing key prefix, job key prefix
+# → jobs dropped from the listings (their retention has ended)
+REAP = (
+    _RUNS_WHEN_FULL
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  local id, owner = string.match(member, '^(%S+) ?(%S*)$')
+  redis.call('DEL', ARGV[4] .. id)
+  redis.call('ZREM', KEYS[2], id)
+  if owner ~= '' then redis.call('ZREM', ARGV[3] .. owner, id) end
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+)
+
+# KEYS: job
+# ARGV: most jobs ahead to count, stream key prefix
+# → {jobs ahead (-1 unless queued), field, value, …} | {} (no such job)
+# One call per poll: the record and, while it is queued, the unfinished jobs before its stream
+# entry, counted here rather than shipped to the API (its model's stream is read by name).
+READ = """#!lua flags=no-writes
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return {} end
+local f = {}
+for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+local ahead = -1
+if f['status'] == 'queued' and f['stream_id'] and f['stream_id'] ~= '' then
+  local stream = ARGV[2] .. f['model']
+  ahead = #redis.call('XRANGE', stream, '-', '(' .. f['stream_id'], 'COUNT', ARGV[1])
+end
+table.insert(fields, 1, ahead)
+return fields
+"""

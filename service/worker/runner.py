@@ -70,7 +70,9 @@ class Worker:
         self.results = open_store(settings)
         self.metrics = WorkerMetrics()
         port = settings.worker_metrics_port if metrics_port is None else metrics_port
-        self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
+        self._metrics_server, _ = start_http_server(
+            port, addr=settings.worker_metrics_host, registry=self.metrics.registry
+        )
         self.metrics_port = int(self._metrics_server.server_port)
         self.heartbeat = Heartbeat(
             self.consumer, settings.heartbeat_interval_s, device, self.metrics, self.metrics_port
@@ -318,9 +320,19 @@ class Worker:
             self.metrics.jobs_finished.labels(
                 self.model, JobStatus.FAILED.value, ErrorCode.EXPIRED.value
             ).inc(expired)
+        reaped = self.consumer.reap()
         removed = self.results.sweep(self._kept_files, grace_s=self.settings.claim_timeout_s * 2)
-        if expired or removed:
-            logger.info("janitor: %d queued jobs expired, %d files removed", expired, removed)
+        # A consumer silent for two claim timeouts holding nothing is a crashed or stopped worker.
+        gone = self.consumer.remove_idle_peers(int(self.settings.claim_timeout_s * 2000))
+        if expired or reaped or removed or gone:
+            logger.info(
+                "janitor: %d queued jobs expired, %d past retention unlisted, %d files removed, "
+                "%d dead consumers removed",
+                expired,
+                reaped,
+                removed,
+                gone,
+            )
         with contextlib.suppress(OutOfMemoryError):  # room comes back as jobs expire
             self.consumer.publish_rules(self.engine.rules, only_if_missing=True)
 

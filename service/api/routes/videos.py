@@ -24,8 +24,15 @@ from service.api.schemas import (
 )
 from service.api.state import ApiState, api_state, current_caller
 from service.api.validation import ParamError, resolve_model, to_generation
-from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
-from service.queue.records import JobRecord, JobStatus, is_job_id, now_ms
+from service.queue.producer import (
+    CancelOutcome,
+    IdempotencyConflict,
+    NotCreated,
+    OutcomeUnknown,
+    QueueFull,
+    UnknownCursor,
+)
+from service.queue.records import JobRecord, JobStatus, is_job_id, new_job_id, now_ms
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
@@ -38,7 +45,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Invalid field (the message names it and the allowed range)"),
         (401, "Missing or wrong API key"),
         (404, "Unknown id"),
-        (503, "Job store unreachable"),
+        (503, "Job store unreachable or full; see Retry-After and the error code"),
     )
 }
 _CREATE_SCHEMA = VideoCreateParams.model_json_schema()
@@ -55,6 +62,7 @@ _CREATE_ERRORS = {
     **_ERRORS,
     413: {"model": ErrorBody, "description": "Body over the size cap"},
     415: {"model": ErrorBody, "description": "Body neither JSON nor a form"},
+    409: {"model": ErrorBody, "description": "Idempotency-Key reused with another request"},
     429: {"model": ErrorBody, "description": "Queue full; see Retry-After"},
 }
 
@@ -99,24 +107,29 @@ async def _read_body(request: Request) -> dict[str, Any]:
     )
 
 
-async def _video_response(record: JobRecord, state: ApiState, response: Response) -> VideoObject:
+def _video_object(
+    record: JobRecord, jobs_ahead: int | None, state: ApiState, response: Response
+) -> VideoObject:
     if not record.status.final:
         response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
     video = VideoObject.from_record(record, now_ms())
-    if record.status is JobStatus.QUEUED:
-        video.queue_position = await state.queue.jobs_ahead(record, QUEUE_POSITION_CAP)
+    if record.status is JobStatus.QUEUED and jobs_ahead is not None:
+        video.queue_position = min(jobs_ahead, QUEUE_POSITION_CAP)
     return video
 
 
-async def _record_or_404(state: ApiState, video_id: str, caller: Caller) -> JobRecord:
-    """The job, if it exists and ``caller`` may see it; another key's job is as unknown as one
-    that never existed (404, never 403: its existence is not disclosed)."""
-    record = await state.queue.get(video_id) if is_job_id(video_id) else None
-    if record is None or not caller.sees(record.owner):
+async def _record_or_404(
+    state: ApiState, video_id: str, caller: Caller
+) -> tuple[JobRecord, int | None]:
+    """The job (and the jobs ahead while it is queued), if it exists and ``caller`` may see it;
+    another key's job is as unknown as one that never existed (404, never 403: its existence is
+    not disclosed)."""
+    found = await state.queue.read(video_id, QUEUE_POSITION_CAP) if is_job_id(video_id) else None
+    if found is None or not caller.sees(found[0].owner):
         raise APIError(
             404, f"no video with id {video_id!r:.80}", type=ErrorType.NOT_FOUND, param="video_id"
         )
-    return record
+    return found
 
 
 @router.post(
@@ -128,9 +141,11 @@ async def create_video(
     caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> VideoObject:
-    """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` returns
-    the job made the first time. A request outside the model's limits (``GET /v1/models``) is
-    refused here with 400, never accepted to fail later."""
+    """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` and the
+    same request returns the job made the first time; the same key with another request is
+    refused (409); a key whose job was deleted or expired makes a new job. A request outside
+    the model's limits (``GET /v1/models``) is refused here with 400, never accepted to fail
+    later."""
     state = api_state(request)
     try:
         params = VideoCreateParams.model_validate(await _read_body(request))
@@ -148,6 +163,7 @@ async def create_video(
             seconds=seconds,
             owner=caller.owner,
             idempotency_key=idempotency_key,
+            job_id=new_job_id(),
         )
     except QueueFull as error:
         state.metrics.jobs_rejected.labels(model).inc()
@@ -159,10 +175,32 @@ async def create_video(
             code="queue_full",
             headers={"Retry-After": retry_after},
         ) from error
+    except IdempotencyConflict as error:
+        raise APIError(
+            409, str(error), param="Idempotency-Key", code="idempotency_key_reused"
+        ) from error
+    except (NotCreated, OutcomeUnknown) as error:
+        unknown = isinstance(error, OutcomeUnknown)
+        advice = (
+            f"GET /v1/videos/{error.job_id} shows it if it exists; retry with an "
+            "Idempotency-Key to be sure of making one job"
+            if unknown
+            else "retry"
+        )
+        raise APIError(
+            503,
+            f"{error}; {advice}",
+            type=ErrorType.SERVICE_UNAVAILABLE,
+            code="job_state_unknown" if unknown else "job_not_created",
+            headers={"Retry-After": "1"},
+        ) from error
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
-    record = await _record_or_404(state, submitted.job_id, caller)
-    return await _video_response(record, state, response)
+    if submitted.record is None:
+        return _video_object(
+            *await _record_or_404(state, submitted.job_id, caller), state, response
+        )
+    return _video_object(submitted.record, submitted.jobs_ahead, state, response)
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
@@ -178,18 +216,15 @@ async def list_videos(
     state = api_state(request)
     owner = None if caller.admin else caller.owner
     try:
-        records, more = await state.queue.list(
+        page = await state.queue.page(
             owner=owner, after=after, limit=limit, descending=order == "desc"
         )
     except UnknownCursor as error:
         raise APIError(400, str(error), param="after", code="invalid_value") from error
     now = now_ms()
-    data = [VideoObject.from_record(record, now) for record in records]
+    data = [VideoObject.from_record(record, now) for record in page.records]
     return VideoList(
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=more,
+        data=data, first_id=data[0].id if data else None, last_id=page.last_id, has_more=page.more
     )
 
 
@@ -203,7 +238,7 @@ async def retrieve_video(
 ) -> VideoObject:
     """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
-    return await _video_response(await _record_or_404(state, video_id, caller), state, response)
+    return _video_object(*await _record_or_404(state, video_id, caller), state, response)
 
 
 @router.get(
@@ -223,7 +258,7 @@ async def download_video(
 ) -> FileResponse:
     """The MP4 (``variant=video``) or its first frame as PNG (``variant=thumbnail``)."""
     state = api_state(request)
-    record = await _record_or_404(state, video_id, caller)
+    record, _ = await _record_or_404(state, video_id, caller)
     if record.status is not JobStatus.COMPLETED:
         raise APIError(
             409,
@@ -247,7 +282,7 @@ async def delete_video(
     A job that finished between the read and the cancel stays as it is: DELETE it again to
     delete it."""
     state = api_state(request)
-    record = await _record_or_404(state, video_id, caller)
+    record, _ = await _record_or_404(state, video_id, caller)
     cancelled = await state.queue.cancel(record)
     if cancelled.outcome is CancelOutcome.CANCELLED:
         state.metrics.jobs_cancelled.labels(record.model).inc()

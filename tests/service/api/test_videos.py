@@ -81,8 +81,33 @@ def test_idempotency_key_returns_the_first_job(client: TestClient) -> None:
     headers = {"Idempotency-Key": "retry-me"}
     first = client.post("/v1/videos", json={"prompt": "x"}, headers=headers).json()
     second = client.post("/v1/videos", json={"prompt": "x"}, headers=headers).json()
-    assert first["id"] == second["id"]
+    # The same request sent as form fields, defaults spelt out: still the same request.
+    form = {"prompt": (None, "x"), "fps": (None, "8")}
+    third = client.post("/v1/videos", files=form, headers=headers).json()
+    assert first["id"] == second["id"] == third["id"]
     assert [v["id"] for v in client.get("/v1/videos").json()["data"]] == [first["id"]]
+
+
+def test_an_idempotency_key_reused_with_another_request_is_409(client: TestClient) -> None:
+    headers = {"Idempotency-Key": "order-17"}
+    first = client.post("/v1/videos", json={"prompt": "x"}, headers=headers)
+    other = client.post("/v1/videos", json={"prompt": "y"}, headers=headers)
+    assert other.status_code == 409
+    error = _error(other)
+    assert (error["code"], error["param"]) == ("idempotency_key_reused", "Idempotency-Key")
+    assert "'order-17'" in str(error["message"]) and first.json()["id"] in str(error["message"])
+    assert len(client.get("/v1/videos").json()["data"]) == 1
+
+
+def test_the_key_of_a_deleted_job_makes_a_new_job(client: TestClient) -> None:
+    headers = {"Idempotency-Key": "again"}
+    first = client.post("/v1/videos", json={"prompt": "x"}, headers=headers).json()["id"]
+    assert client.delete(f"/v1/videos/{first}").status_code == 200  # cancelled: still exists
+    assert client.post("/v1/videos", json={"prompt": "x"}, headers=headers).json()["id"] == first
+    assert client.delete(f"/v1/videos/{first}").status_code == 200  # now deleted
+    again = client.post("/v1/videos", json={"prompt": "x"}, headers=headers)
+    assert again.status_code == 200 and again.json()["id"] != first
+    assert again.json()["status"] == "queued"
 
 
 @pytest.mark.parametrize(

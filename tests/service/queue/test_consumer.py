@@ -189,3 +189,64 @@ def test_final_writes_sent_twice_by_the_same_attempt_succeed_both_times(
     assert worker.hand_back(handed) and worker.hand_back(handed)
     record = produce(settings, lambda q: q.get(done.job.id))
     assert record is not None and record.status is JobStatus.COMPLETED
+
+
+def test_dead_consumers_are_removed_once_they_hold_nothing(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    keys = Keys(settings.key_prefix)
+    crashed = []
+    for index in range(3):  # workers that finished a job each, then died without retiring
+        submit(settings)
+        worker = consumer(sync_redis, settings, f"crashed-{index}")
+        worker.announce("cpu", 0)
+        assert worker.complete(_take(worker), "v.mp4", "t.png")
+        crashed.append(worker)
+    submit(settings)
+    holder = consumer(sync_redis, settings, "holder")  # died holding a job: kept for the claim
+    _take(holder)
+    janitor = consumer(sync_redis, settings, "janitor")
+    assert janitor.remove_idle_peers(min_idle_ms=60_000) == 0  # nobody silent that long yet
+    time.sleep(0.3)
+    assert janitor.remove_idle_peers(min_idle_ms=200) == 3
+    names = {c["name"] for c in sync_redis.xinfo_consumers(keys.stream("tiny"), GROUP)}
+    assert names == {"holder"}
+    assert sync_redis.zcard(keys.workers("tiny")) == 0  # their registrations are gone too
+    # A clean stop removes the consumer at once; a consumer holding a job stays.
+    leaving = consumer(sync_redis, settings, "leaving")
+    assert leaving.next_job(block_ms=10) is None
+    leaving.retire()
+    holder.retire()
+    names = {c["name"] for c in sync_redis.xinfo_consumers(keys.stream("tiny"), GROUP)}
+    assert names == {"holder"}
+
+
+def test_jobs_past_retention_leave_every_listing(
+    redis_server: object, settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    short = settings.model_copy(update={"retention_s": 1})
+    keys = Keys(short.key_prefix)
+    done, failed = submit(short, owner="alice").job_id, submit(short, owner="alice").job_id
+    cancelled, deleted = submit(short).job_id, submit(short).job_id
+    worker = consumer(sync_redis, short, "w1")
+    assert worker.complete(_take(worker), "v.mp4", "t.png")
+    assert worker.fail(_take(worker), ErrorCode.ENGINE_ERROR, "boom")
+
+    async def cancel(queue, job_id):  # type: ignore[no-untyped-def]
+        return await queue.cancel(await queue.get(job_id))
+
+    produce(short, lambda q: cancel(q, cancelled))
+    produce(short, lambda q: cancel(q, deleted))  # cancelled …
+    produce(short, lambda q: cancel(q, deleted))  # … then deleted: off the expiry index at once
+    assert sync_redis.zcard(keys.expiring) == 3
+    assert worker.reap() == 0  # nothing due yet
+    time.sleep(1.1)
+    assert worker.reap() == 3
+    for index in (keys.jobs, keys.owner_jobs("alice"), keys.expiring):
+        assert sync_redis.zcard(index) == 0, index
+    for owner in ("alice", None):
+        page = produce(
+            short, lambda q, owner=owner: q.page(owner=owner, after=None, limit=5, descending=True)
+        )
+        assert (page.records, page.more, page.last_id) == ([], False, None)
+    assert not any(sync_redis.exists(keys.job(j)) for j in (done, failed, cancelled, deleted))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import chain
+
 import pytest
 import redis
 
 from service.queue.keys import ENTRY_JOB_FIELD, Keys
-from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
-from service.queue.records import JobField, JobStatus, is_job_id, new_job_id
+from service.queue.producer import CancelOutcome, Page, QueueFull, UnknownCursor
+from service.queue.records import JobField, JobStatus, is_job_id, new_job_id, now_ms
 from service.settings import ServiceSettings
 from tests.service.queue.helpers import REQUEST, consumer, produce, submit
 
@@ -64,29 +66,71 @@ def test_full_queue_refuses_until_a_job_finishes(
     assert submit(small).created
 
 
+def _page(settings: ServiceSettings, after: str | None, limit: int, descending: bool) -> Page:
+    return produce(
+        settings,
+        lambda q: q.page(owner=None, after=after, limit=limit, descending=descending),
+    )
+
+
+def _walk(settings: ServiceSettings, limit: int, descending: bool) -> list[list[str]]:
+    """Every page's ids, following last_id until has_more is false."""
+    pages, after = [], None
+    for _ in range(100):
+        page = _page(settings, after, limit, descending)
+        pages.append([record.id for record in page.records])
+        if not page.more:
+            return pages
+        assert page.last_id is not None, "has_more without a cursor: a dead end"
+        after = page.last_id
+    raise AssertionError("the listing never ended")
+
+
 def test_listing_pages_in_both_orders(settings: ServiceSettings) -> None:
     ids = [submit(settings).job_id for _ in range(5)]
-    first, more = produce(
-        settings, lambda q: q.list(owner=None, after=None, limit=2, descending=False)
-    )
-    assert [r.id for r in first] == ids[:2] and more
-    second, more = produce(
-        settings, lambda q: q.list(owner=None, after=ids[1], limit=2, descending=False)
-    )
-    assert [r.id for r in second] == ids[2:4] and more
-    last, more = produce(
-        settings, lambda q: q.list(owner=None, after=ids[3], limit=2, descending=False)
-    )
-    assert [r.id for r in last] == ids[4:] and not more
-    newest, more = produce(
-        settings, lambda q: q.list(owner=None, after=None, limit=3, descending=True)
-    )
-    assert [r.id for r in newest] == ids[::-1][:3] and more
+    first = _page(settings, None, 2, descending=False)
+    assert [r.id for r in first.records] == ids[:2] and first.more and first.last_id == ids[1]
+    second = _page(settings, ids[1], 2, descending=False)
+    assert [r.id for r in second.records] == ids[2:4] and second.more
+    last = _page(settings, ids[3], 2, descending=False)
+    assert [r.id for r in last.records] == ids[4:] and not last.more
+    newest = _page(settings, None, 3, descending=True)
+    assert [r.id for r in newest.records] == ids[::-1][:3] and newest.more
+    assert _walk(settings, 2, descending=True) == [ids[4:2:-1], ids[2:0:-1], ids[:1]]
     with pytest.raises(UnknownCursor):
+        _page(settings, "video_" + "0" * 32, 2, descending=False)  # no time of this service
+    with pytest.raises(UnknownCursor):
+        _page(settings, "not-an-id", 2, descending=False)
+
+
+def test_jobs_made_in_the_same_millisecond_page_in_a_stable_order(
+    settings: ServiceSettings,
+) -> None:
+    created = now_ms()
+    ids = sorted(new_job_id(created) for _ in range(5))
+    for job_id in ids:
         produce(
-            settings,
-            lambda q: q.list(owner=None, after="video_" + "0" * 32, limit=2, descending=False),
+            settings, lambda q, job_id=job_id: q.submit("tiny", REQUEST, seconds="2", job_id=job_id)
         )
+    assert list(chain(*_walk(settings, 2, descending=False))) == ids
+    assert list(chain(*_walk(settings, 2, descending=True))) == ids[::-1]
+
+
+def test_a_deleted_cursor_and_gone_entries_never_dead_end_the_listing(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    ids = [submit(settings).job_id for _ in range(12)]
+    keys = Keys(settings.key_prefix)
+    # Jobs 2..9 expire without the janitor: their hashes go, their listing entries stay.
+    sync_redis.delete(*(keys.job(job_id) for job_id in ids[2:10]))
+    pages = _walk(settings, 3, descending=False)
+    assert list(chain(*pages)) == ids[:2] + ids[10:]
+    assert all(pages), pages  # no empty page before the end
+    assert sync_redis.zcard(keys.jobs) == 4  # the entries met were dropped
+    # A cursor whose job was deleted between two pages still marks its place.
+    sync_redis.delete(keys.job(ids[1]))
+    rest = _page(settings, ids[1], 10, descending=False)
+    assert [r.id for r in rest.records] == ids[10:] and not rest.more
 
 
 def test_cancel_queued_job_removes_it_from_the_stream(
@@ -133,7 +177,9 @@ def test_a_submission_sent_twice_with_its_id_creates_one_job(
     job_id = new_job_id()
     first = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
     again = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
-    assert first == again and first.job_id == job_id
+    assert (first.job_id, first.created, again.job_id, again.created) == (job_id, True) * 2
+    assert first.jobs_ahead == 0 and first.record is not None and again.record is not None
+    assert first.record.stream_id is not None and again.record.id == job_id
     keys = Keys(settings.key_prefix)
     assert sync_redis.xlen(keys.stream("tiny")) == 1 and sync_redis.zcard(keys.jobs) == 1
 

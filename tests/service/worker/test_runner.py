@@ -16,6 +16,7 @@ from service.queue.records import JobField, JobStatus
 from service.settings import ServiceSettings
 from service.worker.noop_engine import NoopEngine
 from service.worker.runner import Worker
+from service.worker.threads import available_cores, limit_torch_threads, threads_per_worker
 from tests.service.queue.helpers import produce
 from tests.service.worker.running import WAIT_S, Running
 
@@ -167,3 +168,29 @@ def _loop_errors(run: Running) -> float:
         if line.startswith("qvgen_worker_loop_errors_total{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_worker_metrics_listen_on_the_configured_address(settings: ServiceSettings) -> None:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        configured = settings.model_copy(update={"worker_metrics_host": host})
+        worker = Worker(NoopEngine("tiny"), configured, "cpu", metrics_port=0)
+        try:
+            assert worker._metrics_server.server_address[0] == host
+        finally:
+            worker._metrics_server.shutdown()
+            worker._metrics_server.server_close()
+            worker.redis.close()
+    assert ServiceSettings().worker_metrics_host == "127.0.0.1"
+
+
+def test_torch_threads_follow_the_setting() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        limit_torch_threads(1)
+        assert torch.get_num_threads() == 1
+        assert threads_per_worker(0, workers=2) == max(1, available_cores() // 2)
+        assert threads_per_worker(3, workers=2) == 3
+    finally:
+        torch.set_num_threads(before)
