@@ -14,6 +14,7 @@ import numpy as np
 
 from service.engine.types import (
     CancelCheck,
+    CompileStatus,
     GeneratedVideo,
     GenerationCancelled,
     GenerationRequest,
@@ -31,6 +32,7 @@ class NoopEngine:
 
     # Its own caps (above) are all it checks; it publishes no model rules.
     rules = None
+    compile_status = CompileStatus.EAGER
 
     def __init__(self, model_id: str, step_delay_s: float = 0.0) -> None:
         if step_delay_s < 0:

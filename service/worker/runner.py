@@ -7,6 +7,7 @@ Shutdown (SIGTERM, SIGINT): no new job is taken; the running one may finish with
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -23,7 +24,7 @@ import redis
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from service.engine.types import Engine, GeneratedVideo, GenerationCancelled
+from service.engine.types import CompileStatus, Engine, GeneratedVideo, GenerationCancelled
 from service.metrics import WorkerMetrics
 from service.queue.consumer import Claim, Consumer, StartOutcome
 from service.queue.records import ErrorCode, JobRecord, JobStatus
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 MAX_BLOCK_MS = 1000
 # Retry pause while Redis is unreachable (doubles up to the maximum).
 RETRY_PAUSE_S, MAX_RETRY_PAUSE_S = 0.05, 2.0
+
+
+def _is_status(engine: Engine, status: CompileStatus) -> float:
+    return float(engine.compile_status is status)
 
 
 def consumer_name() -> str:
@@ -68,6 +73,10 @@ class Worker:
         self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
         self.results = ResultStore(settings.results_dir)
         self.metrics = WorkerMetrics()
+        for status in CompileStatus:
+            self.metrics.transformer_compile.labels(self.model, status.value).set_function(
+                functools.partial(_is_status, engine, status)
+            )
         port = settings.worker_metrics_port if metrics_port is None else metrics_port
         self._metrics_server, _ = start_http_server(port, registry=self.metrics.registry)
         self.metrics_port = int(self._metrics_server.server_port)
