@@ -3,20 +3,29 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint typecheck unit env system-deps clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# What running needs: the library, the service and Triton.
+$(RUN_STAMP): pyproject.toml | $(PY)
 	# torch first and pinned: this machine carries the CPU build of 2.13.0 on disk, and an
 	# unpinned resolve would pull a multi-GB CUDA build instead.
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[service,triton,dev]'
-	@touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[service,triton]'
+	@touch $(RUN_STAMP)
 
-env: $(STAMP)
+# What the tests need on top: linters, type checker, test runner, the clients they drive.
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PY) -m pip install --quiet -e '.[service,triton,dev]'
+	@touch $(TEST_STAMP)
+
+env: $(TEST_STAMP)
 
 # System packages the tests drive as real processes (Redis, Chromium, Prometheus, docker-compose, curl).
 system-deps:
@@ -35,7 +44,7 @@ unit: env system-deps
 test: lint typecheck unit
 
 # Only the system programs the service needs (Redis, curl), not the tests' browser or Prometheus.
-run: env
+run: $(RUN_STAMP)
 	@./scripts/ensure-system-deps.sh run
 	./scripts/run-local.sh
 

@@ -21,16 +21,16 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "serve": ("run the video-generation service", ("service.cli",)),
     "train": ("QVGen quantization-aware training of a pipeline's transformer", ("training.cli",)),
     "export": ("write a trained run as a pipeline with a packed transformer", ("training.cli",)),
-    "eval": ("compare a quantized pipeline with its full-precision one", ("training.cli",)),
+    "eval": ("compare a quantized pipeline with its full-precision one", ("evaluation.cli",)),
     "data": ("make training and evaluation data sets", ("training.synthetic.cli",)),
-    "tiny": ("the embedded qvgen-tiny model: recipe, comparison", ("training.tiny_model.cli",)),
+    "tiny": ("the embedded qvgen-tiny model: recipe, comparison", ("recipes.tiny_model.cli",)),
     "import-release": (
         "convert a QVGen release checkpoint to format v1",
         ("qvgen.checkpoint.cli",),
     ),
     "bench": (
         "benchmarks that append to BENCHMARKS.md",
-        ("service.cli", "service.kernels.bench", "service.engine.bench_e2e"),
+        ("benchmarks.service", "benchmarks.kernels", "benchmarks.e2e"),
     ),
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(

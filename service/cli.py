@@ -1,4 +1,4 @@
-"""``qvgen serve api|worker|all`` and ``qvgen bench service``.
+"""``qvgen serve api|worker|all``.
 
 Settings come from ``QVGEN_*`` environment variables (``service.settings.ServiceSettings``);
 the flags here only say what to run where.
@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -73,13 +72,6 @@ def register(subparsers: Any) -> None:
     both.add_argument("--host", default="127.0.0.1")
     both.add_argument("--port", type=int, default=8000)
     both.set_defaults(handler=run_all)
-
-    bench = command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md")
-    service = bench.add_parser("service", help="submit and enqueue→start latency, kill trials")
-    from service.bench import add_arguments, run_bench
-
-    add_arguments(service)
-    service.set_defaults(handler=run_bench)
 
 
 def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -> int:
@@ -152,16 +144,20 @@ def worker_command(args: argparse.Namespace, model_id: str) -> list[str]:
 
 
 def run_all(args: argparse.Namespace) -> int:
+    from service.worker.supervisor import WorkerPool
+
     if args.workers < 1:
         raise SystemExit(f"--workers must be ≥ 1, got {args.workers}")
     model_id = model_id_for(args.engine, args.model, args.model_id)
     base = ServiceSettings(models=(model_id,))
     env = {**os.environ, "QVGEN_MODELS": model_id}
-    workers: list[subprocess.Popen[bytes]] = []
+    commands = []
     for index in range(args.workers):
         port = base.worker_metrics_port + index if base.worker_metrics_port else 0
         worker_env = {**env, "QVGEN_WORKER_METRICS_PORT": str(port)}
-        workers.append(subprocess.Popen(worker_command(args, model_id), env=worker_env))
+        commands.append((worker_command(args, model_id), worker_env))
+    pool = WorkerPool(commands, exit_grace_s=WORKER_EXIT_GRACE_S + base.drain_timeout_s)
+    pool.start()
     # uvicorn re-raises the SIGTERM it handled once it has shut down; without a handler of our
     # own that would kill this process before it stops its workers.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -171,13 +167,7 @@ def run_all(args: argparse.Namespace) -> int:
     try:
         return run_api(args, base)
     finally:
-        for process in workers:
-            process.send_signal(signal.SIGTERM)
-        for process in workers:
-            try:
-                process.wait(timeout=WORKER_EXIT_GRACE_S + base.drain_timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        pool.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,11 @@ class ApiMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.redis_out_of_memory = Counter(
+            "qvgen_redis_out_of_memory_total",
+            "Requests answered 503 because Redis refused a write at maxmemory (noeviction).",
+            registry=self.registry,
+        )
         self.jobs_cancelled = Counter(
             "qvgen_jobs_cancelled_total",
             "Queued or running jobs cancelled through DELETE.",
@@ -95,6 +100,12 @@ class WorkerMetrics:
         self.fenced_writes = Counter(
             "qvgen_worker_fenced_writes_total",
             "Writes refused because a newer attempt owns the job or it was cancelled.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.loop_errors = Counter(
+            "qvgen_worker_loop_errors_total",
+            "Unexpected errors the worker loop survived (each logged with its traceback).",
             ["model"],
             registry=self.registry,
         )

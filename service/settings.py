@@ -37,13 +37,22 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Connections one API process keeps to Redis; a request waits up to redis_pool_timeout_s
+    # for a free one (then 503) rather than failing at once.
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
+    # A Redis command unanswered this long fails (the API answers 503 with Retry-After).
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
     # Every Redis key starts with this, so several deployments (or tests) can share a server.
     key_prefix: str = Field(default="qvgen", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     # Models the API accepts and /readyz expects a live worker for; the first is the default.
     models: Annotated[tuple[str, ...], NoDecode] = ("qvgen-tiny",)
-    # Bearer keys; empty means no authentication (refused outside development).
+    # Bearer keys; empty means no authentication (refused outside development). Each key sees
+    # only the jobs it created.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # Keys that see, download, cancel and delete every key's jobs (operators).
+    admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
     # --- limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
@@ -83,7 +92,7 @@ class ServiceSettings(BaseSettings):
     compile_cache_dir: Path = Path("compile-cache")
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
 
-    @field_validator("models", "api_keys", mode="before")
+    @field_validator("models", "api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -117,5 +126,8 @@ class ServiceSettings(BaseSettings):
         return self.models[0]
 
     def key_secrets(self) -> tuple[bytes, ...]:
-        """The API keys as bytes, for constant-time comparison."""
+        """The API keys as bytes (``service.api.auth`` compares their digests)."""
         return tuple(key.get_secret_value().encode() for key in self.api_keys)
+
+    def admin_key_secrets(self) -> tuple[bytes, ...]:
+        return tuple(key.get_secret_value().encode() for key in self.admin_api_keys)

@@ -1,4 +1,4 @@
-"""``qvgen train``, ``qvgen export`` and ``qvgen eval``.
+"""``qvgen train`` and ``qvgen export``.
 
 Flags map one to one onto ``TrainConfig`` fields, whose validation names the flag, the value and
 the allowed range; the handler turns that ``ValueError`` into a one-line error and exit code 2.
@@ -85,74 +85,6 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prompts(path: str) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise ValueError(f"{path} line {number}: empty prompt")
-    if not lines:
-        raise ValueError(f"{path} holds no prompt")
-    return [line.strip() for line in lines]
-
-
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
-    if any(s < 0 for s in seeds):
-        raise ValueError(f"--seeds must be ≥ 0, got {text!r}")
-    return seeds
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from training.evaluation.compare import EvalSettings, evaluate, load_scorer, write_report
-
-    try:
-        settings = EvalSettings(
-            width=args.width,
-            height=args.height,
-            num_frames=args.frames,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-        )
-        report = evaluate(
-            args.reference,
-            args.quantized,
-            _read_prompts(args.prompts),
-            _parse_seeds(args.seeds),
-            settings,
-            device=args.device,
-            scorer=None if args.scorer is None else load_scorer(args.scorer),
-        )
-    except (ValueError, FileNotFoundError) as err:
-        logger.error("qvgen eval: %s", err)
-        return 2
-    print(report.table())  # the command's output: a table for the terminal
-    if args.json:
-        logger.info("wrote %s", write_report(report, args.json))
-    return 0
-
-
-def _add_eval(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval", help="PSNR/SSIM (and task scores) of a quantized pipeline vs full precision"
-    )
-    p.add_argument("--reference", required=True, help="full-precision pipeline directory")
-    p.add_argument("--quantized", required=True, help="quantized pipeline (qvgen export)")
-    p.add_argument("--prompts", required=True, help="text file, one prompt per line")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--frames", type=int, default=17)
-    p.add_argument("--steps", type=int, default=50, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--scorer", help="task scorer: 'synthetic' or module:function")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--json", help="also write the report as JSON here")
-    p.set_defaults(handler=_run_eval)
-
-
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     d = _DEFAULTS
     p = subparsers.add_parser(
@@ -206,4 +138,3 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     _add_train(subparsers)
     _add_export(subparsers)
-    _add_eval(subparsers)

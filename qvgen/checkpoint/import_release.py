@@ -8,16 +8,27 @@ optionally ``P.loraA.weight`` [r, in] / ``P.loraB.weight`` [out, r], merged as W
 before quantizing. A layer without ``P.wquantizer.scale`` is full precision and stored under
 its usual names.
 
-The bits are not recorded in their files, so the caller states them. Their clip logits become
-our factors α = sigmoid(logit), column 0 lower, column 1 upper. The release indexed groups by
-``t mod 50`` in training, which is not our mapping (``qvgen.timestep_groups``): an imported table
-is read under ours, so its per-group factors serve other timesteps than they were fitted on; a
-short QAT run from the imported weights re-fits them.
+The bits are not recorded in their files, so the caller states them (``ReleaseImport``).
+
+**Activations.** Their per-token range is clip_ratio · sigmoid(logit) · min_k x (and · max_k x),
+with clip_ratio = 0.95 in their inference scripts; our factors are therefore
+α = clip_ratio · sigmoid(logit) ∈ (0, 0.95], column 0 lower, column 1 upper, and the rest of the
+per-token quantization is ``qvgen.numerics.quantize_tokens``.
+
+**Weights.** Their model runs in bfloat16: the latent weight (LoRA merged in the file's dtype, as
+their loader does) and the quantizer parameters are cast to bf16 and the codes are
+q = clamp(round(w / s + z), 0, 2^b − 1) in bf16 arithmetic with round-half-to-even
+(``torch.round``). ``WeightArithmetic.BF16`` reproduces those codes exactly; ``FP32`` computes
+the same expression in float32 (their modules run in fp32). Each code is stored as it is, so the
+served weight s · (q − z) is theirs; our activation codes round ties half up in float32 where
+theirs round half to even in the model's dtype (a tie needs x / s_x to land on a half integer).
 """
 
 from __future__ import annotations
 
+import enum
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +44,13 @@ from qvgen.checkpoint.format_v1 import (
     PackedScheme,
     write_packed,
 )
-from qvgen.numerics import check_bits, weight_codes
+from qvgen.numerics import check_bits, qmax
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
 
 SCALE_SUFFIX = ".wquantizer.scale"
+# Their inference scripts' ``--clip_ratio``.
+RELEASE_CLIP_RATIO = 0.95
 LAYER_KEYS = (
     "w",
     "b",
@@ -48,6 +61,42 @@ LAYER_KEYS = (
     "loraA.weight",
     "loraB.weight",
 )
+
+
+class WeightArithmetic(enum.Enum):
+    """Where the release's weight codes are computed (module docstring)."""
+
+    BF16 = "bf16"  # their inference scripts: the model in bfloat16
+    FP32 = "fp32"  # their modules in float32
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self is WeightArithmetic.BF16 else torch.float32
+
+
+@dataclass(frozen=True)
+class ReleaseImport:
+    """How to read a release file: the bits it was trained at (its files do not say), its clip
+    ratio and the arithmetic of its weight codes."""
+
+    weight_bits: int = 4
+    activation_bits: int = 4
+    clip_ratio: float = RELEASE_CLIP_RATIO
+    arithmetic: WeightArithmetic = WeightArithmetic.BF16
+
+    def __post_init__(self) -> None:
+        check_bits(self.weight_bits, "weight_bits")
+        check_bits(self.activation_bits, "activation_bits")
+        if not 0.0 < self.clip_ratio <= 1.0:
+            raise ValueError(f"clip_ratio must lie in (0, 1], got {self.clip_ratio}")
+
+
+def release_weight_codes(
+    weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """q = clamp(round_half_even(w / s + z), 0, 2^b − 1) in ``dtype``; float32 [N, K] codes."""
+    w, s, z = weight.to(dtype), scale.to(dtype), zero.to(dtype)
+    return torch.clamp(torch.round(w / s + z), 0, qmax(bits)).float()
 
 
 def _linear_names(config: dict[str, Any]) -> list[str]:
@@ -62,7 +111,7 @@ def _linear_names(config: dict[str, Any]) -> list[str]:
 
 
 def _import_layer(
-    name: str, state: dict[str, torch.Tensor], w_bits: int, a_bits: int
+    name: str, state: dict[str, torch.Tensor], options: ReleaseImport
 ) -> PackedLinearWeights:
     def take(key: str, required: bool = True) -> torch.Tensor | None:
         full = f"{name}.{key}"
@@ -74,12 +123,12 @@ def _import_layer(
 
     weight = take("w")
     assert weight is not None
-    weight = weight.float()
     lora_a, lora_b = take("loraA.weight", False), take("loraB.weight", False)
     if (lora_a is None) != (lora_b is None):
         raise CheckpointError(f"{name}: loraA and loraB must come together")
     if lora_a is not None and lora_b is not None:
-        weight = weight + lora_b.float() @ lora_a.float()
+        # Merged in the file's dtype, as their loader does before the model casts it.
+        weight = lora_b.to(weight.dtype) @ lora_a.to(weight.dtype) + weight
     scale = take("wquantizer.scale")
     zero = take("wquantizer.zero_point")
     lower, upper = take("aquantizer.lower"), take("aquantizer.upper")
@@ -92,17 +141,23 @@ def _import_layer(
         )
     if not bool(torch.isfinite(weight).all()):
         raise CheckpointError(f"{name}: weight holds NaN or inf")
-    s, z = scale.float().reshape(n, 1), zero.float().reshape(n, 1)
-    codes = weight_codes(weight, s, z, w_bits)
-    clip = torch.sigmoid(torch.stack([lower.float().reshape(-1), upper.float().reshape(-1)], dim=1))
+    dtype = options.arithmetic.dtype
+    # The served weight is s · (q − z) with s and z as the model holds them (in its dtype).
+    s = scale.to(dtype).float().reshape(n, 1)
+    z = zero.to(dtype).float().reshape(n, 1)
+    codes = release_weight_codes(
+        weight, scale.reshape(n, 1), zero.reshape(n, 1), options.weight_bits, dtype
+    )
+    logits = torch.stack([lower.float().reshape(-1), upper.float().reshape(-1)], dim=1)
+    clip = options.clip_ratio * torch.sigmoid(logits)
     try:
         return PackedLinearWeights(
             name=name,
             in_features=weight.shape[1],
             out_features=n,
-            weight_bits=w_bits,
-            activation_bits=a_bits,
-            qweight=pack_codes(codes, w_bits),
+            weight_bits=options.weight_bits,
+            activation_bits=options.activation_bits,
+            qweight=pack_codes(codes, options.weight_bits),
             weight_scale=s.reshape(n).contiguous(),
             weight_zero_point=z.reshape(n).contiguous(),
             act_clip=clip.contiguous(),
@@ -113,16 +168,14 @@ def _import_layer(
 
 
 def import_release_state(
-    state: dict[str, torch.Tensor], config: dict[str, Any], weight_bits: int, activation_bits: int
+    state: dict[str, torch.Tensor], config: dict[str, Any], options: ReleaseImport
 ) -> PackedCheckpoint:
-    """Convert a release-layout state dict (consumed) and its diffusers config."""
-    check_bits(weight_bits, "weight_bits")
-    check_bits(activation_bits, "activation_bits")
+    """Convert a release-layout state dict and its diffusers config."""
     state = dict(state)
     names = sorted(k[: -len(SCALE_SUFFIX)] for k in state if k.endswith(SCALE_SUFFIX))
     if not names:
         raise CheckpointError(f"no '*{SCALE_SUFFIX}' tensor: not a QVGen release checkpoint")
-    layers = {name: _import_layer(name, state, weight_bits, activation_bits) for name in names}
+    layers = {name: _import_layer(name, state, options) for name in names}
     groups = {layer.clip_groups for layer in layers.values()}
     if len(groups) != 1:
         raise CheckpointError(f"layers disagree on the number of clip groups: {sorted(groups)}")
@@ -132,7 +185,7 @@ def import_release_state(
     full_precision = [n for n in _linear_names(config) if n not in layers]
     return PackedCheckpoint(
         config=dict(config),
-        scheme=PackedScheme(weight_bits, activation_bits, clip_groups=groups.pop()),
+        scheme=PackedScheme(options.weight_bits, options.activation_bits, clip_groups=groups.pop()),
         layers=layers,
         full_precision_modules=tuple(full_precision),
         tensors=state,
@@ -143,12 +196,11 @@ def import_release(
     checkpoint_file: str | Path,
     config_file: str | Path,
     out_dir: str | Path,
-    weight_bits: int,
-    activation_bits: int,
+    options: ReleaseImport | None = None,
 ) -> Path:
     """Read a release ``.safetensors`` and its ``config.json``; write format v1 to ``out_dir``."""
     config = json.loads(Path(config_file).read_text())
     packed = import_release_state(
-        load_file(str(checkpoint_file)), config, weight_bits, activation_bits
+        load_file(str(checkpoint_file)), config, options or ReleaseImport()
     )
     return write_packed(packed, out_dir)

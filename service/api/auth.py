@@ -1,9 +1,16 @@
-"""Bearer API keys: ``Authorization: Bearer <key>``, compared in constant time, never logged."""
+"""Bearer API keys: ``Authorization: Bearer <key>``, compared as digests in constant time, never
+logged.
+
+Each job belongs to the key that created it (its owner: the key's SHA-256, hex). A caller sees
+only its own jobs; a key of ``admin_api_keys`` sees every job. With no keys configured
+(development) there is no identity: every caller sees every job.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from fastapi import Request
 
@@ -13,31 +20,61 @@ from service.settings import ServiceSettings
 _BEARER = "bearer "
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: ``owner`` is the digest its jobs carry ("" without keys)."""
+
+    owner: str
+    admin: bool
+
+    def sees(self, owner: str) -> bool:
+        return self.admin or owner == self.owner
+
+
+ANONYMOUS = Caller(owner="", admin=True)
+
+
+def key_digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
+
+
+class KeyRing:
+    """The configured keys as SHA-256 digests: every comparison is of 32 bytes with 32 bytes, so
+    its time says nothing about a key's length or prefix."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._keys = tuple(key_digest(secret) for secret in settings.key_secrets())
+        self._admins = tuple(key_digest(secret) for secret in settings.admin_key_secrets())
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys or self._admins)
+
+    def authenticate(self, request: Request) -> Caller:
+        """The caller of ``request``; raises 401 when keys are on and none of them was sent."""
+        if not self.enabled:
+            return ANONYMOUS
+        presented = _presented_key(request)
+        digest = key_digest(presented or b"")
+        # Compare against every key, always: the time taken says nothing about which one matched.
+        user = admin = False
+        for known in self._keys:
+            user |= hmac.compare_digest(known, digest)
+        for known in self._admins:
+            admin |= hmac.compare_digest(known, digest)
+        if presented is None or not (user or admin):
+            raise APIError(
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                type=ErrorType.AUTHENTICATION,
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return Caller(owner=digest.hex(), admin=admin)
+
+
 def _presented_key(request: Request) -> bytes | None:
     header = request.headers.get("authorization", "")
     if header[: len(_BEARER)].lower() != _BEARER:
         return None
     return header[len(_BEARER) :].strip().encode()
-
-
-def authenticate(request: Request, settings: ServiceSettings) -> str:
-    """Check the bearer key; returns the caller's scope (a digest of the key, or "" when keys
-    are off) for idempotency keys. Raises 401."""
-    secrets = settings.key_secrets()
-    if not secrets:
-        return ""
-    presented = _presented_key(request)
-    # Compare against every key, always: the time taken says nothing about which key or prefix
-    # matched.
-    matched = False
-    for secret in secrets:
-        matched |= hmac.compare_digest(secret, presented or b"")
-    if presented is None or not matched:
-        raise APIError(
-            401,
-            "missing or invalid API key: send 'Authorization: Bearer <key>'",
-            type=ErrorType.AUTHENTICATION,
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return hashlib.sha256(presented).hexdigest()

@@ -8,18 +8,34 @@ from __future__ import annotations
 
 import enum
 import logging
+import reprlib
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
+
+
+# A rejected value as the error message quotes it: bounded in length and depth, whatever the
+# client sent (a list nested 900 deep would exhaust the stack in a plain repr).
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist = 2, 200, 200, 4
+
+
+def _quoted(value: object) -> str:
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int of more than 4300 digits has no repr
+        return f"a {type(value).__name__} too large to quote"
 
 
 class ErrorType(enum.StrEnum):
@@ -74,8 +90,31 @@ def from_validation_error(error: ValidationError | RequestValidationError) -> AP
     given = first.get("input")
     message = f"{param or 'request'}: {first.get('msg', 'invalid value')}"
     if given is not None and not isinstance(given, dict):
-        message += f" (got {given!r:.200})"
+        message += f" (got {_quoted(given)})"
     return APIError(400, message, param=param, code="invalid_value")
+
+
+# Seconds a client waits before retrying a submission Redis refused for want of memory.
+OUT_OF_MEMORY_RETRY_AFTER_S = 30
+# At most one log line per this many seconds about a full Redis (a flood would log thousands).
+_OUT_OF_MEMORY_LOG_EVERY_S = 10.0
+
+
+class _Throttled:
+    """Counts events and says when to log again: at the first, then once per ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.unlogged = 0
+        self._last = -float("inf")
+
+    def due(self) -> bool:
+        self.unlogged += 1
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return False
+        self._last = now
+        return True
 
 
 def _status_type(status: int) -> ErrorType:
@@ -125,6 +164,30 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return error_response(unavailable)
 
+    full = _Throttled(_OUT_OF_MEMORY_LOG_EVERY_S)
+
+    async def on_redis_full(request: Request, error: Exception) -> JSONResponse:
+        request.app.state.api.metrics.redis_out_of_memory.inc()
+        if full.due():
+            logger.error(
+                "Redis is out of memory (maxmemory reached, policy noeviction): %d submissions "
+                "refused with 503 since the last report. Raise Redis's maxmemory, or lower "
+                "QVGEN_RETENTION_S or QVGEN_MAX_QUEUE_DEPTH; running jobs still finish, and "
+                "memory comes back as finished jobs expire. Redis said: %s",
+                full.unlogged,
+                error,
+            )
+            full.unlogged = 0
+        unavailable = APIError(
+            503,
+            "the job store is full and accepts no new jobs now; nothing was created; retry "
+            f"after {OUT_OF_MEMORY_RETRY_AFTER_S} s",
+            type=ErrorType.SERVICE_UNAVAILABLE,
+            code="store_full",
+            headers={"Retry-After": str(OUT_OF_MEMORY_RETRY_AFTER_S)},
+        )
+        return error_response(unavailable)
+
     async def on_disconnect(_: Request, error: Exception) -> JSONResponse:
         # The client went away mid-body; nobody reads this answer, and it is no server fault.
         logger.debug("client disconnected before sending its whole body")
@@ -139,5 +202,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    app.add_exception_handler(RedisOutOfMemoryError, on_redis_full)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

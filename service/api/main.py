@@ -8,17 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis import asyncio as aioredis
 
+from service.api.auth import KeyRing
+from service.api.body_size import BodySizeLimit
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
-from service.api.limits import BodySizeLimit
 from service.api.routes import playground, system, videos
 from service.api.state import ApiState
 from service.metrics import ApiMetrics
+from service.queue.connection import api_client
 from service.queue.producer import JobQueue
 from service.queue.redis_config import check_redis_async
 from service.settings import ServiceSettings
+from service.storage import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +31,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, health_check_interval=30
-        )
+        client = api_client(settings)
         queue = JobQueue(client, settings)
         await check_redis_async(client, settings)
         await queue.ensure_groups(settings.models)
@@ -40,13 +40,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             redis=client,
             queue=queue,
             metrics=metrics,
+            results=open_store(settings),
+            keys=KeyRing(settings),
             started_at=int(time.time()),
         )
         logger.info(
-            "API ready: models %s, redis %s, %d API keys",
+            "API ready: models %s, redis %s, %d API keys, %d admin keys",
             list(settings.models),
             settings.redis_url,
             len(settings.api_keys),
+            len(settings.admin_api_keys),
         )
         try:
             yield

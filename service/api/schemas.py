@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.engine.limits import EngineRules
-from service.engine.types import GenerationRequest
+from service.engine.rules import EngineRules
 from service.queue.records import JobRecord
 from service.settings import ServiceSettings
 
@@ -22,7 +20,6 @@ MIN_FPS, MAX_FPS = 1, 60
 MAX_SEED = 2**63 - 1
 # ``queue_position`` counts at most this many jobs ahead (one bounded XRANGE per poll).
 QUEUE_POSITION_CAP = 100
-_SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
 class VideoCreateParams(BaseModel):
@@ -46,76 +43,6 @@ class VideoCreateParams(BaseModel):
         default=None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, allow_inf_nan=False
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-
-
-class ParamError(ValueError):
-    """A create parameter that passed its own field check but not the combined ones."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """``"WxH"`` → (W, H), each in [MIN_SIDE, MAX_SIDE] and a multiple of SIDE_MULTIPLE."""
-    match = _SIZE_RE.fullmatch(size)
-    if match is None:
-        raise ParamError("size", f"size must read WIDTHxHEIGHT, e.g. '64x64'; got {size!r}")
-    width, height = int(match[1]), int(match[2])
-    for name, side in (("width", width), ("height", height)):
-        if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_MULTIPLE:
-            raise ParamError(
-                "size",
-                f"{name} must lie in [{MIN_SIDE}, {MAX_SIDE}] and be a multiple of "
-                f"{SIDE_MULTIPLE}; got {side} in size {size!r}",
-            )
-    return width, height
-
-
-def frames_for_seconds(seconds: float, fps: int) -> int:
-    """4k + 1 frames covering ``seconds`` at ``fps``: the count the video VAEs (Wan, CogVideoX)
-    accept, since they compress time by 4 after a first frame of their own."""
-    return 4 * math.ceil(seconds * fps / 4) + 1
-
-
-def to_generation(
-    params: VideoCreateParams, settings: ServiceSettings
-) -> tuple[str, GenerationRequest, str]:
-    """(model, engine request, ``seconds`` as the video object reports it); raise ParamError."""
-    model = params.model or settings.default_model
-    if model not in settings.models:
-        raise ParamError("model", f"model {model!r} is not served; served: {list(settings.models)}")
-    width, height = parse_size(params.size or settings.default_size)
-    fps = params.fps or settings.default_fps
-    if params.seconds is not None and params.num_frames is not None:
-        raise ParamError("seconds", "give seconds or num_frames, not both")
-    if params.num_frames is not None:
-        num_frames = params.num_frames
-    elif params.seconds is not None:
-        num_frames = frames_for_seconds(params.seconds, fps)
-    else:
-        num_frames = settings.default_num_frames
-    if num_frames > MAX_FRAMES:
-        raise ParamError(
-            "seconds", f"{params.seconds} s at {fps} fps is {num_frames} frames; max {MAX_FRAMES}"
-        )
-    request = GenerationRequest(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt or "",
-        width=width,
-        height=height,
-        num_frames=num_frames,
-        num_inference_steps=params.num_inference_steps or settings.default_num_inference_steps,
-        guidance_scale=(
-            settings.default_guidance_scale
-            if params.guidance_scale is None
-            else params.guidance_scale
-        ),
-        seed=params.seed if params.seed is not None else 0,
-        fps=fps,
-    )
-    seconds = f"{(num_frames - 1) / fps:g}" if num_frames > 1 else f"{1 / fps:g}"
-    return model, request, seconds
 
 
 class VideoError(BaseModel):
@@ -214,8 +141,9 @@ class GenerationLimits(BaseModel):
     width ∈ [min_side, max_width], height ∈ [min_side, max_height], each a multiple of
     ``size_multiple``; num_frames = 1 + frame_step · k ≤ max_frames; guidance_scale ∈
     [min_guidance_scale, max_guidance_scale]. ``from_worker``: the API's own bounds narrowed by
-    the rules the model's worker published (its engine refuses the rest: the job fails with its
-    message); without them, only the API's bounds (frame_step 1).
+    the rules the model's workers published; without them (no worker has started yet), only the
+    API's bounds (frame_step 1). ``POST /v1/videos`` refuses with 400 whatever lies outside
+    (``service.api.validation``).
     """
 
     from_worker: bool

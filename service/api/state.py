@@ -1,4 +1,4 @@
-"""What the routes share: settings, the job queue, the Redis client, the metrics."""
+"""What the routes share: settings, the job queue, the Redis client, the metrics, the results."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis import asyncio as aioredis
 
-from service.api.auth import authenticate
+from service.api.auth import Caller, KeyRing
 from service.metrics import ApiMetrics
 from service.queue.producer import JobQueue
 from service.settings import ServiceSettings
+from service.storage import ResultStore
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class ApiState:
     redis: aioredis.Redis
     queue: JobQueue
     metrics: ApiMetrics
+    results: ResultStore
+    keys: KeyRing
     started_at: int  # unix s, reported as the models' ``created``
 
 
@@ -27,6 +30,6 @@ def api_state(request: Request) -> ApiState:
     return state
 
 
-def caller_scope(request: Request) -> str:
-    """Dependency of every ``/v1`` route: authenticates, returns the caller's scope."""
-    return authenticate(request, api_state(request).settings)
+def current_caller(request: Request) -> Caller:
+    """Dependency of every ``/v1`` route: authenticates, returns the caller (401 otherwise)."""
+    return api_state(request).keys.authenticate(request)

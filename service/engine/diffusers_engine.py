@@ -29,18 +29,18 @@ from torch._dynamo.exc import TorchDynamoException
 from qvgen.family import ModelFamily, detect_family
 from service.engine.compilation import CompiledModules, CompileOptions, compile_transformer
 from service.engine.environment import RuntimeTarget, resolve_target
-from service.engine.limits import (
-    EngineRules,
-    ModelGeometry,
-    ModelLimits,
-    check_request,
-    default_limits,
-)
 from service.engine.loading import (
     MemoryOptions,
     VideoPipeline,
     load_pipeline_on,
     pipeline_geometry,
+)
+from service.engine.rules import (
+    EngineRules,
+    ModelGeometry,
+    ModelLimits,
+    check_request,
+    default_limits,
 )
 from service.engine.types import (
     CancelCheck,

@@ -20,7 +20,7 @@ from diffusers import CogVideoXPipeline, WanPipeline
 from qvgen.checkpoint import is_packed_dir
 from qvgen.family import WAN_TEXT_TOKENS, ModelFamily, PipelineGeometry, detect_family
 from service.engine.environment import RuntimeTarget, resolve_target
-from service.engine.limits import ModelGeometry
+from service.engine.rules import ModelGeometry
 from service.kernels.packed_transformer import load_packed_transformer
 
 logger = logging.getLogger(__name__)

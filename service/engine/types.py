@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # limits imports this module's request types
-    from service.engine.limits import EngineRules
+if TYPE_CHECKING:  # rules imports this module's request types
+    from service.engine.rules import EngineRules
 
 # on_step(steps_done, steps_total), called after every denoising step.
 StepCallback = Callable[[int, int], None]

@@ -74,6 +74,10 @@ class LowBitLinear(nn.Module):
     ``set_clip_group`` (the timestep hook) writes ``sample_clip`` in place, so a compiled
     graph, which takes buffers as inputs, reads the current step's factors on every call
     instead of a value frozen at trace time.
+
+    ``dtype_anchor`` is an empty parameter in the model's compute dtype: diffusers reads a
+    module's dtype from its first parameter (Wan's time embedder does, for its input), and a
+    module made only of packed layers would otherwise have none.
     """
 
     backend: KernelBackend
@@ -83,8 +87,13 @@ class LowBitLinear(nn.Module):
     bias: torch.Tensor | None
     sample_clip: torch.Tensor
 
-    def __init__(self, weights: PackedLinearWeights) -> None:
+    def __init__(
+        self, weights: PackedLinearWeights, compute_dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
+        self.dtype_anchor = nn.Parameter(
+            torch.empty(0, dtype=compute_dtype, device=weights.qweight.device), requires_grad=False
+        )
         self.name = weights.name
         self.in_features = weights.in_features
         self.out_features = weights.out_features
@@ -135,7 +144,8 @@ class LowBitLinear(nn.Module):
         raise NotImplementedError
 
     def _rows_per_sample(self, x: torch.Tensor) -> int:
-        """Rows of x that share each sample's clip factors (one group per sample)."""
+        """Rows of x that share each sample's clip factors: one group per sample of a
+        [B, …, K] input ([B, K] too: the embedders see one row per sample)."""
         n = self.sample_clip.shape[0]
         if n == 0:
             raise RuntimeError(
@@ -145,10 +155,10 @@ class LowBitLinear(nn.Module):
         rows = x.numel() // self.in_features
         if n == 1:
             return rows
-        if x.ndim < 3 or x.shape[0] != n:
+        if x.ndim < 2 or x.shape[0] != n:
             raise ValueError(
                 f"{self.name}: {n} clip groups set for input of shape {tuple(x.shape)}; "
-                "expected one group per sample of a [B, S, K] input"
+                "expected one group per sample of a [B, …, K] input"
             )
         return rows // n
 
@@ -167,8 +177,10 @@ class ReferenceLowBitLinear(LowBitLinear):
     qweight: torch.Tensor
     weight_codes: torch.Tensor
 
-    def __init__(self, weights: PackedLinearWeights) -> None:
-        super().__init__(weights)
+    def __init__(
+        self, weights: PackedLinearWeights, compute_dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__(weights, compute_dtype)
         self.register_buffer("qweight", weights.qweight)
         self.register_buffer(
             "weight_codes", weights.weight_codes().to(torch.int8), persistent=False
@@ -237,10 +249,15 @@ class TritonLowBitLinear(LowBitLinear):
     backend = KernelBackend.TRITON
     kernel_qweight: torch.Tensor
 
-    def __init__(self, weights: PackedLinearWeights, block_k: int = DEFAULT_BLOCK_K) -> None:
+    def __init__(
+        self,
+        weights: PackedLinearWeights,
+        block_k: int = DEFAULT_BLOCK_K,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         if (reason := triton_refusal(weights)) is not None:
             raise ValueError(f"{weights.name}: Triton backend unavailable: {reason}")
-        super().__init__(weights)
+        super().__init__(weights, compute_dtype)
         self.layout = KernelWeightLayout(
             self.in_features, self.out_features, self.weight_bits, block_k
         )
@@ -269,11 +286,13 @@ def build_lowbit_linear(
     weights: PackedLinearWeights,
     backend: KernelBackend | None = None,
     block_k: int = DEFAULT_BLOCK_K,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> LowBitLinear:
     """The layer for ``weights`` on ``backend``; None chooses by device (``select_backend``).
-    Asking for TRITON where it cannot run raises ``ValueError`` naming the layer and why."""
+    Asking for TRITON where it cannot run raises ``ValueError`` naming the layer and why.
+    ``compute_dtype`` is the dtype of the activations it will see (``dtype_anchor``)."""
     if backend is None:
         backend = select_backend(weights)
     if backend is KernelBackend.TRITON:
-        return TritonLowBitLinear(weights, block_k)
-    return ReferenceLowBitLinear(weights)
+        return TritonLowBitLinear(weights, block_k, compute_dtype)
+    return ReferenceLowBitLinear(weights, compute_dtype)

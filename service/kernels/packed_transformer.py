@@ -40,6 +40,7 @@ def _swap_in(
     model: nn.Module,
     checkpoint: PackedCheckpoint,
     device: torch.device,
+    dtype: torch.dtype,
     backend: KernelBackend | None,
 ) -> None:
     def build(name: str, current: nn.Linear) -> nn.Module:
@@ -52,7 +53,7 @@ def _swap_in(
         if (current.bias is not None) != (layer.bias is not None):
             raise CheckpointError(f"{name}: bias present in model and checkpoint disagree")
         # Built on the serving device: the backend is chosen from where the codes live.
-        return build_lowbit_linear(layer.to(device), backend)
+        return build_lowbit_linear(layer.to(device), backend, compute_dtype=dtype)
 
     try:
         swap_linears(model, checkpoint.layers, build)
@@ -87,7 +88,7 @@ def load_packed_transformer(
     config = {k: v for k, v in checkpoint.config.items() if not k.startswith("_")}
     with init_empty_weights(include_buffers=False):
         model = cls.from_config(config)  # type: ignore[attr-defined]
-    _swap_in(model, checkpoint, torch.device(device), backend)
+    _swap_in(model, checkpoint, torch.device(device), dtype, backend)
     _check_keys(model, checkpoint)
     state = {
         k: (v.to(dtype) if v.is_floating_point() else v) for k, v in checkpoint.tensors.items()

@@ -20,16 +20,21 @@ from typing import Any, cast
 import redis
 from redis.exceptions import ResponseError
 
-from service.engine.limits import EngineRules
+from service.engine.rules import EngineRules
 from service.queue import scripts
 from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
-from service.queue.records import ErrorCode, JobRecord, JobStatus
+from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus, now_ms
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
 # XCLAIM IDLE for a hand-back: far past any claim timeout, so any peer's XAUTOCLAIM takes it.
 HAND_BACK_IDLE_MS = 10**11
+# XAUTOCLAIM looks at no more than 10 × COUNT pending entries per call (COUNT is 1: a worker
+# runs one job), so one look for a silent peer's job walks the pending list with the returned
+# cursor, up to this many calls (10 000 entries: far more than there are running jobs).
+MAX_CLAIM_CALLS = 1000
+_START_OF_PENDING = "0-0"
 
 
 class StartOutcome(enum.StrEnum):
@@ -59,8 +64,9 @@ class Delivery:
     claim: Claim | None
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _stream_order(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 class Consumer:
@@ -81,6 +87,9 @@ class Consumer:
         self._finish = client.register_script(scripts.FINISH)
         self._hand_back = client.register_script(scripts.HAND_BACK)
         self._expire = client.register_script(scripts.EXPIRE_QUEUED)
+        self._announce = client.register_script(scripts.ANNOUNCE)
+        # Where the next look for a silent peer's job continues in the pending list.
+        self._claim_cursor = _START_OF_PENDING
 
     @property
     def _claim_timeout_ms(self) -> int:
@@ -106,20 +115,37 @@ class Consumer:
         return self._begin(*fresh, reclaimed=False)
 
     def _autoclaim(self) -> tuple[str, str] | None:
-        try:
-            reply: Any = self._redis.xautoclaim(
-                self._stream, GROUP, self.name, self._claim_timeout_ms, start_id="0-0", count=1
-            )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            self.ensure_group()
-            return None
-        entries = reply[1]
-        if not entries:
-            return None
-        stream_id, fields = entries[0]
-        return stream_id, fields[ENTRY_JOB_FIELD]
+        """Claim one entry idle past the claim timeout, walking the whole pending list once:
+        from where the last look stopped to its end, then from its start back to there."""
+        began = self._claim_cursor
+        wrapped = False
+        for _ in range(MAX_CLAIM_CALLS):
+            try:
+                reply: Any = self._redis.xautoclaim(
+                    self._stream,
+                    GROUP,
+                    self.name,
+                    self._claim_timeout_ms,
+                    start_id=self._claim_cursor,
+                    count=1,
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self.ensure_group()
+                return None
+            cursor, entries = reply[0], reply[1]
+            self._claim_cursor = cursor
+            if entries:
+                stream_id, fields = entries[0]
+                return stream_id, fields[ENTRY_JOB_FIELD]
+            if cursor == _START_OF_PENDING:
+                if wrapped or began == _START_OF_PENDING:
+                    return None
+                wrapped = True
+            elif wrapped and _stream_order(cursor) >= _stream_order(began):
+                return None
+        return None
 
     def _read(self, block_ms: int) -> tuple[str, str] | None:
         try:
@@ -142,7 +168,7 @@ class Consumer:
             args=[
                 stream_id,
                 self.name,
-                _now_ms(),
+                now_ms(),
                 self._settings.max_deliveries,
                 self._settings.retention_s * 1000,
                 GROUP,
@@ -188,25 +214,27 @@ class Consumer:
         return self._end(
             claim,
             JobStatus.COMPLETED,
-            {"video_path": video_path, "thumbnail_path": thumbnail_path},
+            {JobField.VIDEO_PATH: video_path, JobField.THUMBNAIL_PATH: thumbnail_path},
         )
 
     def fail(self, claim: Claim, code: ErrorCode, message: str) -> bool:
         return self._end(
-            claim, JobStatus.FAILED, {"error_code": code.value, "error_message": message}
+            claim,
+            JobStatus.FAILED,
+            {JobField.ERROR_CODE: code.value, JobField.ERROR_MESSAGE: message},
         )
 
-    def _end(self, claim: Claim, status: JobStatus, fields: dict[str, str]) -> bool:
+    def _end(self, claim: Claim, status: JobStatus, fields: dict[JobField, str]) -> bool:
         args: list[str | int] = [
             claim.stream_id,
             claim.attempt,
             GROUP,
-            _now_ms(),
+            now_ms(),
             self._settings.retention_s * 1000,
             status.value,
         ]
         for name, value in fields.items():
-            args += [name, value]
+            args += [name.value, value]
         written = self._finish(keys=[self.keys.job(claim.job.id), self._stream], args=args)
         return bool(written)
 
@@ -225,39 +253,41 @@ class Consumer:
 
         Stream ids start with their enqueue time in ms, so the candidates are one XRANGE.
         """
-        newest = _now_ms() - self._settings.queued_ttl_s * 1000
+        newest = now_ms() - self._settings.queued_ttl_s * 1000
         entries: Any = self._redis.xrange(self._stream, "-", f"{newest}-0", count=limit)
         expired = 0
         for stream_id, fields in entries:
             expired += int(
                 self._expire(
                     keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream],
-                    args=[stream_id, GROUP, _now_ms(), self._settings.retention_s * 1000],
+                    args=[stream_id, GROUP, now_ms(), self._settings.retention_s * 1000],
                 )
             )
         return expired
 
     def announce(self, device: str, metrics_port: int) -> None:
         """Say this worker is alive (readiness reads it); call at least once per heartbeat."""
-        now = time.time()
         info = {"model": self.model, "device": device, "pid": os.getpid(), "port": metrics_port}
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.keys.workers(self.model), {self.name: now})
-            pipe.set(
-                self.keys.worker(self.name),
+        self._announce(
+            keys=[self.keys.workers(self.model), self.keys.worker(self.name)],
+            args=[
+                self.name,
+                time.time(),
                 json.dumps(info),
-                ex=max(1, int(self._settings.claim_timeout_s * 2)),
-            )
-            pipe.execute()
+                max(1, int(self._settings.claim_timeout_s * 2)),
+            ],
+        )
 
-    def publish_rules(self, rules: EngineRules | None) -> None:
-        """Store the model's request rules for the API's model list (None: remove them, so that
-        rules of an engine served earlier under this model id do not linger)."""
+    def publish_rules(self, rules: EngineRules | None, *, only_if_missing: bool = False) -> None:
+        """Store the model's request rules for the API (None: remove them, so that rules of an
+        engine served earlier under this model id do not linger). ``only_if_missing``: restore
+        them after a loss (a Redis without AOF restarted) without overwriting a peer's."""
         key = self.keys.rules(self.model)
         if rules is None:
-            self._redis.delete(key)
+            if not only_if_missing:
+                self._redis.delete(key)
         else:
-            self._redis.set(key, json.dumps(rules.to_dict()))
+            self._redis.set(key, json.dumps(rules.to_dict()), nx=only_if_missing)
 
     def retire(self) -> None:
         with self._redis.pipeline(transaction=True) as pipe:

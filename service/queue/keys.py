@@ -4,13 +4,14 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 
 - ``P:job:<id>``             hash: the job record (``records.JobField`` names its fields)
 - ``P:jobs``                 sorted set: job ids scored by creation time in ms (listing order)
+- ``P:jobs:<owner>``         sorted set: the same, for the jobs of one API key (its digest)
 - ``P:stream:<model>``       stream: one entry per attempt-able job, consumer group ``GROUP``
 - ``P:idem:<key>``           string: job id submitted under an ``Idempotency-Key``
 - ``P:deadletter``           stream: one record per job that ran out of deliveries
 - ``P:workers:<model>``      sorted set: worker ids scored by their last heartbeat (unix s)
 - ``P:worker:<id>``          string (JSON, expires): a worker's model, device, pid, metrics port
 - ``P:rules:<model>``        string (JSON): the model's request rules, as its last started worker
-                             published them (``service.engine.limits.EngineRules.to_dict``)
+                             published them (``service.engine.rules.EngineRules.to_dict``)
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Keys:
     @property
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"
+
+    def owner_jobs(self, owner: str) -> str:
+        """The listing of ``owner``'s jobs; every job's without an owner (no API keys)."""
+        return f"{self.prefix}:jobs:{owner}" if owner else self.jobs
 
     def stream(self, model: str) -> str:
         return f"{self.prefix}:stream:{model}"

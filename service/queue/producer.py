@@ -14,7 +14,7 @@ from typing import Any, cast
 from redis import asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.engine.limits import EngineRules
+from service.engine.rules import EngineRules
 from service.engine.types import GenerationRequest
 from service.queue import scripts
 from service.queue.keys import GROUP, Keys
@@ -23,6 +23,7 @@ from service.queue.records import (
     JobRecord,
     JobStatus,
     new_job_id,
+    now_ms,
     request_to_json,
 )
 from service.settings import ServiceSettings
@@ -44,9 +45,10 @@ class UnknownCursor(ValueError):
 
 
 class CancelOutcome(enum.Enum):
-    MISSING = "missing"
+    MISSING = "missing"  # gone by the time the script ran (deleted meanwhile)
     CANCELLED = "cancelled"  # was queued or running: now ``cancelled``, the worker stops
     DELETED = "deleted"  # was final: record removed, files to delete returned
+    UNCHANGED = "unchanged"  # was queued or running when read, finished before the cancel
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,6 @@ class Cancelled:
     files: tuple[str, ...] = ()
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class JobQueue:
     """Job records and streams under ``settings.key_prefix`` in one Redis database."""
 
@@ -74,6 +72,8 @@ class JobQueue:
         self.keys = Keys(settings.key_prefix)
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._cancel = redis.register_script(scripts.CANCEL)
+        # model → (the published text, what it parsed to): parse a model's rules once.
+        self._rules_cache: dict[str, tuple[str, EngineRules | None]] = {}
 
     async def ensure_groups(self, models: Sequence[str]) -> None:
         """Create each model's stream and consumer group (reading from the first entry)."""
@@ -92,15 +92,19 @@ class JobQueue:
         request: GenerationRequest,
         *,
         seconds: str,
+        owner: str = "",
         idempotency_key: str | None = None,
-        idempotency_scope: str = "",
+        job_id: str | None = None,
     ) -> Submitted:
-        """Write the job hash and its stream entry in one script; raise ``QueueFull``."""
-        job_id = new_job_id()
+        """Write the job hash and its stream entry in one script; raise ``QueueFull``.
+        ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``. Sending
+        the same ``job_id`` again (a retry) creates nothing more."""
+        job_id = job_id or new_job_id()
         created = now_ms()
         fields = {
             JobField.ID: job_id,
             JobField.MODEL: model,
+            JobField.OWNER: owner,
             JobField.STATUS: JobStatus.QUEUED,
             JobField.REQUEST: request_to_json(request),
             JobField.CREATED_AT: created,
@@ -111,7 +115,7 @@ class JobQueue:
             JobField.STEPS_TOTAL: request.num_inference_steps,
             JobField.SECONDS: seconds,
         }
-        idem_key = self.keys.idempotency(_idempotency_digest(idempotency_scope, idempotency_key))
+        idem_key = self.keys.idempotency(_idempotency_digest(owner, idempotency_key))
         args: list[str | int] = [
             job_id,
             created,
@@ -122,7 +126,13 @@ class JobQueue:
         ]
         for name, value in fields.items():
             args += [str(name), str(value)]
-        keys = [self.keys.job(job_id), self.keys.jobs, self.keys.stream(model), idem_key]
+        keys = [
+            self.keys.job(job_id),
+            self.keys.jobs,
+            self.keys.stream(model),
+            idem_key,
+            self.keys.owner_jobs(owner),
+        ]
         outcome, value = await self._enqueue(keys=keys, args=args)
         if outcome == "full":
             raise QueueFull(model, int(value))
@@ -133,20 +143,22 @@ class JobQueue:
         return JobRecord.from_hash(fields) if fields else None
 
     async def list(
-        self, *, after: str | None, limit: int, descending: bool
+        self, *, owner: str | None, after: str | None, limit: int, descending: bool
     ) -> tuple[list[JobRecord], bool]:
-        """One page of jobs by creation time after the job ``after``; and whether more follow."""
+        """One page of ``owner``'s jobs (None: everyone's) by creation time after the job
+        ``after``; and whether more follow."""
+        index = self.keys.jobs if owner is None else self.keys.owner_jobs(owner)
         start = 0
         if after is not None:
             rank: Any = await (
-                self._redis.zrevrank(self.keys.jobs, after)
+                self._redis.zrevrank(index, after)
                 if descending
-                else self._redis.zrank(self.keys.jobs, after)
+                else self._redis.zrank(index, after)
             )
             if rank is None:
                 raise UnknownCursor(f"after={after!r} names no listed job")
             start = rank + 1
-        ids: Any = await self._redis.zrange(self.keys.jobs, start, start + limit, desc=descending)
+        ids: Any = await self._redis.zrange(index, start, start + limit, desc=descending)
         page, more = ids[:limit], len(ids) > limit
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in page:
@@ -160,14 +172,26 @@ class JobQueue:
                 gone.append(job_id)
         if gone:
             # Their hashes expired at the end of retention; the listing forgets them lazily.
-            await self._redis.zrem(self.keys.jobs, *gone)
+            await self._redis.zrem(index, *gone)
         return records, more
 
     async def cancel(self, record: JobRecord) -> Cancelled:
-        """Cancel a queued or running job; delete a finished one (its files are returned)."""
+        """Cancel a job ``record`` shows queued or running; delete one it shows finished (its
+        files are returned)."""
         result = await self._cancel(
-            keys=[self.keys.job(record.id), self.keys.stream(record.model), self.keys.jobs],
-            args=[record.id, GROUP, now_ms(), self._settings.retention_s * 1000],
+            keys=[
+                self.keys.job(record.id),
+                self.keys.stream(record.model),
+                self.keys.jobs,
+                self.keys.owner_jobs(record.owner),
+            ],
+            args=[
+                record.id,
+                GROUP,
+                now_ms(),
+                self._settings.retention_s * 1000,
+                record.status.value,
+            ],
         )
         outcome = CancelOutcome(result[0])
         files = tuple(path for path in result[1:] if path)
@@ -191,12 +215,28 @@ class JobQueue:
         raw: Any = await self._redis.mget([self.keys.rules(model) for model in models])
         rules: dict[str, EngineRules] = {}
         for model, text in zip(models, raw, strict=True):
-            if text is None:
-                continue
-            try:
-                rules[model] = EngineRules.from_dict(json.loads(text))
-            except (ValueError, TypeError, KeyError) as error:
-                logger.warning("unreadable rules of model %r ignored: %s", model, error)
+            parsed = self._parse_rules(model, text)
+            if parsed is not None:
+                rules[model] = parsed
+        return rules
+
+    async def rules_for(self, model: str) -> EngineRules | None:
+        """The rules ``model``'s workers published, or None (no worker has started yet)."""
+        text: Any = await self._redis.get(self.keys.rules(model))
+        return self._parse_rules(model, text)
+
+    def _parse_rules(self, model: str, text: str | None) -> EngineRules | None:
+        if text is None:
+            return None
+        cached = self._rules_cache.get(model)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        try:
+            rules: EngineRules | None = EngineRules.from_dict(json.loads(text))
+        except (ValueError, TypeError, KeyError) as error:
+            logger.warning("unreadable rules of model %r ignored: %s", model, error)
+            rules = None
+        self._rules_cache[model] = (text, rules)
         return rules
 
     async def depth(self, model: str) -> int:
@@ -209,6 +249,6 @@ class JobQueue:
         return int(await self._redis.zcount(self.keys.workers(model), since, "+inf"))
 
 
-def _idempotency_digest(scope: str, key: str | None) -> str:
-    """Hash the client's key with its credential, so two clients' keys never collide."""
-    return hashlib.sha256(f"{scope}\x00{key or ''}".encode()).hexdigest()
+def _idempotency_digest(owner: str, key: str | None) -> str:
+    """Hash the client's key with its owner, so two clients' keys never collide."""
+    return hashlib.sha256(f"{owner}\x00{key or ''}".encode()).hexdigest()

@@ -13,6 +13,7 @@ import enum
 import json
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,11 @@ from service.engine.types import GenerationRequest
 JOB_ID_PREFIX = "video_"
 # 128 random bits, hex: unguessable, and safe as a file name and a Redis key.
 _JOB_ID_RE = re.compile(r"^video_[0-9a-f]{32}$")
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds: the unit of every time in a job record."""
+    return time.time_ns() // 1_000_000
 
 
 def new_job_id() -> str:
@@ -57,6 +63,7 @@ class JobField(enum.StrEnum):
 
     ID = "id"
     MODEL = "model"
+    OWNER = "owner"
     STATUS = "status"
     REQUEST = "request"
     SECONDS = "seconds"
@@ -110,6 +117,7 @@ class JobRecord:
     video_path: str | None
     thumbnail_path: str | None
     stream_id: str | None = None  # the job's entry in its model's stream
+    owner: str = ""  # digest of the API key that created it; "" without keys
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -143,6 +151,7 @@ class JobRecord:
             video_path=opt_str(JobField.VIDEO_PATH),
             thumbnail_path=opt_str(JobField.THUMBNAIL_PATH),
             stream_id=opt_str(JobField.STREAM_ID),
+            owner=fields.get(JobField.OWNER, ""),
         )
 
     @property

@@ -16,6 +16,13 @@ Field names are the literals of ``records.JobField``; the consumer group name is
 
 from __future__ import annotations
 
+# Redis full (maxmemory with noeviction): a submission is refused as a whole, before it writes
+# anything (a script with a shebang and no allow-oom flag is checked once, at its start); every
+# other script runs, since each writes a few bytes and most free memory (acks, deletions,
+# expiries): running jobs finish and the queue drains while new work is refused.
+_REFUSED_WHEN_FULL = "#!lua\n"
+_RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
+
 # Shared helpers, prepended to every script that needs them.
 _ACK = """
 local function ack(stream, group, id)
@@ -29,11 +36,15 @@ local function owner(stream, group, id)
 end
 """
 
-# KEYS: job, jobs zset, stream, idempotency key
+# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
 #       then the job hash as field, value pairs
 # → {'created', id} | {'existing', id} | {'full', depth}
-ENQUEUE = """
+# Safe to run twice: a second run of the same submission (same job id) changes nothing.
+ENQUEUE = (
+    _REFUSED_WHEN_FULL
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ARGV[1]} end
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'existing', existing} end
@@ -47,15 +58,18 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 local sid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'stream_id', sid)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4]) end
 return {'created', ARGV[1]}
 """
+)
 
 # KEYS: job, stream, deadletter
 # ARGV: stream id, consumer, now ms, max deliveries, retention ms, group, deadletter maxlen
 # → {'started', attempt} | {'lost'} | {'gone'} | {'final'} | {'expired'} | {'dead', attempt}
 START = (
-    _ACK
+    _RUNS_WHEN_FULL
+    + _ACK
     + """
 local sid, me, now, group = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
 if owner(KEYS[2], group, sid) ~= me then return {'lost'} end
@@ -97,7 +111,8 @@ return {'started', tostring(attempt)}
 # ARGV: stream id, consumer, attempt, group
 # → 1 refreshed | 0 the job is no longer this worker's (stop)
 HEARTBEAT = (
-    _ACK
+    _RUNS_WHEN_FULL
+    + _ACK
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[3] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'in_progress' then return 0 end
@@ -110,7 +125,9 @@ return 1
 # KEYS: job
 # ARGV: attempt, steps done ('' to only check), steps total
 # → 1 still mine | 0 fenced or cancelled (stop)
-PROGRESS = """
+PROGRESS = (
+    _RUNS_WHEN_FULL
+    + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if f[1] ~= ARGV[1] or f[2] ~= 'in_progress' then return 0 end
 if ARGV[2] ~= '' then
@@ -118,14 +135,17 @@ if ARGV[2] ~= '' then
 end
 return 1
 """
+)
 
 # KEYS: job, stream
 # ARGV: stream id, attempt, group, now ms, retention ms, final status, then field, value pairs
-# → 1 written | 0 fenced (the caller deletes what it produced)
+# → 1 written (or already, by this attempt: a retry) | 0 fenced (the caller deletes its files)
 FINISH = (
-    _ACK
+    _RUNS_WHEN_FULL
+    + _ACK
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if f[1] == ARGV[2] and f[2] == ARGV[6] then return 1 end
 if f[1] ~= ARGV[2] or f[2] ~= 'in_progress' then return 0 end
 local now = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'status', ARGV[6], 'completed_at', now,
@@ -139,25 +159,35 @@ return 1
 
 # KEYS: job, stream
 # ARGV: stream id, attempt, group, consumer, idle ms
-# → 1 handed back (claimable by any worker at once) | 0 fenced
-HAND_BACK = """
+# → 1 handed back (claimable by any worker at once; or already, by this attempt) | 0 fenced
+HAND_BACK = (
+    _RUNS_WHEN_FULL
+    + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if f[1] == ARGV[2] and f[2] == 'queued' then return 1 end
 if f[1] ~= ARGV[2] or f[2] ~= 'in_progress' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'steps_done', 0, 'worker', '')
 redis.call('HINCRBY', KEYS[1], 'handbacks', 1)
 redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[1], 'IDLE', ARGV[5], 'JUSTID')
 return 1
 """
+)
 
-# KEYS: job, stream, jobs zset
-# ARGV: job id, group, now ms, retention ms
-# → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path}
+# KEYS: job, stream, jobs zset, the owner's jobs zset
+# ARGV: job id, group, now ms, retention ms, the status the caller read
+# → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path} | {'unchanged'}
+# Acts on the status the caller read, so that running it twice never turns a cancellation into
+# a deletion: read queued or in progress → cancel (unchanged if it finished meanwhile); read
+# final → delete.
 CANCEL = (
-    _ACK
+    _RUNS_WHEN_FULL
+    + _ACK
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'stream_id', 'video_path', 'thumbnail_path')
 if not f[1] then return {'missing'} end
-if f[1] == 'queued' or f[1] == 'in_progress' then
+local function active(status) return status == 'queued' or status == 'in_progress' end
+if active(ARGV[5]) then
+  if not active(f[1]) then return {'unchanged'} end
   local now = tonumber(ARGV[3])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', now,
              'expires_at', now + tonumber(ARGV[4]))
@@ -167,6 +197,7 @@ if f[1] == 'queued' or f[1] == 'in_progress' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return {'deleted', f[3] or '', f[4] or ''}
 """
 )
@@ -175,7 +206,8 @@ return {'deleted', f[3] or '', f[4] or ''}
 # ARGV: stream id, group, now ms, retention ms
 # → 1 expired or orphan removed | 0 left alone
 EXPIRE_QUEUED = (
-    _ACK
+    _RUNS_WHEN_FULL
+    + _ACK
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'queue_deadline', 'started_at')
 if not f[1] then ack(KEYS[2], ARGV[2], ARGV[1]); return 1 end
@@ -187,6 +219,18 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'error_code', 'expired',
            'completed_at', now, 'expires_at', now + tonumber(ARGV[4]))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 ack(KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+)
+
+# KEYS: workers zset, worker info key
+# ARGV: consumer, now (unix s), info JSON, info ttl s
+# → 1 (runs when Redis is full: readiness must not lose the workers that drain the queue)
+ANNOUNCE = (
+    _RUNS_WHEN_FULL
+    + """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return 1
 """
 )

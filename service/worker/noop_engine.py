@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from service.engine.rules import EngineRules, ModelGeometry, ModelLimits, check_request
 from service.engine.types import (
     CancelCheck,
     CompileStatus,
@@ -22,32 +23,43 @@ from service.engine.types import (
     StepCallback,
 )
 
-MAX_SIDE = 512
-MAX_FRAMES = 129
+# What it runs: even sides (the MP4's yuv420p), up to 512 × 512 and 129 frames; any step count
+# and guidance the API takes. Published like a model's rules, so the API refuses the rest.
+NOOP_RULES = EngineRules(
+    geometry=ModelGeometry(size_multiple=2, frame_step=1, text_tokens=0),
+    limits=ModelLimits(
+        max_width=512,
+        max_height=512,
+        max_frames=129,
+        max_steps=500,
+        min_guidance=0.0,
+        max_guidance=50.0,
+        max_prompt_chars=4000,
+    ),
+)
 
 
 class NoopEngine:
     """Sleeps ``step_delay_s`` per step, then returns frame t filled with a seed-dependent
     gradient: pixel (t, y, x) = ((seed + 16 t) mod 256, 255 · y / H, 255 · x / W)."""
 
-    # Its own caps (above) are all it checks; it publishes no model rules.
-    rules = None
     compile_status = CompileStatus.EAGER
 
-    def __init__(self, model_id: str, step_delay_s: float = 0.0) -> None:
+    def __init__(
+        self, model_id: str, step_delay_s: float = 0.0, rules: EngineRules = NOOP_RULES
+    ) -> None:
+        """``rules``: what it accepts (and publishes); tests pass a real model's to exercise
+        the API's checks against them."""
         if step_delay_s < 0:
             raise ValueError(f"step_delay_s must be ≥ 0, got {step_delay_s}")
+        if rules.geometry.size_multiple % 2:
+            raise ValueError("the no-op engine writes MP4s: its size multiple must be even")
         self.model_id = model_id
         self.step_delay_s = step_delay_s
+        self.rules = rules
 
     def check(self, request: GenerationRequest) -> None:
-        for name, value in (("width", request.width), ("height", request.height)):
-            if not 2 <= value <= MAX_SIDE or value % 2:
-                raise ValueError(f"{name} must be even and in [2, {MAX_SIDE}], got {value}")
-        if not 1 <= request.num_frames <= MAX_FRAMES:
-            raise ValueError(f"num_frames must lie in [1, {MAX_FRAMES}], got {request.num_frames}")
-        if request.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be ≥ 1, got {request.num_inference_steps}")
+        check_request(request, self.rules.geometry, self.rules.limits)
 
     def generate(
         self,

@@ -7,6 +7,7 @@ Shutdown (SIGTERM, SIGINT): no new job is taken; the running one may finish with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -20,18 +21,24 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import cast
 
-import redis
 from prometheus_client import start_http_server
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
-from service.engine.types import CompileStatus, Engine, GeneratedVideo, GenerationCancelled
+from service.engine.types import (
+    CompileStatus,
+    Engine,
+    GeneratedVideo,
+    GenerationCancelled,
+    InvalidRequest,
+)
 from service.metrics import WorkerMetrics
+from service.queue.connection import worker_client
 from service.queue.consumer import Claim, Consumer, StartOutcome
-from service.queue.records import ErrorCode, JobRecord, JobStatus
-from service.queue.redis_config import check_redis
+from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus
+from service.queue.redis_config import UnsafeRedisConfig, check_redis
 from service.settings import ServiceSettings
+from service.storage import open_store
 from service.worker.liveness import Heartbeat
-from service.worker.results import ResultStore
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +76,9 @@ class Worker:
         self.settings = settings
         self.device = device
         self.model = engine.model_id
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = worker_client(settings)
         self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
-        self.results = ResultStore(settings.results_dir)
+        self.results = open_store(settings)
         self.metrics = WorkerMetrics()
         for status in CompileStatus:
             self.metrics.transformer_compile.labels(self.model, status.value).set_function(
@@ -109,11 +116,54 @@ class Worker:
         )
 
     def run(self) -> None:
+        """Take and run jobs until ``request_stop``. Redis may be down at the start or at any
+        time: the worker waits for it. Only an unsafe Redis configuration (``UnsafeRedisConfig``,
+        production) ends it early."""
+        pause = RETRY_PAUSE_S
+        prepared = False
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    if not prepared:
+                        self._prepare()
+                        prepared = True
+                    self._step()
+                    pause = RETRY_PAUSE_S
+                    continue
+                except UnsafeRedisConfig:
+                    raise
+                except RedisError as error:
+                    logger.warning("Redis unreachable (%s); retrying in %.2f s", error, pause)
+                except Exception:
+                    # Only a deliberate stop ends the loop. A job that was running stays pending
+                    # under this worker's name: once its claim times out, a worker (this one or
+                    # a peer) runs it again, and max_deliveries bounds the retries.
+                    logger.exception("worker loop error; going on in %.2f s", pause)
+                    self.metrics.loop_errors.labels(self.model).inc()
+                self._stop_event.wait(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE_S)
+        finally:
+            if prepared:
+                self.heartbeat.stop()
+                try:
+                    self.consumer.retire()
+                except RedisError:
+                    logger.warning("could not deregister; peers will see the heartbeat lapse")
+            self._metrics_server.shutdown()
+            self.redis.close()
+            logger.info("worker %s stopped", self.consumer.name)
+
+    def _prepare(self) -> None:
         check_redis(self.redis, self.settings)
         self.consumer.ensure_group()
-        self.consumer.publish_rules(self.engine.rules)
-        self.heartbeat.start()
+        try:
+            self.consumer.publish_rules(self.engine.rules)
+        except OutOfMemoryError:
+            # Redis is full; the janitor publishes them once it has room. Meanwhile the API
+            # applies its static bounds, and this engine's own check guards the rest.
+            logger.warning("Redis is full: request rules not published yet")
         self.heartbeat.beat()
+        self.heartbeat.start()
         logger.info(
             "worker %s serving %r on %s; metrics on port %d",
             self.consumer.name,
@@ -121,25 +171,6 @@ class Worker:
             self.device,
             self.metrics_port,
         )
-        pause = RETRY_PAUSE_S
-        try:
-            while not self._stop_event.is_set():
-                try:
-                    self._step()
-                    pause = RETRY_PAUSE_S
-                except RedisError as error:
-                    logger.warning("Redis unreachable (%s); retrying in %.2f s", error, pause)
-                    self._stop_event.wait(pause)
-                    pause = min(pause * 2, MAX_RETRY_PAUSE_S)
-        finally:
-            self.heartbeat.stop()
-            try:
-                self.consumer.retire()
-            except RedisError:
-                logger.warning("could not deregister; peers will see the heartbeat lapse")
-            self._metrics_server.shutdown()
-            self.redis.close()
-            logger.info("worker %s stopped", self.consumer.name)
 
     def _step(self) -> None:
         block_ms = min(MAX_BLOCK_MS, int(self.settings.claim_timeout_s * 500))
@@ -166,11 +197,6 @@ class Worker:
             self.metrics.queue_wait.labels(self.model).observe(
                 max(0, job.started_at_ms - job.created_at_ms) / 1000
             )
-        try:
-            self.engine.check(job.request)
-        except ValueError as error:
-            self._fail(claim, ErrorCode.INVALID_REQUEST, str(error))
-            return
         self.heartbeat.watch(claim)
         self.metrics.busy.labels(self.model).set(1)
         try:
@@ -207,6 +233,16 @@ class Worker:
             return self.engine.generate(claim.job.request, on_step, should_cancel)
         except GenerationCancelled as stopped:
             self._after_cancel(claim, stopped.steps_done)
+        except InvalidRequest as error:
+            # The API checked this request against the rules workers published; this engine's
+            # differ (a worker with other limits started after the submission).
+            logger.warning(
+                "job %s: accepted request refused by this engine (%s); its rules differ from "
+                "those published when it was submitted",
+                claim.job.id,
+                error,
+            )
+            self._fail(claim, ErrorCode.INVALID_REQUEST, str(error))
         except Exception as error:
             logger.exception("job %s attempt %d: engine error", claim.job.id, claim.attempt)
             self._fail(claim, ErrorCode.ENGINE_ERROR, f"{type(error).__name__}: {error}")
@@ -226,9 +262,9 @@ class Worker:
         self.metrics.fenced_writes.labels(self.model).inc()
 
     def _store(self, claim: Claim, video: GeneratedVideo) -> None:
-        paths = self.results.write(claim.job.id, claim.attempt, video)
+        stored = self.results.write(claim.job.id, claim.attempt, video)
         written = self._retrying(
-            lambda: self.consumer.complete(claim, str(paths.video), str(paths.thumbnail))
+            lambda: self.consumer.complete(claim, stored.video, stored.thumbnail)
         )
         if not written:
             logger.warning(
@@ -237,7 +273,7 @@ class Worker:
                 claim.job.id,
                 claim.attempt,
             )
-            self.results.delete(paths)
+            self.results.delete(stored)
             self.metrics.fenced_writes.labels(self.model).inc()
             return
         logger.info("job %s attempt %d completed", claim.job.id, claim.attempt)
@@ -300,10 +336,14 @@ class Worker:
         removed = self.results.sweep(self._kept_files, grace_s=self.settings.claim_timeout_s * 2)
         if expired or removed:
             logger.info("janitor: %d queued jobs expired, %d files removed", expired, removed)
+        with contextlib.suppress(OutOfMemoryError):  # room comes back as jobs expire
+            self.consumer.publish_rules(self.engine.rules, only_if_missing=True)
 
     def _kept_files(self, job_id: str) -> set[str] | None:
         key = self.consumer.keys.job(job_id)
         if not self.redis.exists(key):
             return None
-        fields: list[str | None] = self.redis.hmget(key, ["video_path", "thumbnail_path"])  # type: ignore[assignment]
+        fields: list[str | None] = self.redis.hmget(  # type: ignore[assignment]
+            key, [JobField.VIDEO_PATH, JobField.THUMBNAIL_PATH]
+        )
         return {value for value in fields if value}

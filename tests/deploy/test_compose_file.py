@@ -61,7 +61,7 @@ def test_compose_file_validates_with_and_without_the_cpu_profile() -> None:
         assert result.returncode == 0, f"docker-compose {flags} config: {result.stderr}"
 
 
-def test_services_are_the_stack_of_the_issue(services: dict[str, dict[str, Any]]) -> None:
+def test_services_are_the_documented_stack(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) == {"redis", "api", "prometheus", "grafana", *WORKER_SERVICES}
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert all("profiles" not in services[name] for name in services if name != "worker-cpu")

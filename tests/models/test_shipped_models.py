@@ -24,7 +24,7 @@ WEIGHT_BUDGET_BYTES = 40 * 10**6
 # 0.375 (3 of 8: the three circles; the model's squares and most triangles miss their shape,
 # models/README.md). Each floor leaves about one clip's worth of margin (1/8) for other
 # platforms' float differences, and fails if the packed model or the engine regresses. The
-# issue's goal for this guard, prompt accuracy ≥ 0.9, needs a model that draws shapes.
+# goal for this guard, prompt accuracy ≥ 0.9, needs a model that draws shapes.
 GUARD_PROMPTS = (
     "a red circle moving left on a black background",
     "a blue square moving right on a white background",

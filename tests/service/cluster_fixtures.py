@@ -1,6 +1,6 @@
 """The service as real processes for end-to-end tests: uvicorn API plus worker processes.
 
-Built on ``service.bench.Cluster`` (the benchmark runs the very same processes).
+Built on ``benchmarks.service.Cluster`` (the benchmark runs the very same processes).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.bench import Cluster
+from benchmarks.service import Cluster
 from service.settings import ServiceSettings
 from tests.service.redis_fixtures import free_port, make_settings
 

@@ -17,8 +17,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from benchmarks.service import Cluster
 from service.api.main import create_app
-from service.bench import Cluster
 from service.queue.consumer import Consumer
 from service.queue.keys import Keys
 from service.settings import ServiceSettings

@@ -6,18 +6,24 @@ Real processes throughout (uvicorn API, worker processes, redis-server); the cla
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from service.bench import Cluster
+from benchmarks.service import Cluster
 from service.queue.keys import Keys
+from service.queue.records import JobField
 from service.settings import ServiceSettings
 from tests.service.cluster_fixtures import (
     MODEL,
@@ -29,7 +35,7 @@ from tests.service.cluster_fixtures import (
     wait_ready,
     wait_video,
 )
-from tests.service.redis_fixtures import redis_server, running_redis
+from tests.service.redis_fixtures import free_port, make_settings, redis_server, running_redis
 
 __all__ = ["cluster", "redis_server"]
 
@@ -47,7 +53,7 @@ def _owner(settings: ServiceSettings, video_id: str) -> tuple[str, dict[str, obj
     """The worker name running ``video_id`` and its announced info (pid, metrics port)."""
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     keys = Keys(settings.key_prefix)
-    name = str(client.hget(keys.job(video_id), "worker"))
+    name = str(client.hget(keys.job(video_id), JobField.WORKER))
     info = json.loads(str(client.get(keys.worker(name))))
     client.close()
     return name, info
@@ -73,7 +79,7 @@ def test_sigkill_mid_job_peer_finishes_with_attempt_two(
     assert done["status"] == "completed", (kill_at, done)
     assert done["attempt"] == 2
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    assert client.hget(Keys(settings.key_prefix).job(video_id), "worker") != killed
+    assert client.hget(Keys(settings.key_prefix).job(video_id), JobField.WORKER) != killed
     assert [p.name for p in result_files(settings, video_id)] == ["attempt-2.mp4"]
 
 
@@ -97,7 +103,7 @@ def test_sigstop_past_claim_timeout_then_sigcont_has_its_writes_refused(
     done = wait_video(running, video_id, is_final)
     assert (done["status"], done["attempt"]) == ("completed", 2)
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    assert client.hget(Keys(settings.key_prefix).job(video_id), "worker") != frozen
+    assert client.hget(Keys(settings.key_prefix).job(video_id), JobField.WORKER) != frozen
     assert [p.name for p in result_files(settings, video_id)] == ["attempt-2.mp4"]
     # The thawed worker noticed at its first heartbeat or step that the job was not its own.
     port = int(info["port"])  # type: ignore[call-overload]
@@ -106,8 +112,6 @@ def test_sigstop_past_claim_timeout_then_sigcont_has_its_writes_refused(
 
 
 def wait_metric(port: int, name: str, timeout_s: float = 10) -> float:
-    import time
-
     deadline = time.monotonic() + timeout_s
     value = 0.0
     while time.monotonic() < deadline:
@@ -145,3 +149,77 @@ def test_redis_killed_and_restarted_from_aof_every_accepted_job_finishes(
                 assert len(result_files(settings, video_id)) == 1
         finally:
             running.stop()
+
+
+def _announced_pids(client: redis.Redis, keys: Keys) -> set[int]:
+    pids = set()
+    for key in client.scan_iter(match=keys.worker("*")):
+        info = client.get(key)
+        if info:
+            pids.add(int(json.loads(str(info))["pid"]))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_serve_all_restarts_a_dead_worker_and_exits_0_on_sigterm(
+    redis_server: object, tmp_path: Path
+) -> None:
+    settings = make_settings(redis_server.url, tmp_path / "results", models=(MODEL,))  # type: ignore[attr-defined]
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve", "all",
+               "--engine", "noop", "--model", MODEL, "--workers", "2", "--port", str(port)]  # fmt: skip
+    serve_all = subprocess.Popen(command, env=Cluster(settings, port).env)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    keys = Keys(settings.key_prefix)
+    try:
+        deadline = time.monotonic() + 60
+        while len(first := _announced_pids(client, keys)) < 2:
+            assert time.monotonic() < deadline and serve_all.poll() is None
+            time.sleep(0.1)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (_announced_pids(client, keys) - first):
+            assert time.monotonic() < deadline, "the dead worker was not restarted"
+            time.sleep(0.1)
+        survivors = (_announced_pids(client, keys) | first) - {victim}
+        serve_all.send_signal(signal.SIGTERM)
+        assert serve_all.wait(timeout=30) == 0
+        assert not [pid for pid in survivors if _alive(pid)]
+    finally:
+        if serve_all.poll() is None:
+            serve_all.kill()
+        client.close()
+
+
+async def _flood(base_url: str, requests: int, concurrency: int) -> Counter[int]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    body = {"prompt": "flood", "size": "16x16", "num_frames": 1, "num_inference_steps": 1}
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+        async def one() -> int:
+            async with gate:
+                response = await client.post("/v1/videos", json=body, headers=auth())
+                return response.status_code
+
+        return Counter(await asyncio.gather(*(one() for _ in range(requests))))
+
+
+def test_a_flood_past_the_redis_pool_waits_for_connections_instead_of_503(
+    cluster: tuple[Cluster, ServiceSettings],
+) -> None:
+    """150 requests in flight on one API process, more than its Redis connections (64): the
+    ones without a connection wait for one; none is refused while Redis is healthy."""
+    running, settings = cluster
+    statuses = asyncio.run(_flood(running.base_url, 300, 150))
+    assert statuses == Counter({200: 300}), statuses
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    assert client.xlen(Keys(settings.key_prefix).stream(MODEL)) == 300

@@ -9,8 +9,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from benchmarks.service import Cluster
 from qvgen.video_io import probe_video
-from service.bench import Cluster
 from service.settings import ServiceSettings
 from service.worker.engines import EngineKind
 from tests.service.cluster_fixtures import (

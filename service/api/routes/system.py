@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from service.api.auth import Caller
 from service.api.schemas import GenerationLimits, Health, ModelList, ModelObject, Readiness
-from service.api.state import api_state, caller_scope
+from service.api.state import api_state, current_caller
 
 router = APIRouter()
 
@@ -57,7 +59,7 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"])
-async def list_models(request: Request, _: str = Depends(caller_scope)) -> ModelList:
+async def list_models(request: Request, _: Annotated[Caller, Depends(current_caller)]) -> ModelList:
     """The served models, each with the limits ``POST /v1/videos`` applies (``limits``)."""
     state = api_state(request)
     models = state.settings.models

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -14,19 +12,20 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from qvgen.video_io import THUMBNAIL_MEDIA_TYPE
+from service.api.auth import Caller
 from service.api.errors import APIError, ErrorBody, ErrorType, from_validation_error
 from service.api.schemas import (
     QUEUE_POSITION_CAP,
-    ParamError,
+    GenerationLimits,
     VideoCreateParams,
     VideoDeleted,
     VideoList,
     VideoObject,
-    to_generation,
 )
-from service.api.state import ApiState, api_state, caller_scope
-from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor, now_ms
-from service.queue.records import JobRecord, JobStatus, is_job_id
+from service.api.state import ApiState, api_state, current_caller
+from service.api.validation import ParamError, resolve_model, to_generation
+from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
+from service.queue.records import JobRecord, JobStatus, is_job_id, now_ms
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
@@ -64,9 +63,14 @@ async def _read_body(request: Request) -> dict[str, Any]:
     """The create fields from a JSON object or from form fields (the SDK sends multipart)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
+        raw = await request.body()
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            body = json.loads(raw)
+        except RecursionError as error:
+            raise APIError(
+                400, "body nests JSON arrays or objects too deeply", code="invalid_json"
+            ) from error
+        except ValueError as error:  # malformed JSON, bad UTF-8, an integer of > 4300 digits
             raise APIError(400, f"body is not valid JSON: {error}", code="invalid_json") from error
         if not isinstance(body, dict):
             raise APIError(400, "body must be a JSON object", code="invalid_json")
@@ -104,9 +108,11 @@ async def _video_response(record: JobRecord, state: ApiState, response: Response
     return video
 
 
-async def _record_or_404(state: ApiState, video_id: str) -> JobRecord:
+async def _record_or_404(state: ApiState, video_id: str, caller: Caller) -> JobRecord:
+    """The job, if it exists and ``caller`` may see it; another key's job is as unknown as one
+    that never existed (404, never 403: its existence is not disclosed)."""
     record = await state.queue.get(video_id) if is_job_id(video_id) else None
-    if record is None:
+    if record is None or not caller.sees(record.owner):
         raise APIError(
             404, f"no video with id {video_id!r:.80}", type=ErrorType.NOT_FOUND, param="video_id"
         )
@@ -119,15 +125,18 @@ async def _record_or_404(state: ApiState, video_id: str) -> JobRecord:
 async def create_video(
     request: Request,
     response: Response,
-    scope: Annotated[str, Depends(caller_scope)],
+    caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> VideoObject:
     """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` returns
-    the job made the first time."""
+    the job made the first time. A request outside the model's limits (``GET /v1/models``) is
+    refused here with 400, never accepted to fail later."""
     state = api_state(request)
     try:
         params = VideoCreateParams.model_validate(await _read_body(request))
-        model, generation, seconds = to_generation(params, state.settings)
+        model = resolve_model(params, state.settings)
+        limits = GenerationLimits.for_model(state.settings, await state.queue.rules_for(model))
+        generation, seconds = to_generation(params, model, state.settings, limits)
     except ValidationError as error:
         raise from_validation_error(error) from error
     except ParamError as error:
@@ -137,8 +146,8 @@ async def create_video(
             model,
             generation,
             seconds=seconds,
+            owner=caller.owner,
             idempotency_key=idempotency_key,
-            idempotency_scope=scope,
         )
     except QueueFull as error:
         state.metrics.jobs_rejected.labels(model).inc()
@@ -152,22 +161,26 @@ async def create_video(
         ) from error
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
-    record = await _record_or_404(state, submitted.job_id)
+    record = await _record_or_404(state, submitted.job_id, caller)
     return await _video_response(record, state, response)
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
 async def list_videos(
     request: Request,
-    _: Annotated[str, Depends(caller_scope)],
+    caller: Annotated[Caller, Depends(current_caller)],
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> VideoList:
-    """Jobs by creation time, a page at a time; pass the page's ``last_id`` as ``after``."""
+    """The caller's jobs by creation time, a page at a time; pass the page's ``last_id`` as
+    ``after``. An admin key lists every key's jobs."""
     state = api_state(request)
+    owner = None if caller.admin else caller.owner
     try:
-        records, more = await state.queue.list(after=after, limit=limit, descending=order == "desc")
+        records, more = await state.queue.list(
+            owner=owner, after=after, limit=limit, descending=order == "desc"
+        )
     except UnknownCursor as error:
         raise APIError(400, str(error), param="after", code="invalid_value") from error
     now = now_ms()
@@ -181,20 +194,16 @@ async def list_videos(
 
 
 @router.get("/v1/videos/{video_id}", response_model=VideoObject, responses=_ERRORS)
-async def retrieve_video(
-    video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
-) -> VideoObject:
-    state = api_state(request)
-    return await _video_response(await _record_or_404(state, video_id), state, response)
-
-
 @router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
-async def retrieve_job(
-    video_id: str, request: Request, response: Response, _: Annotated[str, Depends(caller_scope)]
+async def retrieve_video(
+    video_id: str,
+    request: Request,
+    response: Response,
+    caller: Annotated[Caller, Depends(current_caller)],
 ) -> VideoObject:
-    """The same object as ``GET /v1/videos/{id}``."""
+    """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
-    return await _video_response(await _record_or_404(state, video_id), state, response)
+    return await _video_response(await _record_or_404(state, video_id, caller), state, response)
 
 
 @router.get(
@@ -209,12 +218,12 @@ async def retrieve_job(
 async def download_video(
     video_id: str,
     request: Request,
-    _: Annotated[str, Depends(caller_scope)],
+    caller: Annotated[Caller, Depends(current_caller)],
     variant: Literal["video", "thumbnail"] = "video",
 ) -> FileResponse:
     """The MP4 (``variant=video``) or its first frame as PNG (``variant=thumbnail``)."""
     state = api_state(request)
-    record = await _record_or_404(state, video_id)
+    record = await _record_or_404(state, video_id, caller)
     if record.status is not JobStatus.COMPLETED:
         raise APIError(
             409,
@@ -222,8 +231,8 @@ async def download_video(
             code="video_not_ready",
         )
     stored = record.video_path if variant == "video" else record.thumbnail_path
-    path = _inside_results(state, stored)
-    if path is None or not path.is_file():
+    path = state.results.local_file(stored)
+    if path is None:
         raise APIError(404, f"the {variant} of {video_id} is gone", type=ErrorType.NOT_FOUND)
     media_type = "video/mp4" if variant == "video" else THUMBNAIL_MEDIA_TYPE
     return FileResponse(path, media_type=media_type, filename=f"{video_id}{path.suffix}")
@@ -231,31 +240,17 @@ async def download_video(
 
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, responses=_ERRORS)
 async def delete_video(
-    video_id: str, request: Request, _: Annotated[str, Depends(caller_scope)]
+    video_id: str, request: Request, caller: Annotated[Caller, Depends(current_caller)]
 ) -> VideoDeleted:
     """Cancel a queued or running job (its worker stops at the next step); delete a finished
-    job with its files. A cancelled job stays readable as ``cancelled`` until retention ends."""
+    job with its files. A cancelled job stays readable as ``cancelled`` until retention ends.
+    A job that finished between the read and the cancel stays as it is: DELETE it again to
+    delete it."""
     state = api_state(request)
-    record = await _record_or_404(state, video_id)
+    record = await _record_or_404(state, video_id, caller)
     cancelled = await state.queue.cancel(record)
-    if cancelled.outcome is CancelOutcome.MISSING:
-        raise APIError(404, f"no video with id {video_id!r}", type=ErrorType.NOT_FOUND)
     if cancelled.outcome is CancelOutcome.CANCELLED:
         state.metrics.jobs_cancelled.labels(record.model).inc()
-    for stored in cancelled.files:
-        path = _inside_results(state, stored)
-        if path is not None:
-            path.unlink(missing_ok=True)
-    job_dir = state.settings.results_dir / video_id
-    if cancelled.outcome is CancelOutcome.DELETED and job_dir.is_dir():
-        shutil.rmtree(job_dir, ignore_errors=True)
+    if cancelled.outcome is CancelOutcome.DELETED:
+        state.results.delete_job(record.id, cancelled.files)
     return VideoDeleted(id=video_id)
-
-
-def _inside_results(state: ApiState, stored: str | None) -> Path | None:
-    """The stored path if it lies under the results directory (never serve anything else)."""
-    if not stored:
-        return None
-    path = Path(stored).resolve()
-    root = state.settings.results_dir.resolve()
-    return path if path.is_relative_to(root) else None

@@ -18,7 +18,7 @@ from qvgen.family import ModelFamily
 from service.api.main import create_app
 from service.api.routes.playground import STATIC_DIR, Asset
 from service.api.schemas import MAX_SIDE, MAX_STEPS, QUEUE_POSITION_CAP, SIDE_MULTIPLE
-from service.engine.limits import (
+from service.engine.rules import (
     EngineRules,
     ModelGeometry,
     ModelLimits,

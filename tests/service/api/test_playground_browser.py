@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from service.bench import Cluster
+from benchmarks.service import Cluster
 from service.settings import ServiceSettings
 from service.worker.engines import EngineKind
 from tests.service.browser import chromium_page
@@ -163,15 +163,17 @@ def _generate_on_wan(page: Page) -> None:
     expect(page.locator("#download")).to_have_attribute("download", f"{_job_id(page)}.mp4")
 
 
-def _refused_job_shows_the_workers_message(page: Page) -> None:
-    """6 frames pass the API's checks but not the Wan VAE's 1 + 4k rule: a page that does not
-    know the rule (its step attribute gone) submits them, and the job fails."""
+def _refused_request_shows_the_apis_message(page: Page) -> None:
+    """6 frames break the Wan VAE's 1 + 4k rule, which the worker published: a page that does not
+    know the rule (its step attribute gone) submits them, and the API refuses them at once with
+    the nearest counts; no job is made."""
     _fill_job(page, WAN_MODEL, "six frames", 2, "1")
     page.eval_on_selector("#num-frames", "input => input.removeAttribute('step')")
     page.fill("#num-frames", "6")
     page.click("#submit")
-    expect(page.locator("#job")).to_have_attribute("data-status", "failed")
-    expect(page.locator("#job-error")).to_contain_text("num_frames: 6 is not allowed")
+    expect(page.locator("#form-error")).to_contain_text("num_frames: 6 is not allowed")
+    expect(page.locator("#form-error")).to_contain_text("use 5 or 9")
+    expect(page.locator("#job")).to_have_attribute("data-status", "completed")
 
 
 def _history_survives_a_reload(page: Page) -> None:
@@ -180,7 +182,7 @@ def _history_survives_a_reload(page: Page) -> None:
     expect(page.locator("#key-state")).to_have_text("set for this tab")
     expect(page.locator("#model option")).to_have_count(2)
     reloaded = page.eval_on_selector_all("#history li", "items => items.map(i => i.dataset.status)")
-    assert reloaded == statuses == ["failed", "completed", "cancelled", "cancelled"], reloaded
+    assert reloaded == statuses == ["completed", "cancelled", "cancelled"], reloaded
 
 
 @pytest.mark.slow
@@ -200,7 +202,7 @@ def test_playground_generates_plays_and_cancels_in_chromium(
         page.screenshot(path=screenshot, full_page=True)
         if os.environ.get(SCREENSHOT_COPY_ENV):
             shutil.copyfile(screenshot, os.environ[SCREENSHOT_COPY_ENV])
-        _refused_job_shows_the_workers_message(page)
+        _refused_request_shows_the_apis_message(page)
         _history_survives_a_reload(page)
     assert log.requests, "the page made no request at all"
     assert log.foreign_requests(cluster.base_url) == []

@@ -14,8 +14,8 @@ from service.api.main import create_app
 from service.queue.consumer import Consumer
 from service.queue.records import ErrorCode
 from service.settings import ServiceSettings
+from service.storage import LocalResultStore
 from service.worker.noop_engine import NoopEngine
-from service.worker.results import ResultStore
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ def _run_one(settings: ServiceSettings, sync_redis: redis.Redis) -> str:
     assert delivery is not None and delivery.claim is not None
     claim = delivery.claim
     video = NoopEngine("tiny").generate(claim.job.request)
-    paths = ResultStore(settings.results_dir).write(claim.job.id, claim.attempt, video)
-    assert consumer.complete(claim, str(paths.video), str(paths.thumbnail))
+    stored = LocalResultStore(settings.results_dir).write(claim.job.id, claim.attempt, video)
+    assert consumer.complete(claim, stored.video, stored.thumbnail)
     return claim.job.id
 
 

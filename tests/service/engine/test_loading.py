@@ -8,8 +8,8 @@ import torch
 from diffusers import CogVideoXPipeline, WanPipeline
 
 from qvgen.family import MODEL_INDEX_FILE, ModelFamily, detect_family
-from service.engine.limits import ModelGeometry
 from service.engine.loading import MemoryOptions, load_pipeline, pipeline_geometry
+from service.engine.rules import ModelGeometry
 
 
 def test_families_are_read_from_model_index(tiny_wan_dir: Path, tiny_cogvideox_dir: Path) -> None:

@@ -30,13 +30,11 @@ def produce(settings: ServiceSettings, action: Callable[[JobQueue], Awaitable[T]
 
 
 def submit(
-    settings: ServiceSettings, key: str | None = None, scope: str = "", model: str = "tiny"
+    settings: ServiceSettings, key: str | None = None, owner: str = "", model: str = "tiny"
 ) -> Submitted:
     return produce(
         settings,
-        lambda queue: queue.submit(
-            model, REQUEST, seconds="2", idempotency_key=key, idempotency_scope=scope
-        ),
+        lambda queue: queue.submit(model, REQUEST, seconds="2", owner=owner, idempotency_key=key),
     )
 
 

@@ -144,3 +144,48 @@ def test_queued_jobs_expire_at_their_deadline(
         assert record is not None and record.status is JobStatus.FAILED
         assert record.error_code == ErrorCode.EXPIRED
     assert sync_redis.xlen(Keys(short.key_prefix).stream("tiny")) == 0
+
+
+def test_a_crashed_job_behind_fifty_live_ones_is_reclaimed(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    """XAUTOCLAIM looks at 10 × COUNT pending entries a call: the claim must follow its cursor
+    through the pending list, not start again at 0-0 each time."""
+    live = []
+    for index in range(50):
+        submit(settings)
+        worker = consumer(sync_redis, settings, f"live-{index}")
+        live.append((worker, _take(worker)))
+    crashed_job = submit(settings).job_id
+    assert _take(consumer(sync_redis, settings, "crashed")).job.id == crashed_job
+    silent_until = time.monotonic() + settings.claim_timeout_s * 1.3
+    while time.monotonic() < silent_until:  # the live workers heartbeat; the crashed one not
+        for worker, claim in live:
+            assert worker.heartbeat(claim)
+        time.sleep(0.05)
+    rescuer = consumer(sync_redis, settings, "rescuer")
+    delivery = rescuer.next_job(block_ms=10)
+    assert delivery is not None and delivery.claim is not None
+    assert (delivery.claim.job.id, delivery.claim.attempt) == (crashed_job, 2)
+    assert delivery.claim.reclaimed
+    # Nothing else is idle: the next look walks the list (from its cursor, round) and finds none.
+    assert rescuer.next_job(block_ms=10) is None
+    assert {_owner(sync_redis, settings, claim.stream_id) for _, claim in live} == {
+        f"live-{index}" for index in range(50)
+    }
+
+
+def test_final_writes_sent_twice_by_the_same_attempt_succeed_both_times(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    """A final write whose reply was lost is sent again: it must not read as fenced (the
+    worker would delete the files its first write recorded)."""
+    submit(settings)
+    submit(settings)
+    worker = consumer(sync_redis, settings, "a")
+    done = _take(worker)
+    assert worker.complete(done, "v.mp4", "t.png") and worker.complete(done, "v.mp4", "t.png")
+    handed = _take(worker)
+    assert worker.hand_back(handed) and worker.hand_back(handed)
+    record = produce(settings, lambda q: q.get(done.job.id))
+    assert record is not None and record.status is JobStatus.COMPLETED

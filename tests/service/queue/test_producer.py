@@ -7,7 +7,7 @@ import redis
 
 from service.queue.keys import ENTRY_JOB_FIELD, Keys
 from service.queue.producer import CancelOutcome, QueueFull, UnknownCursor
-from service.queue.records import JobStatus, is_job_id
+from service.queue.records import JobField, JobStatus, is_job_id, new_job_id
 from service.settings import ServiceSettings
 from tests.service.queue.helpers import REQUEST, consumer, produce, submit
 
@@ -25,7 +25,7 @@ def test_submit_writes_record_and_stream_entry_together(
     assert record.attempt == 0 and record.progress == 0
     entries = sync_redis.xrange(keys.stream("tiny"))
     assert [(entry_id, fields[ENTRY_JOB_FIELD]) for entry_id, fields in entries] == [
-        (sync_redis.hget(keys.job(submitted.job_id), "stream_id"), submitted.job_id)
+        (sync_redis.hget(keys.job(submitted.job_id), JobField.STREAM_ID), submitted.job_id)
     ]
     assert sync_redis.zscore(keys.jobs, submitted.job_id) == record.created_at_ms
 
@@ -37,12 +37,12 @@ def test_job_ids_differ_and_are_unguessable_format(settings: ServiceSettings) ->
     assert not is_job_id("video_../../etc/passwd")
 
 
-def test_idempotency_key_returns_the_same_job_within_its_scope(
+def test_idempotency_key_returns_the_same_job_of_the_same_owner(
     settings: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
-    first = submit(settings, key="k1", scope="alice")
-    again = submit(settings, key="k1", scope="alice")
-    other_client = submit(settings, key="k1", scope="bob")
+    first = submit(settings, key="k1", owner="alice")
+    again = submit(settings, key="k1", owner="alice")
+    other_client = submit(settings, key="k1", owner="bob")
     assert again.job_id == first.job_id and not again.created
     assert other_client.job_id != first.job_id and other_client.created
     assert sync_redis.xlen(Keys(settings.key_prefix).stream("tiny")) == 2
@@ -66,16 +66,27 @@ def test_full_queue_refuses_until_a_job_finishes(
 
 def test_listing_pages_in_both_orders(settings: ServiceSettings) -> None:
     ids = [submit(settings).job_id for _ in range(5)]
-    first, more = produce(settings, lambda q: q.list(after=None, limit=2, descending=False))
+    first, more = produce(
+        settings, lambda q: q.list(owner=None, after=None, limit=2, descending=False)
+    )
     assert [r.id for r in first] == ids[:2] and more
-    second, more = produce(settings, lambda q: q.list(after=ids[1], limit=2, descending=False))
+    second, more = produce(
+        settings, lambda q: q.list(owner=None, after=ids[1], limit=2, descending=False)
+    )
     assert [r.id for r in second] == ids[2:4] and more
-    last, more = produce(settings, lambda q: q.list(after=ids[3], limit=2, descending=False))
+    last, more = produce(
+        settings, lambda q: q.list(owner=None, after=ids[3], limit=2, descending=False)
+    )
     assert [r.id for r in last] == ids[4:] and not more
-    newest, more = produce(settings, lambda q: q.list(after=None, limit=3, descending=True))
+    newest, more = produce(
+        settings, lambda q: q.list(owner=None, after=None, limit=3, descending=True)
+    )
     assert [r.id for r in newest] == ids[::-1][:3] and more
     with pytest.raises(UnknownCursor):
-        produce(settings, lambda q: q.list(after="video_" + "0" * 32, limit=2, descending=False))
+        produce(
+            settings,
+            lambda q: q.list(owner=None, after="video_" + "0" * 32, limit=2, descending=False),
+        )
 
 
 def test_cancel_queued_job_removes_it_from_the_stream(
@@ -114,3 +125,24 @@ def test_cancel_finished_job_deletes_record_and_returns_its_files(
     assert cancelled.files == ("/r/v.mp4", "/r/t.png")
     assert produce(settings, lambda q: q.get(job_id)) is None
     assert sync_redis.zscore(Keys(settings.key_prefix).jobs, job_id) is None
+
+
+def test_a_submission_sent_twice_with_its_id_creates_one_job(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    job_id = new_job_id()
+    first = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
+    again = produce(settings, lambda q: q.submit("tiny", REQUEST, seconds="2", job_id=job_id))
+    assert first == again and first.job_id == job_id
+    keys = Keys(settings.key_prefix)
+    assert sync_redis.xlen(keys.stream("tiny")) == 1 and sync_redis.zcard(keys.jobs) == 1
+
+
+def test_a_cancel_sent_twice_cancels_and_never_deletes(settings: ServiceSettings) -> None:
+    job_id = submit(settings).job_id
+    record = produce(settings, lambda q: q.get(job_id))
+    assert record is not None
+    assert produce(settings, lambda q: q.cancel(record)).outcome is CancelOutcome.CANCELLED
+    assert produce(settings, lambda q: q.cancel(record)).outcome is CancelOutcome.UNCHANGED
+    still = produce(settings, lambda q: q.get(job_id))
+    assert still is not None and still.status is JobStatus.CANCELLED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.engine.types import GenerationCancelled, GenerationRequest
+from service.engine.types import GenerationCancelled, GenerationRequest, InvalidRequest
 from service.worker.noop_engine import NoopEngine
 
 REQUEST = GenerationRequest(prompt="p", width=8, height=4, num_frames=3, num_inference_steps=5)
@@ -29,6 +29,9 @@ def test_every_step_is_reported_and_cancel_stops_before_the_next() -> None:
     assert steps == [(1, 5), (2, 5)] and stopped.value.steps_done == 2
 
 
-def test_check_quotes_the_range() -> None:
-    with pytest.raises(ValueError, match=r"width must be even and in \[2, 512\], got 7"):
+def test_check_names_the_field_and_quotes_the_range() -> None:
+    with pytest.raises(
+        InvalidRequest, match=r"width: 7 is not allowed; use a multiple of 2 in \[2, 512\]"
+    ) as caught:
         NoopEngine("m").check(GenerationRequest(prompt="p", width=7))
+    assert caught.value.field == "width"

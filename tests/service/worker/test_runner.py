@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,25 +12,14 @@ import redis
 from qvgen.video_io import probe_video
 from service.engine.types import GenerationRequest
 from service.queue.keys import Keys
-from service.queue.records import JobStatus
+from service.queue.records import JobField, JobStatus
 from service.settings import ServiceSettings
 from service.worker.noop_engine import NoopEngine
 from service.worker.runner import Worker
 from tests.service.queue.helpers import produce
+from tests.service.worker.running import Running
 
 REQUEST = GenerationRequest(prompt="p", width=16, height=16, num_frames=3, num_inference_steps=4)
-
-
-class Running:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.worker.request_stop()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture
@@ -70,7 +58,7 @@ def _wait(
 
 
 def _final(fields: dict[str, str]) -> bool:
-    return JobStatus(fields["status"]).final
+    return JobStatus(fields[JobField.STATUS]).final
 
 
 def test_worker_runs_a_job_to_an_mp4_and_exports_metrics(
@@ -79,9 +67,9 @@ def test_worker_runs_a_job_to_an_mp4_and_exports_metrics(
     run = start_worker()
     job_id = _submit(settings)
     fields = _wait(settings, job_id, _final)
-    assert fields["status"] == "completed" and fields["steps_done"] == "4"
-    assert fields["video_path"].endswith(f"{job_id}/attempt-1.mp4")
-    info = probe_video(fields["video_path"])
+    assert fields[JobField.STATUS] == "completed" and fields[JobField.STEPS_DONE] == "4"
+    assert fields[JobField.VIDEO_PATH].endswith(f"{job_id}/attempt-1.mp4")
+    info = probe_video(fields[JobField.VIDEO_PATH])
     assert (info.frame_count, info.width, info.height) == (3, 16, 16)
     metrics = httpx.get(f"http://127.0.0.1:{run.worker.metrics_port}/metrics").text
     assert 'qvgen_jobs_finished_total{code="none",model="tiny",status="completed"} 1.0' in metrics
@@ -90,18 +78,21 @@ def test_worker_runs_a_job_to_an_mp4_and_exports_metrics(
     run.stop()
 
 
-def test_request_the_engine_refuses_fails_without_retry(
+def test_a_request_the_engine_refuses_fails_once_without_retry(
     settings: ServiceSettings, start_worker: Callable[..., Running]
 ) -> None:
+    # The API refuses such a request (tests/service/api/test_validation.py); it reaches a worker
+    # only when the worker's rules differ from those the API checked. The worker's one check
+    # fails it for good.
     start_worker()
     bad = GenerationRequest(prompt="p", width=1000, height=16, num_frames=1, num_inference_steps=1)
     fields = _wait(settings, _submit(settings, bad), _final)
-    assert (fields["status"], fields["error_code"], fields["attempt"]) == (
+    assert (fields[JobField.STATUS], fields[JobField.ERROR_CODE], fields[JobField.ATTEMPT]) == (
         "failed",
         "invalid_request",
         "1",
     )
-    assert "width" in fields["error_message"] and "512" in fields["error_message"]
+    assert "width" in fields[JobField.ERROR_MESSAGE] and "512" in fields[JobField.ERROR_MESSAGE]
 
 
 def test_cancel_stops_the_engine_at_the_next_step(
@@ -110,7 +101,7 @@ def test_cancel_stops_the_engine_at_the_next_step(
     start_worker(step_delay_s=0.05)
     long = GenerationRequest(prompt="p", width=16, height=16, num_frames=1, num_inference_steps=200)
     job_id = _submit(settings, long)
-    _wait(settings, job_id, lambda f: int(f.get("steps_done", "0")) >= 2)
+    _wait(settings, job_id, lambda f: int(f.get(JobField.STEPS_DONE, "0")) >= 2)
 
     async def cancel(queue):  # type: ignore[no-untyped-def]
         return await queue.cancel(await queue.get(job_id))
@@ -118,7 +109,7 @@ def test_cancel_stops_the_engine_at_the_next_step(
     produce(settings, cancel)
     time.sleep(0.5)  # ten steps' time: the engine must have stopped long before
     fields = _wait(settings, job_id, _final)
-    assert fields["status"] == "cancelled" and int(fields["steps_done"]) < 20
+    assert fields[JobField.STATUS] == "cancelled" and int(fields[JobField.STEPS_DONE]) < 20
     assert not (settings.results_dir / job_id).exists()
 
 
@@ -128,10 +119,43 @@ def test_sigterm_hands_the_job_back_to_a_peer(
     first = start_worker(step_delay_s=0.05, name="first")
     long = GenerationRequest(prompt="p", width=16, height=16, num_frames=1, num_inference_steps=40)
     job_id = _submit(settings, long)
-    _wait(settings, job_id, lambda f: int(f.get("steps_done", "0")) >= 2)
+    _wait(settings, job_id, lambda f: int(f.get(JobField.STEPS_DONE, "0")) >= 2)
     first.stop()  # what the SIGTERM handler calls; drain_timeout_s = 0: hand back at once
-    handed = _wait(settings, job_id, lambda f: f["status"] == "queued")
+    handed = _wait(settings, job_id, lambda f: f[JobField.STATUS] == "queued")
     assert handed["status"] == "queued" and handed["handbacks"] == "1"
     start_worker(step_delay_s=0.0, name="second")
     fields = _wait(settings, job_id, _final)
-    assert (fields["status"], fields["attempt"], fields["worker"]) == ("completed", "2", "second")
+    assert (fields[JobField.STATUS], fields[JobField.ATTEMPT], fields[JobField.WORKER]) == (
+        "completed",
+        "2",
+        "second",
+    )
+
+
+def test_the_loop_survives_an_unexpected_error_and_the_job_runs_again(
+    settings: ServiceSettings, start_worker: Callable[..., Running]
+) -> None:
+    blocked = settings.results_dir
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_bytes(b"a file where the results directory should be")
+    run = start_worker()
+    job_id = _submit(settings)
+    # Storing the first attempt's video fails (NotADirectoryError); the worker logs it and goes on.
+    _wait(settings, job_id, lambda f: f[JobField.ATTEMPT] == "1")
+    deadline = time.monotonic() + 10
+    while not _loop_errors(run) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _loop_errors(run) == 1
+    blocked.unlink()
+    # The job stays pending under the worker's name; past the claim timeout it runs again.
+    fields = _wait(settings, job_id, _final)
+    assert (fields[JobField.STATUS], fields[JobField.ATTEMPT]) == ("completed", "2")
+    assert run.thread.is_alive()
+
+
+def _loop_errors(run: Running) -> float:
+    text = httpx.get(f"http://127.0.0.1:{run.worker.metrics_port}/metrics").text
+    for line in text.splitlines():
+        if line.startswith("qvgen_worker_loop_errors_total{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -1,0 +1,515 @@
+"""``qvgen bench e2e``: a Wan 2.1 denoising step and a whole generation, bf16 against W4A4.
+
+For each architecture (``random_models``: the real Wan 2.1 1.3B / 14B configs, random weights)
+at one video size (default 81 × 480 × 832 → 32 760 tokens):
+
+* **step latency** — one denoising step with classifier-free guidance = two transformer calls
+  (prompt and negative prompt, batch 1 each, as ``WanPipeline`` makes them) plus the guidance
+  combination ε_u + g(ε_c − ε_u); the scheduler's update (one axpy over the latents) is left out.
+  Median over ``timed_steps`` after ``warmup_steps`` (which also run Triton's autotuning), timed
+  with CUDA events. bf16 = diffusers' ``WanTransformer3DModel`` with its SDPA attention; W4A4 =
+  the same model with every block linear a ``LowBitLinear`` (Triton on sm_80+), attention still
+  bf16 SDPA.
+* **attention share** — the bf16 self-attention alone (SDPA on [1, heads, tokens, head_dim],
+  × layers × 2 calls): the part of a step that W4A4 linears cannot speed up. The rest of a step
+  (linears, norms, modulation, cross-attention) is "other".
+* **transformer weight bytes** — every parameter and buffer the transformer holds.
+* **peak VRAM of a generation** — a whole ``WanPipeline`` call (prompt encoding, ``generation_
+  steps`` denoising steps with guidance, VAE decoding with tiling, frames to numpy) with the real
+  Wan VAE config; ``torch.cuda.max_memory_allocated`` from just before the call. The text encoder
+  is a small stand-in UMT5 that stays on the CPU: text-encoder memory is excluded, which is what
+  offloading it means for the GPU (UMT5-XXL has 5.7B parameters and never shares the GPU with the
+  denoising loop when offloaded).
+
+Prints a table and the speed goals, appends a section to BENCHMARKS.md with card, date and
+commit, and can write the raw numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import gc
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.e2e_report import (
+    GIB,
+    append_section,
+    goal_checks,
+    results_table,
+    section_text,
+)
+from benchmarks.random_models import (
+    UMT5_STAND_IN,
+    WAN_2_1_VAE,
+    WAN_ARCHITECTURES,
+    VaeArchitecture,
+    WanArchitecture,
+    count_quantized,
+    random_bf16_transformer,
+    random_packed_transformer,
+    random_wan_vae,
+    resident_bytes,
+    stand_in_text_encoder,
+)
+from benchmarks.timing import time_ms
+from qvgen.cli import command_group
+from qvgen.family import ModelFamily, PipelineGeometry
+from qvgen.tiny_pipelines import TextEncoderSize
+from service.engine.environment import RuntimeTarget, resolve_target
+
+logger = logging.getLogger(__name__)
+
+# A mid-trajectory timestep: its clip group is as good as any for timing.
+_TIMED_TIMESTEP = 500.0
+_PROMPT = "a red car drives on a street at night"
+_NEGATIVE_PROMPT = "blurry low quality static"
+# Allocated memory at a generation's start beyond its models that is worth a warning.
+_STRAY_BYTES = 256 * 2**20
+
+
+class ModelVariant(enum.Enum):
+    """Which transformer a measurement runs: the bf16 model or its W4A4 packed version."""
+
+    BF16 = "bf16"
+    W4A4 = "w4a4"
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """Frames × height × width of the generated video."""
+
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+
+    def geometry(self, arch: WanArchitecture, vae: VaeArchitecture) -> PipelineGeometry:
+        """The pipeline's geometry (``qvgen.family``), with this size checked against it;
+        ``ValueError`` naming the flag and the allowed multiples otherwise."""
+        patch_t, patch_h, patch_w = arch.patch_size
+        geometry = PipelineGeometry(
+            ModelFamily.WAN,
+            vae.spatial_factor,
+            vae.temporal_factor,
+            math.lcm(patch_h, patch_w),
+            patch_t,
+        )
+        geometry.check_bucket(self.frames, self.height, self.width)
+        return geometry
+
+    def latent_shape(self, arch: WanArchitecture, vae: VaeArchitecture) -> tuple[int, ...]:
+        """[channels, frames, height, width] of the latents."""
+        geometry = self.geometry(arch, vae)
+        s = geometry.spatial_factor
+        frames = geometry.latent_frames(self.frames)
+        return (arch.latent_channels, frames, self.height // s, self.width // s)
+
+    def tokens(self, arch: WanArchitecture, vae: VaeArchitecture) -> int:
+        return self.geometry(arch, vae).tokens(self.frames, self.height, self.width)
+
+
+@dataclass(frozen=True)
+class E2ESettings:
+    """What ``run_benchmark`` measures. ``generation`` lists the (model name, variant) pairs
+    whose whole-generation peak VRAM is measured."""
+
+    architectures: tuple[WanArchitecture, ...] = WAN_ARCHITECTURES
+    video: VideoSize = field(default_factory=VideoSize)
+    vae: VaeArchitecture = WAN_2_1_VAE
+    text_encoder: TextEncoderSize = UMT5_STAND_IN
+    generation: tuple[tuple[str, ModelVariant], ...] = (
+        ("wan2.1-14b", ModelVariant.W4A4),
+        ("wan2.1-14b", ModelVariant.BF16),
+    )
+    warmup_steps: int = 1
+    timed_steps: int = 3
+    generation_steps: int = 2
+    guidance_scale: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_steps", "timed_steps", "generation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        names = {a.name for a in self.architectures}
+        unknown = sorted(n for n, _ in self.generation if n not in names)
+        if unknown:
+            raise ValueError(f"generation names unknown models {unknown}; known: {sorted(names)}")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One whole generation; ``error`` set when it failed.
+
+    ``start_bytes``: GPU memory allocated when the call began (should be the transformer and
+    VAE, ``model_bytes``); ``peak_bytes``: the maximum during the call. Both None off CUDA.
+    """
+
+    steps: int
+    seconds: float | None
+    peak_bytes: int | None
+    frames_shape: tuple[int, ...] | None
+    model_bytes: int
+    start_bytes: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: ModelVariant
+    step_ms: tuple[float, ...]
+    weight_bytes: int
+    quantized_layers: int
+    generation: GenerationResult | None = None
+
+    @property
+    def median_step_ms(self) -> float:
+        return statistics.median(self.step_ms)
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    model: str
+    tokens: int
+    attention_ms_per_step: float
+    bf16: VariantResult
+    w4a4: VariantResult
+
+    @property
+    def speedup(self) -> float:
+        """bf16 step time ÷ W4A4 step time (above 1: W4A4 is faster)."""
+        return self.bf16.median_step_ms / self.w4a4.median_step_ms
+
+    @property
+    def weight_ratio(self) -> float:
+        return self.bf16.weight_bytes / self.w4a4.weight_bytes
+
+    @property
+    def attention_share(self) -> float:
+        return self.attention_ms_per_step / self.bf16.median_step_ms
+
+    def other_speedup(self) -> float | None:
+        """Speed-up of everything but self-attention: (bf16 − attn) ÷ (W4A4 − attn)."""
+        rest = self.w4a4.median_step_ms - self.attention_ms_per_step
+        if rest <= 0:
+            return None
+        return (self.bf16.median_step_ms - self.attention_ms_per_step) / rest
+
+    def other_speedup_needed(self, goal: float) -> float | None:
+        """The speed-up of the non-attention part that would give a step ``goal``× faster;
+        None when attention alone takes longer than the goal allows."""
+        budget = self.bf16.median_step_ms / goal - self.attention_ms_per_step
+        if budget <= 0:
+            return None
+        return (self.bf16.median_step_ms - self.attention_ms_per_step) / budget
+
+
+def _step_inputs(
+    settings: E2ESettings, arch: WanArchitecture, target: RuntimeTarget
+) -> dict[str, torch.Tensor]:
+    gen = torch.Generator(device=target.device).manual_seed(settings.seed)
+    latent = settings.video.latent_shape(arch, settings.vae)
+    text = (1, settings.text_encoder.max_tokens, arch.text_dim)
+
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=target.device, dtype=target.dtype)
+
+    return {
+        "latents": draw((1, *latent)),
+        "timestep": torch.full((1,), _TIMED_TIMESTEP, device=target.device),
+        "prompt": draw(text),
+        "negative": draw(text),
+    }
+
+
+def denoising_step(
+    transformer: nn.Module, inputs: dict[str, torch.Tensor], guidance: float
+) -> torch.Tensor:
+    """ε̂ = ε_u + g (ε_c − ε_u): the two transformer calls of a guided step."""
+    calls = []
+    for text in (inputs["prompt"], inputs["negative"]):
+        out = transformer(
+            hidden_states=inputs["latents"],
+            timestep=inputs["timestep"],
+            encoder_hidden_states=text,
+            return_dict=False,
+        )
+        calls.append(out[0])
+    cond, uncond = calls
+    return uncond + guidance * (cond - uncond)
+
+
+def attention_ms_per_step(
+    arch: WanArchitecture, tokens: int, target: RuntimeTarget, settings: E2ESettings
+) -> float:
+    """bf16 SDPA self-attention time of one guided step: layers × 2 calls × one attention."""
+    shape = (1, arch.num_heads, tokens, arch.head_dim)
+    q, k, v = (torch.randn(shape, device=target.device, dtype=target.dtype) for _ in range(3))
+    with torch.inference_mode():
+        times = time_ms(
+            lambda: F.scaled_dot_product_attention(q, k, v),
+            target.device,
+            settings.warmup_steps,
+            max(settings.timed_steps, 5),
+        )
+    return statistics.median(times) * arch.num_layers * 2
+
+
+def _build(
+    variant: ModelVariant, arch: WanArchitecture, target: RuntimeTarget, seed: int
+) -> nn.Module:
+    if variant is ModelVariant.BF16:
+        return random_bf16_transformer(arch, target.device, target.dtype, seed)
+    return random_packed_transformer(arch, target.device, target.dtype, seed)
+
+
+def _reset_peak(target: RuntimeTarget) -> None:
+    """Free what earlier work left and restart the peak counter from what is still allocated.
+
+    A diffusers pipeline holds its components in reference cycles, so a model measured earlier
+    outlives its last reference until a collection; without one it would sit in the next
+    peak (seen on an H200: the bf16 14B transformer counted in the W4A4 generation's peak).
+    """
+    gc.collect()
+    if target.is_cuda:
+        torch.cuda.synchronize(target.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(target.device)
+
+
+def measure_generation(
+    transformer: nn.Module, settings: E2ESettings, target: RuntimeTarget
+) -> GenerationResult:
+    """Peak GPU memory and wall time of one whole ``WanPipeline`` generation (module doc)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tokenizer, text_encoder = stand_in_text_encoder(settings.text_encoder, settings.seed)
+    vae = random_wan_vae(settings.vae, target.device, target.dtype, settings.seed)
+    # Any: mypy resolves diffusers' pipeline classes to their dummy placeholders.
+    pipeline: Any = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,  # stays on the CPU: excluded from the GPU peak
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    )
+    pipeline.vae.enable_tiling()
+    pipeline.set_progress_bar_config(disable=True)
+    video = settings.video
+    model_bytes = resident_bytes(transformer) + resident_bytes(vae)
+    _reset_peak(target)
+    start_bytes = torch.cuda.memory_allocated(target.device) if target.is_cuda else None
+    if start_bytes is not None and start_bytes > model_bytes + _STRAY_BYTES:
+        logger.warning(
+            "%.2f GiB allocated before the generation, %.2f GiB of it not the pipeline's models: "
+            "the peak includes it",
+            start_bytes / GIB,
+            (start_bytes - model_bytes) / GIB,
+        )
+    began = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            output = pipeline(
+                prompt=_PROMPT,
+                negative_prompt=_NEGATIVE_PROMPT,
+                height=video.height,
+                width=video.width,
+                num_frames=video.frames,
+                num_inference_steps=settings.generation_steps,
+                guidance_scale=settings.guidance_scale,
+                generator=torch.Generator(device=target.device).manual_seed(settings.seed),
+                output_type="np",
+                max_sequence_length=settings.text_encoder.max_tokens,
+            )
+    except torch.OutOfMemoryError as err:
+        peak = torch.cuda.max_memory_allocated(target.device)
+        message = f"out of memory (peak {peak / GIB:.1f} GiB before failing): {str(err)[:120]}"
+        logger.warning("generation failed: %s", message)
+        return GenerationResult(
+            settings.generation_steps, None, peak, None, model_bytes, start_bytes, message
+        )
+    finally:
+        del pipeline, vae
+    seconds = time.perf_counter() - began
+    peak_bytes = torch.cuda.max_memory_allocated(target.device) if target.is_cuda else None
+    frames_shape = tuple(output.frames.shape[1:])
+    return GenerationResult(
+        settings.generation_steps, seconds, peak_bytes, frames_shape, model_bytes, start_bytes
+    )
+
+
+def time_guided_step(
+    transformer: nn.Module, arch: WanArchitecture, settings: E2ESettings, target: RuntimeTarget
+) -> list[float]:
+    """Times (ms) of ``settings.timed_steps`` guided steps after the warm-up ones."""
+    inputs = _step_inputs(settings, arch, target)
+
+    def step() -> torch.Tensor:
+        return denoising_step(transformer, inputs, settings.guidance_scale)
+
+    with torch.inference_mode():
+        return time_ms(step, target.device, settings.warmup_steps, settings.timed_steps)
+
+
+def measure_variant(
+    variant: ModelVariant, arch: WanArchitecture, settings: E2ESettings, target: RuntimeTarget
+) -> VariantResult:
+    """Build ``arch`` as ``variant``, time a guided step, optionally run a whole generation.
+
+    The step's inputs are freed before the generation, so its peak holds only the pipeline.
+    """
+    began = time.perf_counter()
+    transformer = _build(variant, arch, target, settings.seed)
+    logger.info("%s %s built in %.1f s", arch.name, variant.value, time.perf_counter() - began)
+    times = time_guided_step(transformer, arch, settings, target)
+    logger.info("%s %s step times (ms): %s", arch.name, variant.value, times)
+    generation = None
+    if (arch.name, variant) in settings.generation:
+        generation = measure_generation(transformer, settings, target)
+        logger.info("%s %s generation: %s", arch.name, variant.value, generation)
+    return VariantResult(
+        variant, tuple(times), resident_bytes(transformer), count_quantized(transformer), generation
+    )
+
+
+def run_benchmark(settings: E2ESettings, device: str = "cuda") -> list[ModelResult]:
+    """Measure every architecture of ``settings`` on ``device`` (module doc)."""
+    target = resolve_target(device)
+    results = []
+    for arch in settings.architectures:
+        tokens = settings.video.tokens(arch, settings.vae)
+        # Each model is freed before the next is built (the results hold no tensors).
+        bf16 = measure_variant(ModelVariant.BF16, arch, settings, target)
+        _reset_peak(target)
+        w4a4 = measure_variant(ModelVariant.W4A4, arch, settings, target)
+        _reset_peak(target)
+        attention = attention_ms_per_step(arch, tokens, target, settings)
+        results.append(ModelResult(arch.name, tokens, attention, bf16, w4a4))
+        # Logged as it completes, so a run cut short still leaves the finished models.
+        logger.info("result %s", json.dumps(to_json(results[-1:])[0]))
+    return results
+
+
+def to_json(results: list[ModelResult]) -> list[dict[str, Any]]:
+    """Plain data (enums as their values) for ``--json``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, ModelVariant):
+            return value.value
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return [plain(dataclasses.asdict(r)) for r in results]
+
+
+def settings_from_args(args: argparse.Namespace) -> E2ESettings:
+    known = {a.name: a for a in WAN_ARCHITECTURES}
+    generation = tuple(
+        (name, ModelVariant(variant))
+        for name in args.generation_models
+        for variant in args.generation_variants
+    )
+    return E2ESettings(
+        architectures=tuple(known[name] for name in args.models),
+        video=VideoSize(args.frames, args.height, args.width),
+        generation=generation,
+        warmup_steps=args.warmup_steps,
+        timed_steps=args.timed_steps,
+        generation_steps=args.generation_steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        logger.error("qvgen bench e2e needs a CUDA GPU")
+        return 2
+    from benchmarks.kernels import BENCHMARKS_HEADER, environment
+    from qvgen.provenance import git_commit
+
+    settings = settings_from_args(args)
+    env = environment(args.commit or git_commit())
+    results = run_benchmark(settings, args.device)
+    print(f"{env['card']} {env['date']} commit {env['commit']}")
+    print(results_table(results))
+    for check in goal_checks(results):
+        print(check.line())
+    append_section(Path(args.benchmarks), section_text(results, settings, env), BENCHMARKS_HEADER)
+    if args.json:
+        payload = {"environment": env, "results": to_json(results)}
+        Path(args.json).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``bench e2e`` (defaults from ``E2ESettings``)."""
+    defaults = E2ESettings()
+    names = [a.name for a in WAN_ARCHITECTURES]
+    parser.add_argument("--models", nargs="+", choices=names, default=names)
+    parser.add_argument("--frames", type=int, default=defaults.video.frames)
+    parser.add_argument("--height", type=int, default=defaults.video.height)
+    parser.add_argument("--width", type=int, default=defaults.video.width)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--timed-steps", type=int, default=defaults.timed_steps)
+    parser.add_argument(
+        "--generation-models",
+        nargs="*",
+        choices=names,
+        default=sorted({name for name, _ in defaults.generation}),
+        help="models whose whole-generation peak VRAM is measured (none: skip)",
+    )
+    parser.add_argument(
+        "--generation-variants",
+        nargs="+",
+        type=ModelVariant,
+        choices=list(ModelVariant),
+        default=[ModelVariant.W4A4, ModelVariant.BF16],
+    )
+    parser.add_argument("--generation-steps", type=int, default=defaults.generation_steps)
+    parser.add_argument("--guidance", type=float, default=defaults.guidance_scale)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default="cuda", help="'cuda' or 'cuda:N'")
+    parser.add_argument("--benchmarks", default="BENCHMARKS.md", help="markdown file to append to")
+    parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    parser.add_argument("--commit", default=None, help="commit to record (default: git HEAD)")
+    parser.set_defaults(handler=run)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``bench e2e``."""
+    add_arguments(
+        command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md").add_parser(
+            "e2e",
+            help="Wan 2.1 1.3B/14B guided step and generation peak VRAM, bf16 vs W4A4, on this GPU",
+        )
+    )
+
+
+def main() -> int:
+    """``python -m benchmarks.e2e [flags]``: without the rest of the CLI (whose other
+    commands import the HTTP service)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e")
+    add_arguments(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""The table, the goal lines and the BENCHMARKS.md section of ``qvgen bench e2e``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.e2e import E2ESettings, GenerationResult, ModelResult
+
+GIB = 2**30
+
+# The engine's speed and memory goals for Wan 2.1 14B.
+GOAL_MODEL = "wan2.1-14b"
+GOAL_STEP_SPEEDUP = 1.15
+GOAL_WEIGHT_RATIO = 3.5
+GOAL_PEAK_BYTES = 24 * GIB
+
+SECTION_TITLE = "End-to-end Wan 2.1 step and generation (`qvgen bench e2e`)"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _peak(generation: GenerationResult | None) -> str:
+    if generation is None:
+        return "–"
+    if generation.error is not None:
+        return "did not fit" if "out of memory" in generation.error else "failed"
+    return _fmt(None if generation.peak_bytes is None else generation.peak_bytes / GIB)
+
+
+def results_table(results: list[ModelResult]) -> str:
+    head = (
+        "| model | tokens | bf16 step ms | W4A4 step ms | speed-up | attention ms (share of bf16) "
+        "| other ms bf16 → W4A4 (×) | weights GiB bf16 | weights GiB W4A4 | weights ÷ "
+        "| W4A4 layers | generation peak GiB bf16 | generation peak GiB W4A4 |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        b, w = r.bf16.median_step_ms, r.w4a4.median_step_ms
+        attn = r.attention_ms_per_step
+        cells = [
+            r.model,
+            str(r.tokens),
+            _fmt(b, 1),
+            _fmt(w, 1),
+            _fmt(r.speedup),
+            f"{attn:.1f} ({r.attention_share:.0%})",
+            f"{b - attn:.1f} → {w - attn:.1f} ({_fmt(r.other_speedup())})",
+            _fmt(r.bf16.weight_bytes / GIB),
+            _fmt(r.w4a4.weight_bytes / GIB),
+            _fmt(r.weight_ratio),
+            str(r.w4a4.quantized_layers),
+            _peak(r.bf16.generation),
+            _peak(r.w4a4.generation),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GoalCheck:
+    name: str
+    measured: str
+    met: bool
+    why: str = ""
+
+    def line(self) -> str:
+        text = f"{'met ' if self.met else 'MISS'} {self.name}: {self.measured}"
+        return f"{text} — {self.why}" if self.why else text
+
+
+def _speed_goal(r: ModelResult) -> GoalCheck:
+    met = r.speedup >= GOAL_STEP_SPEEDUP
+    why = ""
+    if not met:
+        needed = r.other_speedup_needed(GOAL_STEP_SPEEDUP)
+        needed_text = "unreachable" if needed is None else f"{needed:.2f}×"
+        why = (
+            f"{GOAL_STEP_SPEEDUP / r.speedup - 1:.1%} short; bf16 self-attention is "
+            f"{r.attention_share:.0%} of the bf16 step and W4A4 leaves it as is; the rest of "
+            f"the step ran {_fmt(r.other_speedup())}× faster, {needed_text} would be needed"
+        )
+    return GoalCheck(f"{r.model} step ≥ {GOAL_STEP_SPEEDUP}× bf16", f"{r.speedup:.2f}×", met, why)
+
+
+def _peak_goal(r: ModelResult) -> GoalCheck | None:
+    generation = r.w4a4.generation
+    if generation is None or generation.peak_bytes is None:
+        return None
+    met = generation.error is None and generation.peak_bytes < GOAL_PEAK_BYTES
+    why = ""
+    if not met:
+        why = f"{(generation.peak_bytes - GOAL_PEAK_BYTES) / GIB:.2f} GiB over"
+        why += f" ({generation.error})" if generation.error else ""
+    return GoalCheck(
+        f"{r.model} W4A4 480p generation peak < 24 GiB",
+        f"{generation.peak_bytes / GIB:.2f} GiB",
+        met,
+        why,
+    )
+
+
+def goal_checks(results: list[ModelResult]) -> list[GoalCheck]:
+    """The engine goals, measured on the Wan 2.1 14B row (none when it was not run)."""
+    checks = []
+    for r in (r for r in results if r.model == GOAL_MODEL):
+        checks.append(_speed_goal(r))
+        ratio_met = r.weight_ratio >= GOAL_WEIGHT_RATIO
+        checks.append(
+            GoalCheck(
+                f"{r.model} transformer weights ≥ {GOAL_WEIGHT_RATIO}× smaller",
+                f"{r.weight_ratio:.2f}×",
+                ratio_met,
+                "" if ratio_met else f"{GOAL_WEIGHT_RATIO - r.weight_ratio:.2f}× short",
+            )
+        )
+        peak = _peak_goal(r)
+        if peak is not None:
+            checks.append(peak)
+    return checks
+
+
+def method_text(settings: E2ESettings, env: dict[str, Any]) -> str:
+    v = settings.video
+    return (
+        f"torch {env['torch']}, Triton {env['triton']}, {env['capability']}. Random weights in "
+        f"the real Wan 2.1 configs, {v.frames}×{v.height}×{v.width}. Step = one denoising step "
+        "with classifier-free guidance (two transformer calls, batch 1 each, plus the guidance "
+        f"combination), median of {settings.timed_steps} after {settings.warmup_steps} warm-up, "
+        "CUDA events. bf16 = diffusers `WanTransformer3DModel` (SDPA attention); W4A4 = every "
+        "block linear a `LowBitLinear` (Triton), embedders/norms/`proj_out` in bf16 "
+        "(`LayerPolicy()`), attention still bf16 SDPA. Attention = bf16 SDPA self-attention "
+        "alone × layers × 2 calls; other = step − attention. Weights = every parameter and "
+        "buffer of the transformer. Generation peak = `torch.cuda.max_memory_allocated` over a "
+        f"whole `WanPipeline` call ({settings.generation_steps} steps with guidance, real Wan VAE "
+        "config in bf16 with tiling, decode included); the text encoder (a small stand-in UMT5 "
+        "for the 5.7B UMT5-XXL) runs on the CPU and is excluded: that is what offloading it "
+        "means for the GPU peak."
+    )
+
+
+def section_text(results: list[ModelResult], settings: E2ESettings, env: dict[str, Any]) -> str:
+    goals = goal_checks(results)
+    return (
+        f"\n## {SECTION_TITLE}, {env['card']}, {env['date']}, commit {env['commit']}\n\n"
+        f"{method_text(settings, env)}\n\n{results_table(results)}\n\n"
+        + ("Goals:\n\n" + "\n".join(f"- {g.line()}" for g in goals) + "\n" if goals else "")
+    )
+
+
+def append_section(path: Path, text: str, header: str) -> None:
+    """Append ``text`` to ``path``, starting the file with ``header`` when it does not exist."""
+    prefix = "" if path.exists() else header
+    with path.open("a", encoding="utf-8") as f:
+        f.write(prefix + text)

@@ -1,0 +1,53 @@
+"""Redis clients of the API and of the workers, configured from the settings in one place.
+
+redis-py retries a failed command by default (10 times, with backoff up to 10 s, on connection
+errors and timeouts), which can run a command twice and hides an outage behind a long wait. Here:
+
+- the API's client draws from a bounded blocking pool (``redis_max_connections``; a request
+  waits up to ``redis_pool_timeout_s`` for a free connection instead of failing at once) and
+  retries a command once, at once, only on a connection error: the first command on a pooled
+  connection that a Redis restart broke. Every command and script the API sends is safe to run
+  twice (the enqueue script is keyed by the job id the API made, cancel by the status it read).
+  A timeout is not retried: ``JobQueue.submit`` settles what became of the submission.
+- a worker's client does not retry on its own: its loop, its heartbeat and its final writes each
+  retry in their own way (``service.worker.runner``).
+"""
+
+from __future__ import annotations
+
+import redis
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from service.settings import ServiceSettings
+
+# Seconds a pooled connection may sit idle before the pool checks it with a PING.
+HEALTH_CHECK_INTERVAL_S = 30
+
+
+def api_client(settings: ServiceSettings) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def worker_client(settings: ServiceSettings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(NoBackoff(), 0),
+    )

@@ -1,0 +1,201 @@
+"""``qvgen bench e2e`` on CPU: the real configs' shapes, a tiny end-to-end run, the report."""
+
+from __future__ import annotations
+
+import math
+import weakref
+from pathlib import Path
+
+import pytest
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKLWan
+from torch import nn
+
+from benchmarks import e2e as bench_e2e
+from benchmarks.e2e import (
+    E2ESettings,
+    GenerationResult,
+    ModelResult,
+    ModelVariant,
+    VariantResult,
+    VideoSize,
+    measure_variant,
+    run_benchmark,
+    to_json,
+)
+from benchmarks.e2e_report import (
+    GIB,
+    append_section,
+    goal_checks,
+    results_table,
+    section_text,
+)
+from benchmarks.random_models import (
+    WAN_2_1_1_3B,
+    WAN_2_1_14B,
+    WAN_2_1_VAE,
+    VaeArchitecture,
+    WanArchitecture,
+    _meta_transformer,
+)
+from qvgen.layer_policy import LayerPolicy
+from qvgen.tiny_pipelines import TextEncoderSize
+from service.engine.environment import resolve_target
+
+TINY_WAN = WanArchitecture(
+    "tiny-wan", num_layers=1, num_heads=2, head_dim=16, ffn_dim=32, text_dim=16, freq_dim=32,
+    latent_channels=4,
+)  # fmt: skip
+# Spatial ×4 and temporal ×4 in two stages, as qvgen.tiny_pipelines builds its Wan VAE.
+TINY_VAE = VaeArchitecture(
+    base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True),
+    spatial_factor=4, temporal_factor=4, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4,
+)  # fmt: skip
+TINY_VIDEO = VideoSize(frames=9, height=16, width=16)
+
+
+@pytest.mark.parametrize(
+    ("arch", "params", "quantized"),
+    [(WAN_2_1_1_3B, 1.42e9, 30 * 10), (WAN_2_1_14B, 14.29e9, 40 * 10)],
+)
+def test_real_configs_have_the_released_sizes(
+    arch: WanArchitecture, params: float, quantized: int
+) -> None:
+    model = _meta_transformer(arch)
+    count = sum(p.numel() for p in model.parameters())
+    assert math.isclose(count, params, rel_tol=0.01), count
+    selected = [
+        n for n, m in model.named_modules() if type(m) is nn.Linear and LayerPolicy().selects(n)
+    ]
+    # q/k/v/out of self- and cross-attention and the two FFN linears of every block.
+    assert len(selected) == quantized
+
+
+def test_video_size_gives_the_wan_480p_token_count() -> None:
+    video = VideoSize()
+    assert video.latent_shape(WAN_2_1_14B, WAN_2_1_VAE) == (16, 21, 60, 104)
+    assert video.tokens(WAN_2_1_14B, WAN_2_1_VAE) == 32760
+    with pytest.raises(ValueError, match=r"--frames must be 4·k \+ 1 .* got 80"):
+        VideoSize(frames=80).tokens(WAN_2_1_14B, WAN_2_1_VAE)
+    with pytest.raises(ValueError, match=r"--width must be a multiple of 16 .* got 830"):
+        VideoSize(width=830).tokens(WAN_2_1_14B, WAN_2_1_VAE)
+
+
+def test_default_vae_architecture_is_the_class_default() -> None:
+    with init_empty_weights():
+        default = AutoencoderKLWan()
+    for key, value in WAN_2_1_VAE.config().items():
+        assert default.config[key] == value, key
+
+
+def test_settings_reject_bad_values() -> None:
+    with pytest.raises(ValueError, match="timed_steps must be ≥ 1, got 0"):
+        E2ESettings(timed_steps=0)
+    with pytest.raises(ValueError, match=r"unknown models \[.nope.\]"):
+        E2ESettings(generation=(("nope", ModelVariant.W4A4),))
+
+
+def test_tiny_benchmark_runs_on_cpu() -> None:
+    settings = E2ESettings(
+        architectures=(TINY_WAN,),
+        video=TINY_VIDEO,
+        vae=TINY_VAE,
+        text_encoder=TextEncoderSize(),
+        generation=(("tiny-wan", ModelVariant.W4A4), ("tiny-wan", ModelVariant.BF16)),
+        timed_steps=2,
+        generation_steps=1,
+    )
+    [result] = run_benchmark(settings, "cpu")
+    assert (result.model, result.tokens) == ("tiny-wan", 3 * 2 * 2)
+    assert result.attention_ms_per_step > 0
+    for variant, layers in ((result.bf16, 0), (result.w4a4, 10)):
+        assert len(variant.step_ms) == 2
+        assert all(math.isfinite(t) and t > 0 for t in variant.step_ms)
+        assert variant.quantized_layers == layers
+        assert variant.weight_bytes > 0
+        assert variant.generation is not None
+        assert variant.generation.error is None
+        assert variant.generation.frames_shape == (9, 16, 16, 3)
+        assert variant.generation.peak_bytes is None  # no CUDA memory on CPU
+        assert variant.generation.start_bytes is None
+        assert variant.generation.model_bytes > variant.weight_bytes  # transformer + VAE
+    assert result.w4a4.weight_bytes < result.bf16.weight_bytes
+    json_rows = to_json([result])
+    assert json_rows[0]["w4a4"]["variant"] == "w4a4"
+    assert "| tiny-wan | 12 |" in results_table([result])
+
+
+def test_model_measured_with_a_generation_is_freed_before_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pipeline's reference cycles must not keep a measured model alive into the next
+    model's peak (an H200 run counted the bf16 14B transformer in the W4A4 peak)."""
+    built: list[weakref.ref[nn.Module]] = []
+    build = bench_e2e._build
+
+    def spy(*args: object) -> nn.Module:
+        model = build(*args)  # type: ignore[arg-type]
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(bench_e2e, "_build", spy)
+    settings = E2ESettings(
+        architectures=(TINY_WAN,),
+        video=TINY_VIDEO,
+        vae=TINY_VAE,
+        text_encoder=TextEncoderSize(),
+        generation=(("tiny-wan", ModelVariant.BF16),),
+        timed_steps=1,
+        generation_steps=1,
+    )
+    target = resolve_target("cpu")
+    result = measure_variant(ModelVariant.BF16, TINY_WAN, settings, target)
+    assert result.generation is not None and result.generation.error is None
+    bench_e2e._reset_peak(target)
+    assert built and built[0]() is None
+
+
+def _result(bf16_ms: float, w4a4_ms: float, attention_ms: float, peak_gib: float) -> ModelResult:
+    generation = GenerationResult(
+        2, 10.0, int(peak_gib * GIB), (81, 480, 832, 3), int(7.2 * GIB), int(7.2 * GIB)
+    )
+    return ModelResult(
+        model="wan2.1-14b",
+        tokens=32760,
+        attention_ms_per_step=attention_ms,
+        bf16=VariantResult(ModelVariant.BF16, (bf16_ms,), 28 * GIB, 0),
+        w4a4=VariantResult(ModelVariant.W4A4, (w4a4_ms,), 7 * GIB, 400, generation),
+    )
+
+
+def test_goals_report_misses_with_the_reason() -> None:
+    checks = goal_checks([_result(1000.0, 900.0, 580.0, 25.0)])
+    lines = [c.line() for c in checks]
+    assert [c.met for c in checks] == [False, True, False]
+    # Needed: (1000 − 580) / (1000 / 1.15 − 580) = 1.45× on the non-attention part.
+    assert "58%" in lines[0] and "1.31×" in lines[0] and "1.45×" in lines[0]
+    assert "1.00 GiB over" in lines[2]
+    assert all(c.met for c in goal_checks([_result(1000.0, 800.0, 580.0, 12.0)]))
+    assert goal_checks([]) == []
+
+
+def test_section_appends_under_one_header(tmp_path: Path) -> None:
+    env = {"torch": "t", "triton": "tr", "capability": "sm_90", "card": "GPU", "date": "d",
+           "commit": "abc"}  # fmt: skip
+    text = section_text([_result(1000.0, 800.0, 580.0, 12.0)], E2ESettings(), env)
+    path = tmp_path / "BENCHMARKS.md"
+    append_section(path, text, "# Benchmarks\n")
+    append_section(path, text, "# Benchmarks\n")
+    content = path.read_text()
+    assert content.count("# Benchmarks\n") == 1
+    assert content.count("commit abc") == 2
+    assert "the text encoder" in content and "excluded" in content
+
+
+def test_cli_registers_beside_bench_kernels() -> None:
+    from qvgen.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "e2e", "--models", "wan2.1-14b", "--generation-models"])
+    assert args.models == ["wan2.1-14b"] and args.generation_models == []
+    assert parser.parse_args(["bench", "kernels"]).handler is not args.handler
