@@ -1,4 +1,4 @@
-"""``qvgen bench e2e``: a Wan 2.1 denoising step and a whole generation, bf16 against W4A4.
+"""``qvgen bench e2e``: a Wan 2.1 denoising step and a whole generation, W4A4 against its peers.
 
 For each architecture (``random_models``: the real Wan 2.1 1.3B / 14B configs, random weights)
 at one video size (default 81 × 480 × 832 → 32 760 tokens):
@@ -6,10 +6,11 @@ at one video size (default 81 × 480 × 832 → 32 760 tokens):
 * **step latency** — one denoising step with classifier-free guidance = two transformer calls
   (prompt and negative prompt, batch 1 each, as ``WanPipeline`` makes them) plus the guidance
   combination ε_u + g(ε_c − ε_u); the scheduler's update (one axpy over the latents) is left out.
-  Median over ``timed_steps`` after ``warmup_steps`` (which also run Triton's autotuning), timed
-  with CUDA events. bf16 = diffusers' ``WanTransformer3DModel`` with its SDPA attention; W4A4 =
-  the same model with every block linear a ``LowBitLinear`` (Triton on sm_80+), attention still
-  bf16 SDPA.
+  Median over ``timed_steps`` after ``warmup_steps`` (which also run Triton's autotuning and
+  the compilation), timed with CUDA events, for each peer (``benchmarks.peers``): bf16 =
+  diffusers' ``WanTransformer3DModel`` with its SDPA attention, eager and compiled; FP8 rowwise
+  linears, compiled; W4A4 = the same model with every block linear a ``LowBitLinear`` (Triton on
+  sm_80+), attention still bf16 SDPA, eager and compiled.
 * **attention share** — the bf16 self-attention alone (SDPA on [1, heads, tokens, head_dim],
   × layers × 2 calls): the part of a step that W4A4 linears cannot speed up. The rest of a step
   (linears, norms, modulation, cross-attention) is "other".
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import enum
 import gc
 import json
 import logging
@@ -47,10 +47,13 @@ from torch.nn import functional as F
 from benchmarks.e2e_report import (
     GIB,
     append_section,
+    generations_table,
     goal_checks,
+    peers_table,
     results_table,
     section_text,
 )
+from benchmarks.peers import CompileSettings, ModelVariant, Peer, PeerModel
 from benchmarks.random_models import (
     UMT5_STAND_IN,
     WAN_2_1_VAE,
@@ -68,6 +71,7 @@ from benchmarks.timing import time_ms
 from qvgen.cli import command_group
 from qvgen.family import ModelFamily, PipelineGeometry
 from qvgen.tiny_pipelines import TextEncoderSize
+from service.engine.compilation import CompileScope
 from service.engine.environment import RuntimeTarget, resolve_target
 
 logger = logging.getLogger(__name__)
@@ -78,13 +82,6 @@ _PROMPT = "a red car drives on a street at night"
 _NEGATIVE_PROMPT = "blurry low quality static"
 # Allocated memory at a generation's start beyond its models that is worth a warning.
 _STRAY_BYTES = 256 * 2**20
-
-
-class ModelVariant(enum.Enum):
-    """Which transformer a measurement runs: the bf16 model or its W4A4 packed version."""
-
-    BF16 = "bf16"
-    W4A4 = "w4a4"
 
 
 @dataclass(frozen=True)
@@ -122,16 +119,19 @@ class VideoSize:
 
 @dataclass(frozen=True)
 class E2ESettings:
-    """What ``run_benchmark`` measures. ``generation`` lists the (model name, variant) pairs
-    whose whole-generation peak VRAM is measured."""
+    """What ``run_benchmark`` measures. ``peers`` lists the configurations timed (bf16 and
+    W4A4 eager always: the baseline and the memory comparison); ``generation`` lists the (model
+    name, peer) pairs whose whole generation (peak VRAM, wall clock) is measured."""
 
     architectures: tuple[WanArchitecture, ...] = WAN_ARCHITECTURES
     video: VideoSize = field(default_factory=VideoSize)
     vae: VaeArchitecture = WAN_2_1_VAE
     text_encoder: TextEncoderSize = UMT5_STAND_IN
-    generation: tuple[tuple[str, ModelVariant], ...] = (
-        ("wan2.1-14b", ModelVariant.W4A4),
-        ("wan2.1-14b", ModelVariant.BF16),
+    peers: tuple[Peer, ...] = tuple(Peer)
+    compile: CompileSettings = field(default_factory=CompileSettings)
+    generation: tuple[tuple[str, Peer], ...] = (
+        ("wan2.1-14b", Peer.W4A4),
+        ("wan2.1-14b", Peer.BF16),
     )
     warmup_steps: int = 1
     timed_steps: int = 3
@@ -143,6 +143,12 @@ class E2ESettings:
         for name in ("warmup_steps", "timed_steps", "generation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        missing = [p.value for p in (Peer.BF16, Peer.W4A4) if p not in self.peers]
+        if missing:
+            raise ValueError(f"peers must include {missing}: the baseline and the memory row")
+        unmeasured = sorted(p.value for _, p in self.generation if p not in self.peers)
+        if unmeasured:
+            raise ValueError(f"generation names peers that are not measured: {unmeasured}")
         names = {a.name for a in self.architectures}
         unknown = sorted(n for n, _ in self.generation if n not in names)
         if unknown:
@@ -167,15 +173,22 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
-class VariantResult:
-    variant: ModelVariant
+class PeerResult:
+    """One peer's measurement; ``error`` set (and no times) when it failed. ``fp8_impl`` names
+    the FP8 implementation of the FP8 peer."""
+
+    peer: Peer
     step_ms: tuple[float, ...]
     weight_bytes: int
     quantized_layers: int
     generation: GenerationResult | None = None
+    error: str | None = None
+    fp8_impl: str | None = None
 
     @property
     def median_step_ms(self) -> float:
+        if not self.step_ms:
+            raise ValueError(f"{self.peer.value} has no step times: {self.error}")
         return statistics.median(self.step_ms)
 
 
@@ -184,8 +197,36 @@ class ModelResult:
     model: str
     tokens: int
     attention_ms_per_step: float
-    bf16: VariantResult
-    w4a4: VariantResult
+    peers: tuple[PeerResult, ...]
+
+    def result(self, peer: Peer) -> PeerResult | None:
+        return next((r for r in self.peers if r.peer is peer), None)
+
+    def _required(self, peer: Peer) -> PeerResult:
+        found = self.result(peer)
+        if found is None:
+            raise ValueError(f"{self.model}: {peer.value} was not measured")
+        return found
+
+    @property
+    def bf16(self) -> PeerResult:
+        return self._required(Peer.BF16)
+
+    @property
+    def w4a4(self) -> PeerResult:
+        return self._required(Peer.W4A4)
+
+    def speedup_of(self, peer: Peer) -> float | None:
+        """bf16 eager step time ÷ ``peer``'s (None when it was not measured or failed)."""
+        found = self.result(peer)
+        if found is None or not found.step_ms:
+            return None
+        return self.bf16.median_step_ms / found.median_step_ms
+
+    def fastest(self, ours: bool) -> PeerResult | None:
+        """The fastest measured peer of ours (or of the others)."""
+        timed = [r for r in self.peers if r.peer.ours is ours and r.step_ms]
+        return min(timed, key=lambda r: r.median_step_ms, default=None)
 
     @property
     def speedup(self) -> float:
@@ -363,25 +404,57 @@ def time_guided_step(
         return time_ms(step, target.device, settings.warmup_steps, settings.timed_steps)
 
 
+def _time_peer(
+    peer: Peer,
+    model: PeerModel,
+    arch: WanArchitecture,
+    settings: E2ESettings,
+    target: RuntimeTarget,
+) -> PeerResult:
+    began = time.perf_counter()
+    try:
+        model.prepare(peer, settings.compile)
+        times = time_guided_step(model.transformer, arch, settings, target)
+    except Exception as error:  # a peer that fails (say, to compile) must not stop the others
+        logger.exception("%s %s failed", arch.name, peer.value)
+        _reset_peak(target)
+        return PeerResult(
+            peer, (), resident_bytes(model.transformer), count_quantized(model.transformer),
+            error=f"{type(error).__name__}: {str(error)[:200]}",
+        )  # fmt: skip
+    logger.info(
+        "%s %s step times (ms): %s (%.1f s with warm-up)",
+        arch.name, peer.value, times, time.perf_counter() - began,
+    )  # fmt: skip
+    generation = None
+    if (arch.name, peer) in settings.generation:
+        generation = measure_generation(model.transformer, settings, target)
+        logger.info("%s %s generation: %s", arch.name, peer.value, generation)
+    return PeerResult(
+        peer, tuple(times), resident_bytes(model.transformer), count_quantized(model.transformer),
+        generation, fp8_impl=model.fp8_impl if peer.fp8 else None,
+    )  # fmt: skip
+
+
 def measure_variant(
     variant: ModelVariant, arch: WanArchitecture, settings: E2ESettings, target: RuntimeTarget
-) -> VariantResult:
-    """Build ``arch`` as ``variant``, time a guided step, optionally run a whole generation.
+) -> list[PeerResult]:
+    """Build ``arch`` as ``variant`` and take it through its peers (``benchmarks.peers``): time a
+    guided step each, and run a whole generation where ``settings.generation`` asks.
 
-    The step's inputs are freed before the generation, so its peak holds only the pipeline.
+    The step's inputs are freed before a generation, so its peak holds only the pipeline.
     """
     began = time.perf_counter()
-    transformer = _build(variant, arch, target, settings.seed)
+    model = PeerModel(_build(variant, arch, target, settings.seed))
     logger.info("%s %s built in %.1f s", arch.name, variant.value, time.perf_counter() - began)
-    times = time_guided_step(transformer, arch, settings, target)
-    logger.info("%s %s step times (ms): %s", arch.name, variant.value, times)
-    generation = None
-    if (arch.name, variant) in settings.generation:
-        generation = measure_generation(transformer, settings, target)
-        logger.info("%s %s generation: %s", arch.name, variant.value, generation)
-    return VariantResult(
-        variant, tuple(times), resident_bytes(transformer), count_quantized(transformer), generation
-    )
+    try:
+        return [
+            _time_peer(peer, model, arch, settings, target)
+            for peer in settings.peers
+            if peer.variant is variant
+        ]
+    finally:
+        model.release()
 
 
 def run_benchmark(settings: E2ESettings, device: str = "cuda") -> list[ModelResult]:
@@ -390,13 +463,13 @@ def run_benchmark(settings: E2ESettings, device: str = "cuda") -> list[ModelResu
     results = []
     for arch in settings.architectures:
         tokens = settings.video.tokens(arch, settings.vae)
+        peers: list[PeerResult] = []
         # Each model is freed before the next is built (the results hold no tensors).
-        bf16 = measure_variant(ModelVariant.BF16, arch, settings, target)
-        _reset_peak(target)
-        w4a4 = measure_variant(ModelVariant.W4A4, arch, settings, target)
-        _reset_peak(target)
+        for variant in ModelVariant:
+            peers.extend(measure_variant(variant, arch, settings, target))
+            _reset_peak(target)
         attention = attention_ms_per_step(arch, tokens, target, settings)
-        results.append(ModelResult(arch.name, tokens, attention, bf16, w4a4))
+        results.append(ModelResult(arch.name, tokens, attention, tuple(peers)))
         # Logged as it completes, so a run cut short still leaves the finished models.
         logger.info("result %s", json.dumps(to_json(results[-1:])[0]))
     return results
@@ -406,7 +479,7 @@ def to_json(results: list[ModelResult]) -> list[dict[str, Any]]:
     """Plain data (enums as their values) for ``--json``."""
 
     def plain(value: Any) -> Any:
-        if isinstance(value, ModelVariant):
+        if isinstance(value, ModelVariant | Peer):
             return value.value
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
@@ -420,13 +493,13 @@ def to_json(results: list[ModelResult]) -> list[dict[str, Any]]:
 def settings_from_args(args: argparse.Namespace) -> E2ESettings:
     known = {a.name: a for a in WAN_ARCHITECTURES}
     generation = tuple(
-        (name, ModelVariant(variant))
-        for name in args.generation_models
-        for variant in args.generation_variants
+        (name, peer) for name in args.generation_models for peer in args.generation_peers
     )
     return E2ESettings(
         architectures=tuple(known[name] for name in args.models),
         video=VideoSize(args.frames, args.height, args.width),
+        peers=tuple(sorted(set(args.peers) | {Peer.BF16, Peer.W4A4}, key=list(Peer).index)),
+        compile=CompileSettings(scope=args.compile_scope),
         generation=generation,
         warmup_steps=args.warmup_steps,
         timed_steps=args.timed_steps,
@@ -447,7 +520,10 @@ def run(args: argparse.Namespace) -> int:
     env = environment(args.commit or git_commit())
     results = run_benchmark(settings, args.device)
     print(f"{env['card']} {env['date']} commit {env['commit']}")
+    print(peers_table(results))
     print(results_table(results))
+    if generations_table(results):
+        print(generations_table(results))
     for check in goal_checks(results):
         print(check.line())
     append_section(Path(args.benchmarks), section_text(results, settings, env), BENCHMARKS_HEADER)
@@ -475,11 +551,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="models whose whole-generation peak VRAM is measured (none: skip)",
     )
     parser.add_argument(
-        "--generation-variants",
+        "--generation-peers",
         nargs="+",
-        type=ModelVariant,
-        choices=list(ModelVariant),
-        default=[ModelVariant.W4A4, ModelVariant.BF16],
+        type=Peer,
+        choices=list(Peer),
+        default=[peer for _, peer in defaults.generation],
+        help="peers whose whole generation is measured (wall clock and peak VRAM)",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="+",
+        type=Peer,
+        choices=list(Peer),
+        default=list(defaults.peers),
+        help="configurations to time (bf16 and w4a4 eager always run)",
+    )
+    parser.add_argument(
+        "--compile-scope",
+        type=CompileScope,
+        choices=list(CompileScope),
+        default=defaults.compile.scope,
+        help="what the compiled peers compile: each block (fast to build) or the whole model",
     )
     parser.add_argument("--generation-steps", type=int, default=defaults.generation_steps)
     parser.add_argument("--guidance", type=float, default=defaults.guidance_scale)
@@ -496,7 +588,8 @@ def register(subparsers: Any) -> None:
     add_arguments(
         command_group(subparsers, "bench", "benchmarks that append to BENCHMARKS.md").add_parser(
             "e2e",
-            help="Wan 2.1 1.3B/14B guided step and generation peak VRAM, bf16 vs W4A4, on this GPU",
+            help="Wan 2.1 1.3B/14B guided step and generation: W4A4 against bf16 (eager and "
+            "compiled) and FP8 rowwise + compile, on this GPU",
         )
     )
 

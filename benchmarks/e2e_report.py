@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.peers import Peer
+
 if TYPE_CHECKING:
     from benchmarks.e2e import E2ESettings, GenerationResult, ModelResult
 
@@ -30,6 +32,40 @@ def _peak(generation: GenerationResult | None) -> str:
     if generation.error is not None:
         return "did not fit" if "out of memory" in generation.error else "failed"
     return _fmt(None if generation.peak_bytes is None else generation.peak_bytes / GIB)
+
+
+def peers_table(results: list[ModelResult]) -> str:
+    """Guided-step time of every peer, and its speed-up over bf16 eager."""
+    peers = [p for p in Peer if any(r.result(p) is not None for r in results)]
+    head = "| model | tokens | " + " | ".join(f"{p.value} ms (× bf16)" for p in peers) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        cells = [r.model, str(r.tokens)]
+        for p in peers:
+            found = r.result(p)
+            if found is None:
+                cells.append("–")
+            elif not found.step_ms:
+                cells.append("failed")
+            else:
+                cells.append(f"{found.median_step_ms:.1f} ({_fmt(r.speedup_of(p))}×)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def generations_table(results: list[ModelResult]) -> str:
+    """Whole generations: wall clock and peak VRAM per measured peer (empty when none)."""
+    rows = [(r.model, p) for r in results for p in r.peers if p.generation is not None]
+    if not rows:
+        return ""
+    lines = ["| model | peer | steps | seconds | peak GiB |", "|---|---|---|---|---|"]
+    for model, p in rows:
+        g = p.generation
+        assert g is not None
+        lines.append(
+            f"| {model} | {p.peer.value} | {g.steps} | {_fmt(g.seconds, 1)} | {_peak(g)} |"
+        )
+    return "\n".join(lines)
 
 
 def results_table(results: list[ModelResult]) -> str:
@@ -104,11 +140,30 @@ def _peak_goal(r: ModelResult) -> GoalCheck | None:
     )
 
 
+def _peer_goal(r: ModelResult) -> GoalCheck | None:
+    """Ours faster than the fastest of what users already have (FP8 + compile, bf16 + compile)."""
+    ours, theirs = r.fastest(ours=True), r.fastest(ours=False)
+    if ours is None or theirs is None:
+        return None
+    ratio = theirs.median_step_ms / ours.median_step_ms
+    met = ratio > 1.0
+    why = "" if met else f"{1 / ratio - 1:.1%} slower"
+    return GoalCheck(
+        f"{r.model} fastest ours ({ours.peer.value}) faster than fastest peer ({theirs.peer.value})",
+        f"{ratio:.2f}×",
+        met,
+        why,
+    )
+
+
 def goal_checks(results: list[ModelResult]) -> list[GoalCheck]:
     """The engine goals, measured on the Wan 2.1 14B row (none when it was not run)."""
     checks = []
     for r in (r for r in results if r.model == GOAL_MODEL):
         checks.append(_speed_goal(r))
+        peer = _peer_goal(r)
+        if peer is not None:
+            checks.append(peer)
         ratio_met = r.weight_ratio >= GOAL_WEIGHT_RATIO
         checks.append(
             GoalCheck(
@@ -124,16 +179,26 @@ def goal_checks(results: list[ModelResult]) -> list[GoalCheck]:
     return checks
 
 
-def method_text(settings: E2ESettings, env: dict[str, Any]) -> str:
+def _fp8_impl(results: list[ModelResult]) -> str:
+    impls = {p.fp8_impl for r in results for p in r.peers if p.fp8_impl}
+    return ", ".join(sorted(impls)) or "not run"
+
+
+def method_text(results: list[ModelResult], settings: E2ESettings, env: dict[str, Any]) -> str:
     v = settings.video
     return (
         f"torch {env['torch']}, Triton {env['triton']}, {env['capability']}. Random weights in "
         f"the real Wan 2.1 configs, {v.frames}×{v.height}×{v.width}. Step = one denoising step "
         "with classifier-free guidance (two transformer calls, batch 1 each, plus the guidance "
         f"combination), median of {settings.timed_steps} after {settings.warmup_steps} warm-up, "
-        "CUDA events. bf16 = diffusers `WanTransformer3DModel` (SDPA attention); W4A4 = every "
-        "block linear a `LowBitLinear` (Triton), embedders/norms/`proj_out` in bf16 "
-        "(`LayerPolicy()`), attention still bf16 SDPA. Attention = bf16 SDPA self-attention "
+        "CUDA events, all peers in one process on the same inputs. bf16 = diffusers "
+        "`WanTransformer3DModel` (SDPA attention); W4A4 = every block linear a `LowBitLinear` "
+        "(Triton), embedders/norms/`proj_out` in bf16 (`LayerPolicy()`), attention still bf16 "
+        "SDPA; FP8 = the same linears as FP8 rowwise (per-token e4m3 activations, per-channel "
+        f"weights, `torch._scaled_mm` with fast accumulation: {_fp8_impl(results)}); "
+        f"+compile = `torch.compile` ({settings.compile.backend}, scope "
+        f"{settings.compile.scope.value}: `service.engine.compilation`, compile time in the "
+        "warm-up). Attention = bf16 SDPA self-attention "
         "alone × layers × 2 calls; other = step − attention. Weights = every parameter and "
         "buffer of the transformer. Generation peak = `torch.cuda.max_memory_allocated` over a "
         f"whole `WanPipeline` call ({settings.generation_steps} steps with guidance, real Wan VAE "
@@ -147,7 +212,9 @@ def section_text(results: list[ModelResult], settings: E2ESettings, env: dict[st
     goals = goal_checks(results)
     return (
         f"\n## {SECTION_TITLE}, {env['card']}, {env['date']}, commit {env['commit']}\n\n"
-        f"{method_text(settings, env)}\n\n{results_table(results)}\n\n"
+        f"{method_text(results, settings, env)}\n\n{peers_table(results)}\n\n"
+        f"{results_table(results)}\n\n"
+        + (f"{generations_table(results)}\n\n" if generations_table(results) else "")
         + ("Goals:\n\n" + "\n".join(f"- {g.line()}" for g in goals) + "\n" if goals else "")
     )
 

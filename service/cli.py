@@ -14,8 +14,15 @@ import sys
 from typing import Any
 
 from qvgen.cli import command_group
+from service.engine.types import CompilePolicy
 from service.settings import ServiceSettings
-from service.worker.engines import EngineKind, build_engine, model_id_for
+from service.worker.engines import (
+    EngineKind,
+    EngineStart,
+    build_engine,
+    model_id_for,
+    warm_up_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,13 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-id", default=None, help="id clients pass (default: dir name)")
     parser.add_argument(
         "--step-delay", type=float, default=0.0, help="seconds per step of the noop engine"
+    )
+    parser.add_argument(
+        "--compile",
+        type=CompilePolicy,
+        choices=list(CompilePolicy),
+        default=None,
+        help="torch.compile the transformer (auto: on CUDA); default: QVGEN_COMPILE_TRANSFORMER",
     )
 
 
@@ -101,9 +115,16 @@ def run_worker(args: argparse.Namespace) -> int:
 
     settings = ServiceSettings()
     model_id = model_id_for(args.engine, args.model, args.model_id)
-    engine = build_engine(args.engine, args.model, args.device, model_id, args.step_delay)
-    if args.device == "cpu":
+    if args.device == "cpu":  # before the engine's warm-up, which already computes
         limit_torch_threads(settings.worker_threads)
+    engine = build_engine(
+        args.engine,
+        args.model,
+        args.device,
+        model_id,
+        args.step_delay,
+        engine_start(args, settings),
+    )
     worker = Worker(engine, settings, args.device, metrics_port=args.metrics_port)
     worker.install_signal_handlers()
     worker.run()
@@ -116,7 +137,20 @@ def run_worker(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def engine_start(args: argparse.Namespace, settings: ServiceSettings) -> EngineStart:
+    """Compile choice (the flag over the setting) and a warm-up at the default request size."""
+    width, height = (int(v) for v in settings.default_size.split("x"))
+    return EngineStart(
+        compile=args.compile or settings.compile_transformer,
+        compile_cache_dir=settings.compile_cache_dir,
+        warm_up=warm_up_request(
+            width, height, settings.default_num_frames, settings.default_guidance_scale
+        ),
+    )
+
+
 def worker_command(args: argparse.Namespace, model_id: str) -> list[str]:
+    compile_flag = [] if args.compile is None else ["--compile", str(args.compile)]
     return [
         sys.executable,
         "-m",
@@ -133,6 +167,7 @@ def worker_command(args: argparse.Namespace, model_id: str) -> list[str]:
         model_id,
         "--step-delay",
         str(args.step_delay),
+        *compile_flag,
     ]
 
 

@@ -143,6 +143,13 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.transformer_compile = Gauge(
+            "qvgen_worker_transformer_compile",
+            "1 for how this worker's transformer runs: eager (chosen), compiled, or fallback "
+            "(eager after torch.compile failed).",
+            ["model", "status"],
+            registry=self.registry,
+        )
         self.gpu_memory_used = Gauge(
             "qvgen_gpu_memory_used_bytes",
             "GPU memory held by tensors of this process.",

@@ -15,6 +15,8 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.engine.types import CompilePolicy
+
 
 class Environment(enum.StrEnum):
     DEVELOPMENT = "development"
@@ -92,6 +94,13 @@ class ServiceSettings(BaseSettings):
     janitor_interval_s: float = Field(default=30.0, gt=0.0, le=3600.0)
 
     results_dir: Path = Path("results")
+
+    # --- worker engine --------------------------------------------------------------------
+    # torch.compile of the transformer: auto = on CUDA only (``service.engine.compilation``).
+    compile_transformer: CompilePolicy = CompilePolicy.AUTO
+    # Inductor's and Triton's generated code, kept across worker restarts so that a restarted
+    # worker skips code generation; on a volume in containers, shared by a host's workers.
+    compile_cache_dir: Path = Path("compile-cache")
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     # Where a worker's /metrics listens: this machine only, unless set (compose: 0.0.0.0).
     worker_metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from service.engine.types import GenerationRequest
+from service.engine.types import CompilePolicy, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,23 @@ def register(subparsers: Any) -> None:
         help="move the text encoder to CPU memory after encoding (CUDA)",
     )
     parser.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles")
+    parser.add_argument(
+        "--compile",
+        type=CompilePolicy,
+        choices=list(CompilePolicy),
+        default=CompilePolicy.AUTO,
+        help="torch.compile the transformer (auto: on CUDA, off on the CPU)",
+    )
+    parser.add_argument(
+        "--compile-cache-dir", type=Path, default=None, help="keep compiled code here"
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load, check, generate, write; returns the exit status (2 for a request the model refuses)."""
     # Imported here: diffusers takes seconds to import, and every other qvgen command would pay.
+    from service.engine.compilation import CompileOptions
     from service.engine.diffusers_engine import DiffusersEngine
     from service.engine.loading import MemoryOptions
     from service.engine.output import write_video_files
@@ -68,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     options = MemoryOptions(
         offload_text_encoder=args.offload_text_encoder, vae_tiling=args.vae_tiling
     )
-    engine = DiffusersEngine.from_pretrained(args.model, device=args.device, options=options)
+    compile_options = CompileOptions(policy=args.compile, cache_dir=args.compile_cache_dir)
+    engine = DiffusersEngine.from_pretrained(
+        args.model, device=args.device, options=options, compile_options=compile_options
+    )
     try:
         engine.check(request)
     except ValueError as err:

@@ -5,6 +5,13 @@ leaves the GPU), the denoising loop inside the diffusers pipeline (``on_step`` a
 cancellation check run in its ``callback_on_step_end``), and VAE decoding. Cancellation raises
 ``GenerationCancelled`` out of the pipeline call, so no partially denoised video is ever decoded
 or returned.
+
+The transformer is compiled per ``CompileOptions`` (``service.engine.compilation``: on CUDA by
+default). Compilation happens at the first call, so ``warm_up`` runs one short generation at
+the size the caller expects to serve; if compiling fails there — or later, at the first call of
+a new shape, before any step of that job completed — the engine logs one line, returns the
+transformer to eager execution for good (``compile_status`` FALLBACK) and runs the generation
+eagerly instead of failing it.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch._dynamo.exc import TorchDynamoException
 
 from qvgen.family import ModelFamily, detect_family
 from qvgen.timestep_groups import restart_timestep_groups
+from service.engine.compilation import CompiledModules, CompileOptions, compile_transformer
 from service.engine.environment import RuntimeTarget, resolve_target
 from service.engine.loading import (
     MemoryOptions,
@@ -36,6 +45,7 @@ from service.engine.rules import (
 )
 from service.engine.types import (
     CancelCheck,
+    CompileStatus,
     GeneratedVideo,
     GenerationCancelled,
     GenerationRequest,
@@ -93,6 +103,7 @@ class DiffusersEngine:
         model_id: str,
         options: MemoryOptions | None = None,
         limits: ModelLimits | None = None,
+        compile_options: CompileOptions | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.family = family
@@ -106,6 +117,12 @@ class DiffusersEngine:
         if self._offloads_text_encoder:
             # Between jobs the text encoder waits in CPU memory; _encode brings it over.
             pipeline.text_encoder.to("cpu")
+        self.compile_options = compile_options or CompileOptions()
+        self._compiled: CompiledModules | None = None
+        self.compile_status = CompileStatus.EAGER
+        if self.compile_options.wanted(target.is_cuda):
+            self._compiled = compile_transformer(pipeline.transformer, self.compile_options)
+            self.compile_status = CompileStatus.COMPILED
 
     @property
     def rules(self) -> EngineRules:
@@ -123,13 +140,51 @@ class DiffusersEngine:
         options: MemoryOptions | None = None,
         limits: ModelLimits | None = None,
         model_id: str | None = None,
+        compile_options: CompileOptions | None = None,
     ) -> DiffusersEngine:
         """Check the environment, load ``model_dir`` and wrap it; ``model_id`` defaults to the
         directory name."""
         target = resolve_target(device)
         family = detect_family(model_dir)
         pipeline = load_pipeline_on(model_dir, target, options)
-        return cls(pipeline, family, target, model_id or Path(model_dir).name, options, limits)
+        model_id = model_id or Path(model_dir).name
+        return cls(pipeline, family, target, model_id, options, limits, compile_options)
+
+    def warm_up(self, request: GenerationRequest) -> float:
+        """Run ``request`` once and discard the video, so that compilation (and the kernels'
+        autotuning) happens now rather than in the first job; returns the seconds it took.
+
+        A request this model refuses raises ``InvalidRequest``. Use the size that will be
+        served: a new shape compiles again at its first call.
+        """
+        self.check(request)
+        started = time.perf_counter()
+        self.generate(request)
+        seconds = time.perf_counter() - started
+        logger.info(
+            "%s: warmed up in %.1f s (%d×%d×%d, %d steps), transformer %s",
+            self.model_id,
+            seconds,
+            request.num_frames,
+            request.height,
+            request.width,
+            request.num_inference_steps,
+            self.compile_status.value,
+        )
+        return seconds
+
+    def _fall_back_to_eager(self, error: Exception) -> None:
+        assert self._compiled is not None
+        self._compiled.undo()
+        self._compiled = None
+        self.compile_status = CompileStatus.FALLBACK
+        torch._dynamo.reset()
+        logger.error(
+            "%s: torch.compile failed (%s: %s); the transformer runs eagerly from now on",
+            self.model_id,
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+        )
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ``InvalidRequest`` (a ``ValueError``) naming the field and its allowed range."""
@@ -201,7 +256,16 @@ class DiffusersEngine:
         started = time.perf_counter()
         embeddings = self._encode(request)
         clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
-        frames = self._denoise_and_decode(request, embeddings, clock)
+        try:
+            frames = self._denoise_and_decode(request, embeddings, clock)
+        except TorchDynamoException as error:
+            # Compiling (dynamo's trace or the backend) failed before the first step finished:
+            # nothing was reported yet, so the job can start over on the eager transformer.
+            if self._compiled is None or clock.step_ends:
+                raise
+            self._fall_back_to_eager(error)
+            clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
+            frames = self._denoise_and_decode(request, embeddings, clock)
         finished = time.perf_counter()
         expected = (request.num_frames, request.height, request.width, 3)
         if frames.shape != expected:

@@ -7,6 +7,7 @@ here knows of HTTP or Redis.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -20,6 +21,22 @@ if TYPE_CHECKING:  # rules imports this module's request types
 StepCallback = Callable[[int, int], None]
 # should_cancel() → True stops the generation before the next step.
 CancelCheck = Callable[[], bool]
+
+
+class CompilePolicy(enum.StrEnum):
+    """Whether an engine compiles its transformer (``service.engine.compilation``)."""
+
+    AUTO = "auto"  # on CUDA; off on the CPU, where inductor's code is slow to build
+    ON = "on"
+    OFF = "off"
+
+
+class CompileStatus(enum.StrEnum):
+    """How an engine's transformer runs: eager by choice, compiled, or eager after a failure."""
+
+    EAGER = "eager"
+    COMPILED = "compiled"
+    FALLBACK = "fallback"
 
 
 class GenerationCancelled(Exception):
@@ -77,6 +94,8 @@ class Engine(Protocol):
     """A loaded model that turns requests into videos."""
 
     model_id: str
+    # How the transformer runs (Prometheus reads it; the no-op engine has none to compile).
+    compile_status: CompileStatus
 
     @property
     def rules(self) -> EngineRules | None:

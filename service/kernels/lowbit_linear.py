@@ -190,7 +190,7 @@ class ReferenceLowBitLinear(LowBitLinear):
         return self.qweight
 
     def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
-        return quantized_linear_reference(
+        return _reference_op(
             x2d,
             self.weight_codes,
             self.weight_scale,
@@ -200,6 +200,46 @@ class ReferenceLowBitLinear(LowBitLinear):
             self.weight_bits,
             self.activation_bits,
         )
+
+
+# An opaque operator, so that a compiler never rewrites the contract's float32 expressions:
+# inductor's GPU code divides with an approximate instruction unless told otherwise, and any
+# fused rewrite may round x / s_x differently and move a code. Inside, eager PyTorch runs.
+@torch.library.custom_op("qvgen::lowbit_linear_reference", mutates_args=())
+def _reference_op(
+    x2d: torch.Tensor,
+    weight_codes: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: torch.Tensor | None,
+    clip: torch.Tensor,
+    weight_bits: int,
+    activation_bits: int,
+) -> torch.Tensor:
+    return quantized_linear_reference(
+        x2d,
+        weight_codes,
+        weight_scale,
+        weight_zero_point,
+        bias,
+        clip,
+        weight_bits,
+        activation_bits,
+    )
+
+
+@_reference_op.register_fake
+def _reference_fake(
+    x2d: torch.Tensor,
+    weight_codes: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: torch.Tensor | None,
+    clip: torch.Tensor,
+    weight_bits: int,
+    activation_bits: int,
+) -> torch.Tensor:
+    return x2d.new_empty((x2d.shape[0], weight_codes.shape[0]), dtype=torch.float32)
 
 
 class TritonLowBitLinear(LowBitLinear):

@@ -1,20 +1,60 @@
-"""Which engine a worker runs: the diffusers pipeline of a model directory, or the no-op one."""
+"""Which engine a worker runs, built and warmed up before the worker says it is ready.
+
+A worker registers (heartbeats, publishes its model's rules) only after ``build_engine``
+returns, so the diffusers engine compiles its transformer and runs one warm-up generation here:
+the first job then starts at full speed, and a compile failure has already fallen back to eager
+(``service.engine.diffusers_engine``) instead of failing a job.
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from service.engine.types import Engine
+from service.engine.types import CompilePolicy, Engine, GenerationRequest
 from service.worker.noop_engine import NoopEngine
 
 logger = logging.getLogger(__name__)
+
+# Steps of the warm-up generation: every step runs the same shapes, so one would do; two also
+# run the scheduler's second-step path.
+WARM_UP_STEPS = 2
 
 
 class EngineKind(enum.StrEnum):
     DIFFUSERS = "diffusers"  # --model is a diffusers pipeline directory
     NOOP = "noop"  # --model is only a name; frames are synthetic (benchmarks, queue tests)
+
+
+@dataclass(frozen=True)
+class EngineStart:
+    """How a worker's diffusers engine starts.
+
+    compile: whether to compile the transformer (``CompilePolicy``; AUTO: on CUDA).
+    compile_cache_dir: inductor's and Triton's code cache (None: their defaults).
+    warm_up: the request of the warm-up generation (the size the worker will mostly serve),
+        or None for no warm-up.
+    """
+
+    compile: CompilePolicy = CompilePolicy.AUTO
+    compile_cache_dir: Path | None = None
+    warm_up: GenerationRequest | None = None
+
+
+def warm_up_request(
+    width: int, height: int, num_frames: int, guidance_scale: float
+) -> GenerationRequest:
+    """A short generation at the size (and guidance, which sets the batch) to be served."""
+    return GenerationRequest(
+        prompt="warm-up",
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        num_inference_steps=WARM_UP_STEPS,
+        guidance_scale=guidance_scale,
+    )
 
 
 def model_id_for(kind: EngineKind, model: str, model_id: str | None) -> str:
@@ -25,12 +65,30 @@ def model_id_for(kind: EngineKind, model: str, model_id: str | None) -> str:
 
 
 def build_engine(
-    kind: EngineKind, model: str, device: str, model_id: str, step_delay_s: float = 0.0
+    kind: EngineKind,
+    model: str,
+    device: str,
+    model_id: str,
+    step_delay_s: float = 0.0,
+    start: EngineStart | None = None,
 ) -> Engine:
     if kind is EngineKind.NOOP:
         return NoopEngine(model_id, step_delay_s=step_delay_s)
     # Imported here: the diffusers stack takes seconds to import and the no-op worker needs none.
+    from service.engine.compilation import CompileOptions
     from service.engine.diffusers_engine import DiffusersEngine
 
+    start = start or EngineStart()
     logger.info("loading %s on %s as model %r", model, device, model_id)
-    return DiffusersEngine.from_pretrained(model, device=device, model_id=model_id)
+    options = CompileOptions(policy=start.compile, cache_dir=start.compile_cache_dir)
+    engine = DiffusersEngine.from_pretrained(
+        model, device=device, model_id=model_id, compile_options=options
+    )
+    if start.warm_up is not None:
+        try:
+            engine.warm_up(start.warm_up)
+        except ValueError as error:
+            # The default size this model refuses: requests that leave the size out will be
+            # refused too, but the worker can still serve the others.
+            logger.warning("%s: no warm-up, the default request is refused: %s", model_id, error)
+    return engine

@@ -15,6 +15,7 @@ import numpy as np
 from service.engine.rules import EngineRules, ModelGeometry, ModelLimits, check_request
 from service.engine.types import (
     CancelCheck,
+    CompileStatus,
     GeneratedVideo,
     GenerationCancelled,
     GenerationRequest,
@@ -41,6 +42,8 @@ NOOP_RULES = EngineRules(
 class NoopEngine:
     """Sleeps ``step_delay_s`` per step, then returns frame t filled with a seed-dependent
     gradient: pixel (t, y, x) = ((seed + 16 t) mod 256, 255 · y / H, 255 · x / W)."""
+
+    compile_status = CompileStatus.EAGER
 
     def __init__(
         self, model_id: str, step_delay_s: float = 0.0, rules: EngineRules = NOOP_RULES

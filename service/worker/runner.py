@@ -8,6 +8,7 @@ Shutdown (SIGTERM, SIGINT): no new job is taken; the running one may finish with
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -23,7 +24,13 @@ from typing import cast
 from prometheus_client import start_http_server
 from redis.exceptions import OutOfMemoryError, RedisError
 
-from service.engine.types import Engine, GeneratedVideo, GenerationCancelled, InvalidRequest
+from service.engine.types import (
+    CompileStatus,
+    Engine,
+    GeneratedVideo,
+    GenerationCancelled,
+    InvalidRequest,
+)
 from service.metrics import WorkerMetrics
 from service.queue.connection import worker_client
 from service.queue.consumer import Claim, Consumer, StartOutcome
@@ -39,6 +46,10 @@ logger = logging.getLogger(__name__)
 MAX_BLOCK_MS = 1000
 # Retry pause while Redis is unreachable (doubles up to the maximum).
 RETRY_PAUSE_S, MAX_RETRY_PAUSE_S = 0.05, 2.0
+
+
+def _is_status(engine: Engine, status: CompileStatus) -> float:
+    return float(engine.compile_status is status)
 
 
 def consumer_name() -> str:
@@ -69,6 +80,10 @@ class Worker:
         self.consumer = Consumer(self.redis, settings, self.model, name or consumer_name())
         self.results = open_store(settings)
         self.metrics = WorkerMetrics()
+        for status in CompileStatus:
+            self.metrics.transformer_compile.labels(self.model, status.value).set_function(
+                functools.partial(_is_status, engine, status)
+            )
         port = settings.worker_metrics_port if metrics_port is None else metrics_port
         self._metrics_server, _ = start_http_server(
             port, addr=settings.worker_metrics_host, registry=self.metrics.registry

@@ -17,7 +17,7 @@ from benchmarks.e2e import (
     GenerationResult,
     ModelResult,
     ModelVariant,
-    VariantResult,
+    PeerResult,
     VideoSize,
     measure_variant,
     run_benchmark,
@@ -26,10 +26,13 @@ from benchmarks.e2e import (
 from benchmarks.e2e_report import (
     GIB,
     append_section,
+    generations_table,
     goal_checks,
+    peers_table,
     results_table,
     section_text,
 )
+from benchmarks.peers import CompileSettings, Peer
 from benchmarks.random_models import (
     WAN_2_1_1_3B,
     WAN_2_1_14B,
@@ -92,37 +95,76 @@ def test_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError, match="timed_steps must be ≥ 1, got 0"):
         E2ESettings(timed_steps=0)
     with pytest.raises(ValueError, match=r"unknown models \[.nope.\]"):
-        E2ESettings(generation=(("nope", ModelVariant.W4A4),))
+        E2ESettings(generation=(("nope", Peer.W4A4),))
+    with pytest.raises(ValueError, match=r"must include \['bf16'\]"):
+        E2ESettings(peers=(Peer.W4A4,))
+    with pytest.raises(ValueError, match=r"not measured: \['fp8\+compile'\]"):
+        E2ESettings(peers=(Peer.BF16, Peer.W4A4), generation=(("wan2.1-14b", Peer.FP8_COMPILE),))
 
 
-def test_tiny_benchmark_runs_on_cpu() -> None:
+def test_tiny_benchmark_runs_every_peer_on_cpu() -> None:
     settings = E2ESettings(
         architectures=(TINY_WAN,),
         video=TINY_VIDEO,
         vae=TINY_VAE,
         text_encoder=TextEncoderSize(),
-        generation=(("tiny-wan", ModelVariant.W4A4), ("tiny-wan", ModelVariant.BF16)),
+        # aot_eager: dynamo's capture without inductor's CPU code generation (minutes here).
+        compile=CompileSettings(backend="aot_eager"),
+        generation=(("tiny-wan", Peer.W4A4_COMPILE), ("tiny-wan", Peer.BF16)),
         timed_steps=2,
         generation_steps=1,
     )
     [result] = run_benchmark(settings, "cpu")
     assert (result.model, result.tokens) == ("tiny-wan", 3 * 2 * 2)
     assert result.attention_ms_per_step > 0
-    for variant, layers in ((result.bf16, 0), (result.w4a4, 10)):
-        assert len(variant.step_ms) == 2
-        assert all(math.isfinite(t) and t > 0 for t in variant.step_ms)
-        assert variant.quantized_layers == layers
-        assert variant.weight_bytes > 0
-        assert variant.generation is not None
-        assert variant.generation.error is None
-        assert variant.generation.frames_shape == (9, 16, 16, 3)
-        assert variant.generation.peak_bytes is None  # no CUDA memory on CPU
-        assert variant.generation.start_bytes is None
-        assert variant.generation.model_bytes > variant.weight_bytes  # transformer + VAE
+    assert [p.peer for p in result.peers] == list(Peer)
+    for peer in result.peers:
+        assert peer.error is None, peer.error
+        assert len(peer.step_ms) == 2
+        assert all(math.isfinite(t) and t > 0 for t in peer.step_ms)
+        assert peer.quantized_layers == (10 if peer.peer.ours else 0)
+        assert peer.weight_bytes > 0
+        assert (peer.generation is not None) == (peer.peer in (Peer.W4A4_COMPILE, Peer.BF16))
+    fp8 = result.result(Peer.FP8_COMPILE)
+    assert fp8 is not None and fp8.fp8_impl is not None
+    assert fp8.weight_bytes < result.bf16.weight_bytes
+    for peer in (Peer.W4A4_COMPILE, Peer.BF16):
+        found = result.result(peer)
+        assert found is not None and found.generation is not None
+        generation = found.generation
+        assert generation.error is None
+        assert generation.frames_shape == (9, 16, 16, 3)
+        assert generation.peak_bytes is None  # no CUDA memory on CPU
+        assert generation.start_bytes is None
+        assert generation.model_bytes > found.weight_bytes  # transformer + VAE
     assert result.w4a4.weight_bytes < result.bf16.weight_bytes
     json_rows = to_json([result])
-    assert json_rows[0]["w4a4"]["variant"] == "w4a4"
+    assert json_rows[0]["peers"][3]["peer"] == "w4a4"
     assert "| tiny-wan | 12 |" in results_table([result])
+    assert "fp8+compile ms" in peers_table([result])
+    assert "| tiny-wan | w4a4+compile | 1 |" in generations_table([result])
+
+
+def test_a_failing_peer_is_reported_and_the_others_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_args: object) -> str:
+        raise RuntimeError("no fp8 here")
+
+    monkeypatch.setattr("benchmarks.peers.to_fp8_rowwise", fail)
+    settings = E2ESettings(
+        architectures=(TINY_WAN,),
+        video=TINY_VIDEO,
+        vae=TINY_VAE,
+        text_encoder=TextEncoderSize(),
+        peers=(Peer.BF16, Peer.FP8_COMPILE, Peer.W4A4),
+        compile=CompileSettings(backend="aot_eager"),
+        generation=(),
+        timed_steps=1,
+    )
+    [result] = run_benchmark(settings, "cpu")
+    failed = result.result(Peer.FP8_COMPILE)
+    assert failed is not None and failed.step_ms == () and "no fp8 here" in str(failed.error)
+    assert result.w4a4.step_ms and result.bf16.step_ms
+    assert "| failed |" in peers_table([result])
 
 
 def test_model_measured_with_a_generation_is_freed_before_the_next(
@@ -144,37 +186,43 @@ def test_model_measured_with_a_generation_is_freed_before_the_next(
         video=TINY_VIDEO,
         vae=TINY_VAE,
         text_encoder=TextEncoderSize(),
-        generation=(("tiny-wan", ModelVariant.BF16),),
+        peers=(Peer.BF16, Peer.W4A4),
+        generation=(("tiny-wan", Peer.BF16),),
         timed_steps=1,
         generation_steps=1,
     )
     target = resolve_target("cpu")
-    result = measure_variant(ModelVariant.BF16, TINY_WAN, settings, target)
+    [result] = measure_variant(ModelVariant.BF16, TINY_WAN, settings, target)
     assert result.generation is not None and result.generation.error is None
     bench_e2e._reset_peak(target)
     assert built and built[0]() is None
 
 
-def _result(bf16_ms: float, w4a4_ms: float, attention_ms: float, peak_gib: float) -> ModelResult:
+def _result(
+    bf16_ms: float, w4a4_ms: float, attention_ms: float, peak_gib: float, fp8_ms: float = 0.0
+) -> ModelResult:
     generation = GenerationResult(
         2, 10.0, int(peak_gib * GIB), (81, 480, 832, 3), int(7.2 * GIB), int(7.2 * GIB)
     )
+    peers = [
+        PeerResult(Peer.BF16, (bf16_ms,), 28 * GIB, 0),
+        PeerResult(Peer.W4A4, (w4a4_ms,), 7 * GIB, 400, generation),
+    ]
+    if fp8_ms:
+        peers.append(PeerResult(Peer.FP8_COMPILE, (fp8_ms,), 14 * GIB, 0, fp8_impl="x"))
     return ModelResult(
-        model="wan2.1-14b",
-        tokens=32760,
-        attention_ms_per_step=attention_ms,
-        bf16=VariantResult(ModelVariant.BF16, (bf16_ms,), 28 * GIB, 0),
-        w4a4=VariantResult(ModelVariant.W4A4, (w4a4_ms,), 7 * GIB, 400, generation),
+        model="wan2.1-14b", tokens=32760, attention_ms_per_step=attention_ms, peers=tuple(peers)
     )
 
 
 def test_goals_report_misses_with_the_reason() -> None:
-    checks = goal_checks([_result(1000.0, 900.0, 580.0, 25.0)])
+    checks = goal_checks([_result(1000.0, 900.0, 580.0, 25.0, fp8_ms=750.0)])
     lines = [c.line() for c in checks]
-    assert [c.met for c in checks] == [False, True, False]
+    assert [c.met for c in checks] == [False, False, True, False]
     # Needed: (1000 − 580) / (1000 / 1.15 − 580) = 1.45× on the non-attention part.
     assert "58%" in lines[0] and "1.31×" in lines[0] and "1.45×" in lines[0]
-    assert "1.00 GiB over" in lines[2]
+    assert "fastest peer (fp8+compile)" in lines[1] and "20.0% slower" in lines[1]
+    assert "1.00 GiB over" in lines[3]
     assert all(c.met for c in goal_checks([_result(1000.0, 800.0, 580.0, 12.0)]))
     assert goal_checks([]) == []
 
