@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (run from the repository root there, .whl carried; see
+# scripts/gpu-wheels.sh): the CUDA tests, then `python -m benchmarks.e2e` with the arguments
+# given. Everything it reports lands in $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/qvgen-gpu}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    python3 -c "import torchao; print('torchao', torchao.__version__)" 2>&1 | tail -1
+    git rev-parse --short HEAD 2>/dev/null || true
+} | tee "$OUT/machine.txt"
+if [ "${RUN_TESTS:-1}" = 1 ]; then
+    timeout "${TEST_TIMEOUT_S:-240}" python3 -m pytest -q -p no:cacheprovider \
+        tests/service/kernels tests/service/engine/test_cuda_generation.py \
+        tests/training/quant/test_fused_fake_quant.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+fi
+if [ "$#" -gt 0 ]; then
+    timeout "${BENCH_TIMEOUT_S:-420}" python3 -m benchmarks.e2e "$@" \
+        --benchmarks "$OUT/BENCHMARKS-e2e.md" --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | tail -70
+fi
