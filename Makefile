@@ -38,8 +38,12 @@ lint: env
 typecheck: env
 	$(VENV)/bin/mypy
 
+# Test modules are spread over PYTEST_WORKERS processes, each module whole on one of them so
+# that its module-scoped fixtures (servers, exported pipelines) are built once.
+PYTEST_WORKERS ?= 2
+
 unit: env system-deps
-	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q
+	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadscope
 
 test: lint typecheck unit
 

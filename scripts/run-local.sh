@@ -141,6 +141,9 @@ until curl -sf -o /dev/null "$base/readyz"; do
   sleep 0.2
 done
 
+if sigint_ignored; then
+  log "SIGINT is ignored here (started as a background job?): stop it with 'kill $$' (SIGTERM)"
+fi
 cat <<EOF
 
 qvgen serves '$MODEL_ID' on $DEVICE at $base
@@ -152,8 +155,5 @@ $(curl_example "$base" "$MODEL_ID" | sed 's/^/    /')
 
 Ctrl-C stops the service$([ ${#leaders[@]} -gt 1 ] && echo " and the Redis it started").
 EOF
-if sigint_ignored; then
-  log "SIGINT is ignored here (started as a background job?): stop it with 'kill $$' (SIGTERM)"
-fi
 
 wait "$service"
