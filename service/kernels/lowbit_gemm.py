@@ -145,8 +145,9 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
 
 
 @functools.cache
-def _autotuned_kernel(device_index: int) -> Any:
-    """The kernel wrapped in an autotuner over the configurations of GPU ``device_index``.
+def _autotuned_kernel(device_index: int, segment: int | None = None) -> Any:
+    """The kernel wrapped in an autotuner over the configurations of GPU ``device_index``
+    (for fused projections in segments of ``segment`` outputs: those whose tiles divide it).
 
     Looked up once per GPU (``prepare_device`` at layer construction), never inside a traced
     region: the capability query and the autotuner's launch live behind the custom operator.
@@ -155,6 +156,7 @@ def _autotuned_kernel(device_index: int) -> Any:
     configs = [
         triton.Config(c.meta(), num_warps=c.num_warps, num_stages=c.num_stages)
         for c in configs_for(device)
+        if segment is None or segment % c.block_n == 0
     ]
     return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K_PAD", "PACKED"])(
         _lowbit_gemm_kernel
@@ -215,15 +217,13 @@ def _gemm(
 
 
 def segments_fit(segment_features: int, device: torch.device, config: GemmConfig | None) -> bool:
-    """Whether outputs in segments of ``segment_features`` can share one launch: every tile
-    width the launch may pick must divide the segment."""
+    """Whether outputs in segments of ``segment_features`` can share one launch: the pinned
+    tile, or on a GPU at least one autotuning candidate, must divide the segment."""
     if config is not None:
-        widths = {config.block_n}
-    elif interpreting() or device.type != "cuda":
-        widths = {INTERPRETER_CONFIG.block_n}
-    else:
-        widths = {c.block_n for c in configs_for(device)}
-    return all(segment_features % w == 0 for w in widths)
+        return segment_features % config.block_n == 0
+    if interpreting() or device.type != "cuda":
+        return segment_features % INTERPRETER_CONFIG.block_n == 0
+    return any(segment_features % c.block_n == 0 for c in configs_for(device))
 
 
 @torch.library.custom_op("qvgen::lowbit_gemm", mutates_args=())
@@ -270,7 +270,8 @@ def _gemm_op(
         "BLOCK_K": block_k,
     }
     if config is None and not interpreting():
-        kernel = _autotuned_kernel(_device_index(out.device))
+        segment = None if segments == 1 else out_features // segments
+        kernel = _autotuned_kernel(_device_index(out.device), segment)
 
         def grid(meta: dict[str, int]) -> tuple[int]:
             return (triton.cdiv(out_features, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
