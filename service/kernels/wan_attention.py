@@ -9,6 +9,8 @@ Cross-attention keeps SDPA: its 512 text keys cost little next to the video's 32
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -30,7 +32,7 @@ class Int8SelfAttnProcessor:
 
     def __call__(
         self,
-        attn: nn.Module,
+        attn: Any,  # diffusers' WanAttention (its submodules are typed as Tensor | Module)
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
