@@ -1,10 +1,12 @@
 """The configurations ``qvgen bench e2e`` times against each other, in one process, on the same
 inputs: what a user already has (bf16 eager, bf16 + ``torch.compile``, FP8 rowwise linears +
-``torch.compile``) and ours (W4A4 eager, W4A4 + ``torch.compile``).
+``torch.compile``) and ours (W4A4 eager, W4A4 + ``torch.compile``, and that with the 8-bit
+self-attention kernel, ``service.kernels.wan_attention``).
 
 A model is built once per base variant and taken through its peers in order, each step changing
 it in place: compile (``service.engine.compilation``, the engine's own code), undo, swap the
-linears to FP8 (``benchmarks.fp8_linear``; irreversible, so it comes last), compile again.
+linears to FP8 (``benchmarks.fp8_linear``; irreversible, so it comes last), compile again;
+likewise the 8-bit attention comes after the W4A4 peers that run SDPA.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from service.engine.compilation import (
     compile_transformer,
 )
 from service.engine.types import CompilePolicy
+from service.kernels.wan_attention import use_int8_self_attention
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class Peer(enum.Enum):
     FP8_COMPILE = "fp8+compile"
     W4A4 = "w4a4"
     W4A4_COMPILE = "w4a4+compile"
+    W4A4_COMPILE_ATTN8 = "w4a4+compile+attn8"
 
     @property
     def variant(self) -> ModelVariant:
@@ -50,7 +54,11 @@ class Peer(enum.Enum):
 
     @property
     def compiled(self) -> bool:
-        return self.value.endswith("+compile")
+        return "+compile" in self.value
+
+    @property
+    def attention8(self) -> bool:
+        return self.value.endswith("+attn8")
 
     @property
     def fp8(self) -> bool:
@@ -76,6 +84,7 @@ class PeerModel:
     transformer: nn.Module
     compiled: CompiledModules | None = None
     fp8_impl: str | None = None
+    attention8: bool = False
 
     def prepare(self, peer: Peer, settings: CompileSettings) -> None:
         """Bring the model into ``peer``'s configuration (peers must come in enum order)."""
@@ -86,6 +95,10 @@ class PeerModel:
         if peer.fp8 and self.fp8_impl is None:
             self.fp8_impl = to_fp8_rowwise(self.transformer)
             logger.info("FP8 rowwise linears by %s", self.fp8_impl)
+        if peer.attention8 and not self.attention8:
+            blocks = use_int8_self_attention(self.transformer)
+            logger.info("8-bit self-attention in %d blocks", blocks)
+            self.attention8 = True
         if peer.compiled:
             options = CompileOptions(
                 policy=CompilePolicy.ON, scope=settings.scope, backend=settings.backend

@@ -36,6 +36,7 @@ from qvgen.packed_layer import PackedLinearWeights
 from qvgen.packing import pack_codes
 from qvgen.timestep_groups import DEFAULT_GROUPS, NUM_TRAIN_TIMESTEPS, bind_timestep_groups
 from qvgen.tiny_pipelines import TextEncoderSize, build_tokenizer
+from service.kernels.fused_projections import FusedLowBitLinear, fuse_attention_projections
 from service.kernels.lowbit_linear import LowBitLinear, build_lowbit_linear
 
 
@@ -229,10 +230,12 @@ def random_packed_transformer(
     bits: int = 4,
     policy: LayerPolicy | None = None,
     clip_groups: int = DEFAULT_GROUPS,
+    fuse_projections: bool = True,
 ) -> nn.Module:
     """``arch`` with the ``policy``-selected linears as random ``LowBitLinear`` (backend chosen
-    by device, as the packed loader does) and the rest random in ``dtype``; bound to the
-    timestep groups. Raises ``ValueError`` when the policy selects no linear."""
+    by device, as the packed loader does) and the rest random in ``dtype``; q/k/v fused as the
+    engine serves them (``fuse_projections``); bound to the timestep groups. Raises
+    ``ValueError`` when the policy selects no linear."""
     model = _meta_transformer(arch)
     names = (policy or LayerPolicy()).select(model)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -244,6 +247,8 @@ def random_packed_transformer(
 
     swap_linears(model, names, build)
     materialize_random(model, device, dtype, seed)
+    if fuse_projections:
+        fuse_attention_projections(model)
     bind_timestep_groups(model, clip_groups, NUM_TRAIN_TIMESTEPS)
     return model
 
@@ -287,5 +292,12 @@ def resident_bytes(model: nn.Module) -> int:
 
 
 def count_quantized(model: nn.Module) -> int:
-    """How many ``LowBitLinear`` layers ``model`` holds."""
-    return sum(isinstance(m, LowBitLinear) for m in model.modules())
+    """How many packed linears ``model`` holds (a fused q/k/v counts as its three)."""
+    return sum(
+        1
+        if isinstance(m, LowBitLinear)
+        else len(m.names)
+        if isinstance(m, FusedLowBitLinear)
+        else 0
+        for m in model.modules()
+    )

@@ -143,6 +143,7 @@ def engine_start(args: argparse.Namespace, settings: ServiceSettings) -> EngineS
     return EngineStart(
         compile=args.compile or settings.compile_transformer,
         compile_cache_dir=settings.compile_cache_dir,
+        attention=settings.attention_kernel,
         warm_up=warm_up_request(
             width, height, settings.default_num_frames, settings.default_guidance_scale
         ),

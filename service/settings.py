@@ -15,7 +15,7 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.engine.types import CompilePolicy
+from service.engine.types import AttentionKernel, CompilePolicy
 
 
 class Environment(enum.StrEnum):
@@ -101,6 +101,8 @@ class ServiceSettings(BaseSettings):
     # Inductor's and Triton's generated code, kept across worker restarts so that a restarted
     # worker skips code generation; on a volume in containers, shared by a host's workers.
     compile_cache_dir: Path = Path("compile-cache")
+    # Self-attention kernel of the worker's model: sdpa, or int8 (Wan; where it measures faster).
+    attention_kernel: AttentionKernel = AttentionKernel.SDPA
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
     # Where a worker's /metrics listens: this machine only, unless set (compose: 0.0.0.0).
     worker_metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=253)

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from service.engine.types import CompilePolicy, GenerationRequest
+from service.engine.types import AttentionKernel, CompilePolicy, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--compile-cache-dir", type=Path, default=None, help="keep compiled code here"
     )
+    parser.add_argument(
+        "--attention",
+        type=AttentionKernel,
+        choices=list(AttentionKernel),
+        default=AttentionKernel.SDPA,
+        help="self-attention kernel (int8: the 8-bit kernel, Wan only)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -82,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
     )
     compile_options = CompileOptions(policy=args.compile, cache_dir=args.compile_cache_dir)
     engine = DiffusersEngine.from_pretrained(
-        args.model, device=args.device, options=options, compile_options=compile_options
+        args.model,
+        device=args.device,
+        options=options,
+        compile_options=compile_options,
+        attention=args.attention,
     )
     try:
         engine.check(request)

@@ -44,6 +44,7 @@ from service.engine.rules import (
     default_limits,
 )
 from service.engine.types import (
+    AttentionKernel,
     CancelCheck,
     CompileStatus,
     GeneratedVideo,
@@ -104,6 +105,7 @@ class DiffusersEngine:
         options: MemoryOptions | None = None,
         limits: ModelLimits | None = None,
         compile_options: CompileOptions | None = None,
+        attention: AttentionKernel = AttentionKernel.SDPA,
     ) -> None:
         self.pipeline = pipeline
         self.family = family
@@ -117,12 +119,25 @@ class DiffusersEngine:
         if self._offloads_text_encoder:
             # Between jobs the text encoder waits in CPU memory; _encode brings it over.
             pipeline.text_encoder.to("cpu")
+        self.attention = attention
+        if attention is AttentionKernel.INT8:
+            self._use_int8_attention()
         self.compile_options = compile_options or CompileOptions()
         self._compiled: CompiledModules | None = None
         self.compile_status = CompileStatus.EAGER
         if self.compile_options.wanted(target.is_cuda):
             self._compiled = compile_transformer(pipeline.transformer, self.compile_options)
             self.compile_status = CompileStatus.COMPILED
+
+    def _use_int8_attention(self) -> None:
+        if self.family is not ModelFamily.WAN:
+            logger.warning("8-bit attention is written for Wan; %s keeps SDPA", self.family.value)
+            self.attention = AttentionKernel.SDPA
+            return
+        from service.kernels.wan_attention import use_int8_self_attention
+
+        blocks = use_int8_self_attention(self.pipeline.transformer)
+        logger.info("%s: self-attention of %d blocks on the 8-bit kernel", self.model_id, blocks)
 
     @property
     def rules(self) -> EngineRules:
@@ -141,6 +156,7 @@ class DiffusersEngine:
         limits: ModelLimits | None = None,
         model_id: str | None = None,
         compile_options: CompileOptions | None = None,
+        attention: AttentionKernel = AttentionKernel.SDPA,
     ) -> DiffusersEngine:
         """Check the environment, load ``model_dir`` and wrap it; ``model_id`` defaults to the
         directory name."""
@@ -148,7 +164,7 @@ class DiffusersEngine:
         family = detect_family(model_dir)
         pipeline = load_pipeline_on(model_dir, target, options)
         model_id = model_id or Path(model_dir).name
-        return cls(pipeline, family, target, model_id, options, limits, compile_options)
+        return cls(pipeline, family, target, model_id, options, limits, compile_options, attention)
 
     def warm_up(self, request: GenerationRequest) -> float:
         """Run ``request`` once and discard the video, so that compilation (and the kernels'

@@ -63,8 +63,9 @@ def load_pipeline_on(
     # A component passed to from_pretrained replaces the one model_index.json names.
     components: dict[str, Any] = {}
     if is_packed_dir(transformer_dir):
+        # Fusing q/k/v changes no output (tests/service/kernels/test_fused_projections.py).
         components["transformer"] = load_packed_transformer(
-            transformer_dir, device=target.device, dtype=target.dtype
+            transformer_dir, device=target.device, dtype=target.dtype, fuse_projections=True
         )
     pipeline = pipeline_class.from_pretrained(model_dir, dtype=target.dtype, **components)
     pipeline.to(target.device)

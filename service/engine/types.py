@@ -31,6 +31,13 @@ class CompilePolicy(enum.StrEnum):
     OFF = "off"
 
 
+class AttentionKernel(enum.StrEnum):
+    """What runs the transformer's self-attention."""
+
+    SDPA = "sdpa"  # torch's scaled_dot_product_attention, as diffusers calls it
+    INT8 = "int8"  # service.kernels.attention_int8 (Wan only; where it is faster: measure)
+
+
 class CompileStatus(enum.StrEnum):
     """How an engine's transformer runs: eager by choice, compiled, or eager after a failure."""
 

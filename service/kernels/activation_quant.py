@@ -66,6 +66,8 @@ class QuantizedActivations:
     codes: int8 [M, K_pad], centred codes c_x, zero beyond ``in_features``.
     scale: float32 [M], s_x.
     code_sum: int32 [M], Σ_k c_x.
+
+    ``quantize_activations_shared`` gives C of them stacked: [C, M, K_pad], [C, M], [C, M].
     """
 
     codes: torch.Tensor
@@ -106,7 +108,9 @@ def _quantize_tokens_kernel(  # type: ignore[no-untyped-def]  # Triton types the
     K_PAD,
     # strides
     stride_xm,
+    stride_clip_c,
     stride_clip_m,
+    stride_codes_c,
     stride_codes_m,
     # meta-parameters
     LEVELS: tl.constexpr,
@@ -114,7 +118,10 @@ def _quantize_tokens_kernel(  # type: ignore[no-untyped-def]  # Triton types the
     BLOCK_M: tl.constexpr,
     CHUNK: tl.constexpr,
     ONE_CHUNK: tl.constexpr,
+    NUM_CLIPS: tl.constexpr,
 ):
+    # NUM_CLIPS clip tables quantize the same x (q, k and v of one input): the extremes are
+    # measured once, then each table's codes go to its own slice [c] of codes, scale and sum.
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, CHUNK)
     row_ok = rows < M
@@ -139,35 +146,44 @@ def _quantize_tokens_kernel(  # type: ignore[no-untyped-def]  # Triton types the
         x_min = tl.min(run_min, axis=1)
         x_max = tl.max(run_max, axis=1)
 
-    _, _, _, scale, zero = token_scale_zero(
-        clip_ptr, rows, stride_clip_m, row_ok, x_min, x_max, LEVELS, EPSILON, BLOCK_M
-    )
-    levels = tl.full([BLOCK_M], LEVELS, tl.float32)
-    recip = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), scale)
-    tl.store(scale_ptr + rows, scale, mask=row_ok)
-
-    if ONE_CHUNK:
-        codes = _centred_codes(x, scale, recip, zero, levels)
-        tl.store(
-            code_rows + cols[None, :],
-            codes.to(tl.int8),
-            mask=row_ok[:, None] & (cols[None, :] < K_PAD),
+    for c in tl.static_range(NUM_CLIPS):
+        _, _, _, scale, zero = token_scale_zero(
+            clip_ptr + c * stride_clip_c,
+            rows,
+            stride_clip_m,
+            row_ok,
+            x_min,
+            x_max,
+            LEVELS,
+            EPSILON,
+            BLOCK_M,
         )
-        tl.store(sum_ptr + rows, tl.sum(codes, axis=1), mask=row_ok)
-    else:
-        sums = tl.zeros([BLOCK_M, CHUNK], dtype=tl.int32)
-        for k0 in range(0, K_PAD, CHUNK):
-            # The second read of the rows mostly hits L2: a program's rows are a few tens of KB.
-            mask = row_ok[:, None] & (k0 + cols[None, :] < K)
-            xc = tl.load(x_rows + k0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            codes = _centred_codes(xc, scale, recip, zero, levels)
+        levels = tl.full([BLOCK_M], LEVELS, tl.float32)
+        recip = tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), scale)
+        tl.store(scale_ptr + c * M + rows, scale, mask=row_ok)
+
+        if ONE_CHUNK:
+            codes = _centred_codes(x, scale, recip, zero, levels)
             tl.store(
-                code_rows + k0 + cols[None, :],
+                code_rows + c * stride_codes_c + cols[None, :],
                 codes.to(tl.int8),
-                mask=row_ok[:, None] & (k0 + cols[None, :] < K_PAD),
+                mask=row_ok[:, None] & (cols[None, :] < K_PAD),
             )
-            sums += codes
-        tl.store(sum_ptr + rows, tl.sum(sums, axis=1), mask=row_ok)
+            tl.store(sum_ptr + c * M + rows, tl.sum(codes, axis=1), mask=row_ok)
+        else:
+            sums = tl.zeros([BLOCK_M, CHUNK], dtype=tl.int32)
+            for k0 in range(0, K_PAD, CHUNK):
+                # The second read of the rows mostly hits L2: a program's rows are a few tens of KB.
+                mask = row_ok[:, None] & (k0 + cols[None, :] < K)
+                xc = tl.load(x_rows + k0 + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                codes = _centred_codes(xc, scale, recip, zero, levels)
+                tl.store(
+                    code_rows + c * stride_codes_c + k0 + cols[None, :],
+                    codes.to(tl.int8),
+                    mask=row_ok[:, None] & (k0 + cols[None, :] < K_PAD),
+                )
+                sums += codes
+            tl.store(sum_ptr + c * M + rows, tl.sum(sums, axis=1), mask=row_ok)
 
 
 def default_launch(k_pad: int, tokens: int) -> QuantLaunch:
@@ -222,26 +238,47 @@ def quantize_activations(
     if tuple(clip.shape) != (m, 2):
         raise ValueError(f"clip must be [{m}, 2], got {tuple(clip.shape)}")
     shape = None if launch is None else [launch.block_m, launch.chunk, launch.num_warps]
-    codes, scale, code_sum = _quantize_op(x2d, clip, bits, block_k, shape)
+    codes, scale, code_sum = _quantize_op(x2d, clip.unsqueeze(0), bits, block_k, shape)
     return QuantizedActivations(
-        codes=codes, scale=scale, code_sum=code_sum, in_features=x2d.shape[1]
+        codes=codes[0], scale=scale[0], code_sum=code_sum[0], in_features=x2d.shape[1]
     )
+
+
+def quantize_activations_shared(
+    x2d: torch.Tensor, clips: torch.Tensor, bits: int, block_k: int
+) -> QuantizedActivations:
+    """``quantize_activations`` of one x for C clip tables at once (q, k and v read the same
+    input): per-row factors ``clips`` [C, M, 2]; x is read once, its extremes measured once.
+
+    Returns codes [C, M, K_pad], scale [C, M] and code_sum [C, M]: slice c equals
+    ``quantize_activations(x2d, clips[c], …)`` exactly (the same expressions per table).
+    """
+    check_bits(bits, "activation bits")
+    if x2d.ndim != 2 or clips.ndim != 3 or tuple(clips.shape[1:]) != (x2d.shape[0], 2):
+        raise ValueError(
+            f"clips must be [C, {x2d.shape[0]}, 2] for x {tuple(x2d.shape)}, "
+            f"got {tuple(clips.shape)}"
+        )
+    codes, scale, code_sum = _quantize_op(x2d, clips, bits, block_k, None)
+    return QuantizedActivations(codes, scale, code_sum, in_features=x2d.shape[1])
 
 
 @torch.library.custom_op("qvgen::quantize_activations", mutates_args=())
 def _quantize_op(
     x2d: torch.Tensor, clip: torch.Tensor, bits: int, block_k: int, launch: list[int] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes, s_x, Σ c_x) of ``quantize_activations``; ``launch`` is [block_m, chunk, warps]."""
+    """(codes [C, M, K_pad], s_x [C, M], Σ c_x [C, M]) for clip factors [C, M, 2];
+    ``launch`` is [block_m, chunk, warps] or None (``default_launch``)."""
     m, k = x2d.shape
+    tables = clip.shape[0]
     x2d = x2d if x2d.stride(1) == 1 else x2d.contiguous()
     clip = clip.to(device=x2d.device, dtype=torch.float32)
-    if clip.stride(1) != 1:  # a stride-0 row view (one group for all rows) is read as it is
+    if clip.stride(2) != 1:  # a stride-0 row view (one group for all rows) is read as it is
         clip = clip.contiguous()
     k_pad = padded_width(k, block_k)
-    codes = torch.empty((m, k_pad), dtype=torch.int8, device=x2d.device)
-    scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
-    code_sum = torch.empty((m,), dtype=torch.int32, device=x2d.device)
+    codes = torch.empty((tables, m, k_pad), dtype=torch.int8, device=x2d.device)
+    scale = torch.empty((tables, m), dtype=torch.float32, device=x2d.device)
+    code_sum = torch.empty((tables, m), dtype=torch.int32, device=x2d.device)
     if m:
         if launch is None:
             shape = interpreter_launch(k_pad, m) if interpreting() else default_launch(k_pad, m)
@@ -250,9 +287,9 @@ def _quantize_op(
         _quantize_tokens_kernel[(triton.cdiv(m, shape.block_m),)](
             x2d, clip, codes, scale, code_sum,
             m, k, k_pad,
-            x2d.stride(0), clip.stride(0), codes.stride(0),
+            x2d.stride(0), clip.stride(0), clip.stride(1), codes.stride(0), codes.stride(1),
             LEVELS=qmax(bits), EPSILON=EPS, BLOCK_M=shape.block_m, CHUNK=shape.chunk,
-            ONE_CHUNK=shape.chunk >= k_pad, num_warps=shape.num_warps,
+            ONE_CHUNK=shape.chunk >= k_pad, NUM_CLIPS=tables, num_warps=shape.num_warps,
         )  # fmt: skip
     return codes, scale, code_sum
 
@@ -262,8 +299,9 @@ def _quantize_fake(
     x2d: torch.Tensor, clip: torch.Tensor, bits: int, block_k: int, launch: list[int] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m, k = x2d.shape
+    tables = clip.shape[0]
     return (
-        x2d.new_empty((m, padded_width(k, block_k)), dtype=torch.int8),
-        x2d.new_empty((m,), dtype=torch.float32),
-        x2d.new_empty((m,), dtype=torch.int32),
+        x2d.new_empty((tables, m, padded_width(k, block_k)), dtype=torch.int8),
+        x2d.new_empty((tables, m), dtype=torch.float32),
+        x2d.new_empty((tables, m), dtype=torch.int32),
     )

@@ -63,8 +63,10 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
     N,
     K_PAD,
     M_BUCKET,
+    SEG_N,
     # strides
     stride_wn,
+    stride_xc,
     stride_xm,
     stride_ym,
     # meta-parameters
@@ -86,6 +88,13 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
     group_size = min(num_pid_n - first_n, GROUP_N)
     pid_n = first_n + (pid % pids_in_group) % group_size
     pid_m = (pid % pids_in_group) // group_size
+    # Fused projections (q, k, v of one input): weight rows come in segments of SEG_N, each
+    # with its own activation codes, scales and sums (slice seg of [C, M, ·]). A tile never
+    # straddles two segments: SEG_N is a multiple of BLOCK_N (checked by the caller).
+    seg = (pid_n * BLOCK_N) // SEG_N
+    x_ptr += seg * stride_xc
+    x_scale_ptr += seg * M
+    x_sum_ptr += seg * M
 
     # Rows past the edge wrap around instead of being masked: loads stay unconditional and
     # the stores below drop the duplicates.
@@ -136,8 +145,9 @@ def _lowbit_gemm_kernel(  # type: ignore[no-untyped-def]  # Triton types the arg
 
 
 @functools.cache
-def _autotuned_kernel(device_index: int) -> Any:
-    """The kernel wrapped in an autotuner over the configurations of GPU ``device_index``.
+def _autotuned_kernel(device_index: int, segment: int | None = None) -> Any:
+    """The kernel wrapped in an autotuner over the configurations of GPU ``device_index``
+    (for fused projections in segments of ``segment`` outputs: those whose tiles divide it).
 
     Looked up once per GPU (``prepare_device`` at layer construction), never inside a traced
     region: the capability query and the autotuner's launch live behind the custom operator.
@@ -146,6 +156,7 @@ def _autotuned_kernel(device_index: int) -> Any:
     configs = [
         triton.Config(c.meta(), num_warps=c.num_warps, num_stages=c.num_stages)
         for c in configs_for(device)
+        if segment is None or segment % c.block_n == 0
     ]
     return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K_PAD", "PACKED"])(
         _lowbit_gemm_kernel
@@ -170,9 +181,9 @@ def choose_path(layout: KernelWeightLayout, tokens: int) -> GemmPath:
 
 
 def _check(qa: QuantizedActivations, weight: torch.Tensor, layout: KernelWeightLayout) -> None:
-    if qa.in_features != layout.in_features or qa.codes.shape[1] != layout.padded_in_features:
+    if qa.in_features != layout.in_features or qa.codes.shape[-1] != layout.padded_in_features:
         raise ValueError(
-            f"activation codes [{qa.codes.shape[0]}, {qa.codes.shape[1]}] (K={qa.in_features}) "
+            f"activation codes {list(qa.codes.shape)} (K={qa.in_features}) "
             f"do not fit weights with K={layout.in_features}, K_pad={layout.padded_in_features}"
         )
     if tuple(weight.shape) != layout.shape:
@@ -190,13 +201,29 @@ def _gemm(
 ) -> torch.Tensor:
     _check(qa, weight, layout)
     w_scale, w_zero, bias = epilogue
+    segments = 1 if qa.codes.ndim == 2 else qa.codes.shape[0]
+    if layout.out_features % segments:
+        raise ValueError(f"{layout.out_features} outputs do not split into {segments} segments")
     return _gemm_op(
-        qa.codes, qa.scale, qa.code_sum, weight, w_scale, w_zero, bias,
+        qa.codes.reshape(segments, -1, qa.codes.shape[-1]),
+        qa.scale.reshape(segments, -1),
+        qa.code_sum.reshape(segments, -1),
+        weight, w_scale, w_zero, bias,
         layout.in_features, layout.out_features, layout.weight_bits, layout.block_k,
         out_dtype,
         None if path is None else path.value,
         None if config is None else list(dataclasses.astuple(config)),
     )  # fmt: skip
+
+
+def segments_fit(segment_features: int, device: torch.device, config: GemmConfig | None) -> bool:
+    """Whether outputs in segments of ``segment_features`` can share one launch: the pinned
+    tile, or on a GPU at least one autotuning candidate, must divide the segment."""
+    if config is not None:
+        return segment_features % config.block_n == 0
+    if interpreting() or device.type != "cuda":
+        return segment_features % INTERPRETER_CONFIG.block_n == 0
+    return any(segment_features % c.block_n == 0 for c in configs_for(device))
 
 
 @torch.library.custom_op("qvgen::lowbit_gemm", mutates_args=())
@@ -216,10 +243,11 @@ def _gemm_op(
     path: str | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    """y [M, N] in ``out_dtype`` (int32: the raw accumulators); ``path`` a ``GemmPath`` value
-    or None (by token count), ``config`` a ``GemmConfig`` as a list or None (autotuned)."""
+    """y [M, N] in ``out_dtype`` (int32: the raw accumulators) for codes [C, M, K_pad] (C
+    segments of N / C outputs each); ``path`` a ``GemmPath`` value or None (by token count),
+    ``config`` a ``GemmConfig`` as a list or None (autotuned)."""
     layout = KernelWeightLayout(in_features, out_features, weight_bits, block_k)
-    m = codes.shape[0]
+    segments, m = codes.shape[0], codes.shape[1]
     out = torch.empty((m, out_features), dtype=out_dtype, device=codes.device)
     if m == 0:
         return out
@@ -227,11 +255,13 @@ def _gemm_op(
     packed = layout.packed and chosen is GemmPath.UNPACK_IN_LOOP
     if layout.packed and not packed:
         weight = expand_to_int8(weight, layout)
+    x_scale, x_sum = x_scale.contiguous(), x_sum.contiguous()
     args = (
         weight, codes, x_scale, x_sum, w_scale, w_zero,
         w_scale if bias is None else bias, out,
         m, out_features, layout.padded_in_features, triton.next_power_of_2(m),
-        weight.stride(0), codes.stride(0), out.stride(0),
+        out_features // segments,
+        weight.stride(0), codes.stride(0), codes.stride(1), out.stride(0),
     )  # fmt: skip
     meta = {
         "PACKED": packed,
@@ -240,7 +270,8 @@ def _gemm_op(
         "BLOCK_K": block_k,
     }
     if config is None and not interpreting():
-        kernel = _autotuned_kernel(_device_index(out.device))
+        segment = None if segments == 1 else out_features // segments
+        kernel = _autotuned_kernel(_device_index(out.device), segment)
 
         def grid(meta: dict[str, int]) -> tuple[int]:
             return (triton.cdiv(out_features, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
@@ -272,7 +303,7 @@ def _gemm_fake(
     path: str | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    return codes.new_empty((codes.shape[0], out_features), dtype=out_dtype)
+    return codes.new_empty((codes.shape[1], out_features), dtype=out_dtype)
 
 
 def lowbit_linear(

@@ -63,6 +63,25 @@ def select_backend(weights: PackedLinearWeights) -> KernelBackend:
     return KernelBackend.REFERENCE
 
 
+def rows_per_sample(name: str, x: torch.Tensor, in_features: int, samples: int) -> int:
+    """Rows of x that share each sample's clip factors: one group per sample of a
+    [B, …, K] input ([B, K] too: the embedders see one row per sample)."""
+    if samples == 0:
+        raise RuntimeError(
+            f"{name}: no timestep group set; bind the transformer with "
+            "qvgen.timestep_groups.bind_timestep_groups or call set_clip_group first"
+        )
+    rows = x.numel() // in_features
+    if samples == 1:
+        return rows
+    if x.ndim < 2 or x.shape[0] != samples:
+        raise ValueError(
+            f"{name}: {samples} clip groups set for input of shape {tuple(x.shape)}; "
+            "expected one group per sample of a [B, …, K] input"
+        )
+    return rows // samples
+
+
 class LowBitLinear(nn.Module):
     """What every layout shares: per-channel numbers, clip table, timestep group, the forward.
 
@@ -144,23 +163,7 @@ class LowBitLinear(nn.Module):
         raise NotImplementedError
 
     def _rows_per_sample(self, x: torch.Tensor) -> int:
-        """Rows of x that share each sample's clip factors: one group per sample of a
-        [B, …, K] input ([B, K] too: the embedders see one row per sample)."""
-        n = self.sample_clip.shape[0]
-        if n == 0:
-            raise RuntimeError(
-                f"{self.name}: no timestep group set; bind the transformer with "
-                "qvgen.timestep_groups.bind_timestep_groups or call set_clip_group first"
-            )
-        rows = x.numel() // self.in_features
-        if n == 1:
-            return rows
-        if x.ndim < 2 or x.shape[0] != n:
-            raise ValueError(
-                f"{self.name}: {n} clip groups set for input of shape {tuple(x.shape)}; "
-                "expected one group per sample of a [B, …, K] input"
-            )
-        return rows // n
+        return rows_per_sample(self.name, x, self.in_features, self.sample_clip.shape[0])
 
     def extra_repr(self) -> str:
         return (

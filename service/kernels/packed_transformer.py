@@ -23,6 +23,7 @@ from torch import nn
 from qvgen.checkpoint import CheckpointError, PackedCheckpoint, read_packed
 from qvgen.linear_swap import LinearSwapError, swap_linears
 from qvgen.timestep_groups import bind_timestep_groups
+from service.kernels.fused_projections import fuse_attention_projections
 from service.kernels.lowbit_linear import KernelBackend, LowBitLinear, build_lowbit_linear
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def load_packed_transformer(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     backend: KernelBackend | None = None,
+    fuse_projections: bool = False,
 ) -> nn.Module:
     """The transformer of ``transformer_dir`` with LowBitLinear layers, bound to its timesteps.
 
@@ -99,6 +101,10 @@ def load_packed_transformer(
         raise CheckpointError(f"parameters left without values after loading: {meta}")
     model.to(device)
     model.eval()
+    if fuse_projections:
+        # Before the hook is bound: it feeds the layers it finds when it is bound.
+        fused = fuse_attention_projections(model)
+        logger.info("fused the q/k/v (and cross-attention k/v) projections of %d attentions", fused)
     bind_timestep_groups(
         model,
         checkpoint.scheme.clip_groups,

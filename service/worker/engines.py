@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.engine.types import CompilePolicy, Engine, GenerationRequest
+from service.engine.types import AttentionKernel, CompilePolicy, Engine, GenerationRequest
 from service.worker.noop_engine import NoopEngine
 
 logger = logging.getLogger(__name__)
@@ -36,11 +36,13 @@ class EngineStart:
     compile_cache_dir: inductor's and Triton's code cache (None: their defaults).
     warm_up: the request of the warm-up generation (the size the worker will mostly serve),
         or None for no warm-up.
+    attention: the self-attention kernel.
     """
 
     compile: CompilePolicy = CompilePolicy.AUTO
     compile_cache_dir: Path | None = None
     warm_up: GenerationRequest | None = None
+    attention: AttentionKernel = AttentionKernel.SDPA
 
 
 def warm_up_request(
@@ -82,7 +84,7 @@ def build_engine(
     logger.info("loading %s on %s as model %r", model, device, model_id)
     options = CompileOptions(policy=start.compile, cache_dir=start.compile_cache_dir)
     engine = DiffusersEngine.from_pretrained(
-        model, device=device, model_id=model_id, compile_options=options
+        model, device=device, model_id=model_id, compile_options=options, attention=start.attention
     )
     if start.warm_up is not None:
         try:
