@@ -39,11 +39,14 @@ typecheck: env
 	$(VENV)/bin/mypy
 
 # Test modules are spread over PYTEST_WORKERS processes, each module whole on one of them so
-# that its module-scoped fixtures (servers, exported pipelines) are built once.
+# that its module-scoped fixtures (servers, exported pipelines) are built once. One torch thread
+# per process: torch's OpenMP threads spin-wait for one another, and with more of them than free
+# cores (two workers of two threads, a busy core beside) CPU tests ran 10-30 times slower
+# (test_pieces' fixture 182 s instead of 12 s, the shipped-model guard past its 600 s timeout).
 PYTEST_WORKERS ?= 2
 
 unit: env system-deps
-	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadscope
+	OMP_NUM_THREADS=1 TRITON_INTERPRET=1 $(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadscope
 
 test: lint typecheck unit
 
