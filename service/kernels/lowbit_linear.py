@@ -18,6 +18,7 @@ Build a layer from weights already on the serving device.
 
 from __future__ import annotations
 
+import abc
 import enum
 
 import torch
@@ -82,7 +83,7 @@ def rows_per_sample(name: str, x: torch.Tensor, in_features: int, samples: int) 
     return rows // samples
 
 
-class LowBitLinear(nn.Module):
+class LowBitLinear(nn.Module, abc.ABC):
     """What every layout shares: per-channel numbers, clip table, timestep group, the forward.
 
     Buffers: ``weight_scale`` / ``weight_zero_point`` float32 [N], ``act_clip`` float32 [G, 2],
@@ -124,9 +125,9 @@ class LowBitLinear(nn.Module):
         self.register_buffer("bias", weights.bias)
         self.register_buffer("sample_clip", weights.act_clip.new_empty((0, 2)), persistent=False)
 
+    @abc.abstractmethod
     def format_v1_codes(self) -> torch.Tensor:
         """The codes as format v1's ``qweight`` (uint8 [N, ⌈K/2⌉] at ≤ 4 bits)."""
-        raise NotImplementedError
 
     def packed(self) -> PackedLinearWeights:
         """The layer's tensors as a ``PackedLinearWeights`` (validated)."""
@@ -158,9 +159,9 @@ class LowBitLinear(nn.Module):
         clip = expand_clip_rows(self.sample_clip, self._rows_per_sample(x))
         return self.product(x2d, clip).to(x.dtype).reshape(*lead, self.out_features)
 
+    @abc.abstractmethod
     def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
         """Q_a(x) · Q_w(W)^T + b for x [M, K] with per-row clip factors [M, 2]."""
-        raise NotImplementedError
 
     def _rows_per_sample(self, x: torch.Tensor) -> int:
         return rows_per_sample(self.name, x, self.in_features, self.sample_clip.shape[0])
