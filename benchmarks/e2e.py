@@ -313,7 +313,9 @@ def _build(
 ) -> nn.Module:
     if variant is ModelVariant.BF16:
         return random_bf16_transformer(arch, target.device, target.dtype, seed)
-    return random_packed_transformer(arch, target.device, target.dtype, seed)
+    return random_packed_transformer(
+        arch, target.device, target.dtype, seed, fuse_projections=variant.fused_projections
+    )
 
 
 def _reset_peak(target: RuntimeTarget) -> None:
@@ -466,6 +468,8 @@ def run_benchmark(settings: E2ESettings, device: str = "cuda") -> list[ModelResu
         peers: list[PeerResult] = []
         # Each model is freed before the next is built (the results hold no tensors).
         for variant in ModelVariant:
+            if not any(peer.variant is variant for peer in settings.peers):
+                continue
             peers.extend(measure_variant(variant, arch, settings, target))
             _reset_peak(target)
         attention = attention_ms_per_step(arch, tokens, target, settings)

@@ -32,10 +32,17 @@ logger = logging.getLogger(__name__)
 
 
 class ModelVariant(enum.Enum):
-    """Which transformer a peer starts from: the bf16 model or its W4A4 packed version."""
+    """Which transformer a peer starts from: the bf16 model, or its W4A4 packed version with
+    q/k/v fused as the engine can serve them (one activation quantization and one GEMM per
+    attention input) or as separate layers (one quantization and one GEMM per projection)."""
 
     BF16 = "bf16"
+    W4A4_SEPARATE_QKV = "w4a4-separate-qkv"
     W4A4 = "w4a4"
+
+    @property
+    def fused_projections(self) -> bool:
+        return self is ModelVariant.W4A4
 
 
 class Peer(enum.Enum):
@@ -44,12 +51,15 @@ class Peer(enum.Enum):
     BF16 = "bf16"
     BF16_COMPILE = "bf16+compile"
     FP8_COMPILE = "fp8+compile"
+    W4A4_SEPARATE_QKV_COMPILE = "w4a4-separate-qkv+compile"
     W4A4 = "w4a4"
     W4A4_COMPILE = "w4a4+compile"
     W4A4_COMPILE_ATTN8 = "w4a4+compile+attn8"
 
     @property
     def variant(self) -> ModelVariant:
+        if self.value.startswith(ModelVariant.W4A4_SEPARATE_QKV.value):
+            return ModelVariant.W4A4_SEPARATE_QKV
         return ModelVariant.W4A4 if self.value.startswith("w4a4") else ModelVariant.BF16
 
     @property
@@ -66,7 +76,7 @@ class Peer(enum.Enum):
 
     @property
     def ours(self) -> bool:
-        return self.variant is ModelVariant.W4A4
+        return self.variant is not ModelVariant.BF16
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (run from the repository root there, .whl carried; see
 # scripts/gpu-wheels.sh): the CUDA tests, then `python -m benchmarks.e2e` with the arguments
-# given. Everything it reports lands in $OUT.
+# given. Everything it reports lands in $OUT. RUN_TESTS=0 skips the tests; RUN_ATTENTION=1 runs
+# `python -m benchmarks.attention` before the end-to-end benchmark.
 set -uo pipefail
 OUT=${OUT:-/tmp/qvgen-gpu}
 mkdir -p "$OUT"
@@ -19,6 +20,10 @@ if [ "${RUN_TESTS:-1}" = 1 ]; then
     timeout "${TEST_TIMEOUT_S:-240}" python3 -m pytest -q -p no:cacheprovider \
         tests/service/kernels tests/service/engine/test_cuda_generation.py \
         tests/training/quant/test_fused_fake_quant.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+fi
+if [ "${RUN_ATTENTION:-0}" = 1 ]; then
+    timeout "${ATTENTION_TIMEOUT_S:-150}" python3 -m benchmarks.attention \
+        --benchmarks "$OUT/BENCHMARKS-attention.md" 2>&1 | tee "$OUT/attention.log" | tail -30
 fi
 if [ "$#" -gt 0 ]; then
     timeout "${BENCH_TIMEOUT_S:-420}" python3 -m benchmarks.e2e "$@" \

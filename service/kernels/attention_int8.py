@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -46,9 +47,26 @@ DTYPES = (torch.bfloat16, torch.float16)
 # (‖o − o_ref‖ / ‖o_ref‖, cosine) the tests allow against a float64 reference (Gaussian q, k,
 # v), for P·V in e4m3 and in fp16.
 BOUNDS = {True: (0.06, 0.998), False: (0.02, 0.9997)}
-BLOCK_M, BLOCK_N = 128, 64
-INTERPRETER_BLOCKS = (32, 16)
 E4M3_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class AttentionTiles:
+    """One program's tile: ``block_m`` queries against key blocks of ``block_n``. The blocks are
+    also the quantization granularity (one int8 scale per block of q and of k), so the operands
+    are quantized for the tiles that will read them."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+    def label(self) -> str:
+        return f"{self.block_m}×{self.block_n} w{self.num_warps} s{self.num_stages}"
+
+
+TILES = AttentionTiles()
+INTERPRETER_TILES = AttentionTiles(block_m=32, block_n=16, num_warps=4, num_stages=1)
 _LOG2E = 1.4426950408889634
 
 
@@ -126,8 +144,8 @@ def _attention_kernel(  # type: ignore[no-untyped-def]  # Triton types the argum
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=offs_m[:, None] < M)
 
 
-def _blocks() -> tuple[int, int]:
-    return INTERPRETER_BLOCKS if interpreting() else (BLOCK_M, BLOCK_N)
+def default_tiles() -> AttentionTiles:
+    return INTERPRETER_TILES if interpreting() else TILES
 
 
 def _per_block_int8(
@@ -150,10 +168,11 @@ def _fp8_available(device: torch.device) -> bool:
 
 
 def quantize_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv_fp8: bool, tiles: AttentionTiles
 ) -> tuple[torch.Tensor, ...]:
-    """The kernel's operands (module docstring): plain PyTorch, so a compiled graph fuses it."""
-    block_m, block_n = _blocks()
+    """The kernel's operands (module docstring) for ``tiles``: plain PyTorch, so a compiled
+    graph fuses it into the ops that produce q, k and v."""
+    block_m, block_n = tiles.block_m, tiles.block_n
     d = q.shape[-1]
     q_codes, q_scale = _per_block_int8(q, block_m, _LOG2E / d**0.5)
     k_smooth = k.float() - k.float().mean(dim=1, keepdim=True)
@@ -182,11 +201,14 @@ def _attention_op(
     n: int,
     heads: int,
     out_dtype: torch.dtype,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
 ) -> torch.Tensor:
-    """o [B, M, H, D] from the operands of ``quantize_inputs``."""
+    """o [B, M, H, D] from the operands of ``quantize_inputs`` for the same tiles."""
     bh, _, d = q_codes.shape
     out = torch.empty((bh // heads, m, heads, d), dtype=out_dtype, device=q_codes.device)
-    block_m, block_n = _blocks()
     grid = (triton.cdiv(m, block_m), bh)
     _attention_kernel[grid](
         q_codes, k_codes, v_codes, q_scale, k_scale, v_scale, out,
@@ -195,7 +217,7 @@ def _attention_op(
         v_codes.stride(0), v_codes.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         D=d, BLOCK_M=block_m, BLOCK_N=block_n, PV_FP8=v_codes.dtype == torch.float8_e4m3fn,
-        num_warps=4 if interpreting() else 8, num_stages=1 if interpreting() else 3,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
 
@@ -212,6 +234,10 @@ def _attention_fake(
     n: int,
     heads: int,
     out_dtype: torch.dtype,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
 ) -> torch.Tensor:
     bh, _, d = q_codes.shape
     return q_codes.new_empty((bh // heads, m, heads, d), dtype=out_dtype)
@@ -231,9 +257,27 @@ def _log_fallback(reason: str) -> None:
     logger.warning("8-bit attention: %s; using SDPA", reason)
 
 
-def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def run_kernel(
+    operands: tuple[torch.Tensor, ...],
+    m: int,
+    n: int,
+    heads: int,
+    out_dtype: torch.dtype,
+    tiles: AttentionTiles,
+) -> torch.Tensor:
+    """The kernel on operands that ``quantize_inputs`` made for ``tiles``."""
+    return _attention_op(
+        *operands, m, n, heads, out_dtype,
+        tiles.block_m, tiles.block_n, tiles.num_warps, tiles.num_stages,
+    )  # fmt: skip
+
+
+def int8_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: AttentionTiles | None = None
+) -> torch.Tensor:
     """softmax(q kᵀ / √D) v for q [B, M, H, D], k and v [B, N, H, D] (no mask), in q's dtype;
-    SDPA where the kernel does not apply (``refusal``)."""
+    SDPA where the kernel does not apply (``refusal``). ``tiles``: ``default_tiles()`` unless
+    given (the benchmark's sweep)."""
     reason = refusal(q)
     if reason is not None:
         _log_fallback(reason)
@@ -241,5 +285,6 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         )
         return out.transpose(1, 2)
-    operands = quantize_inputs(q, k, v, pv_fp8=_fp8_available(q.device))
-    return _attention_op(*operands, q.shape[1], k.shape[1], q.shape[2], q.dtype)
+    tiles = tiles or default_tiles()
+    operands = quantize_inputs(q, k, v, _fp8_available(q.device), tiles)
+    return run_kernel(operands, q.shape[1], k.shape[1], q.shape[2], q.dtype, tiles)

@@ -139,7 +139,7 @@ def test_tiny_benchmark_runs_every_peer_on_cpu() -> None:
         assert generation.model_bytes > found.weight_bytes  # transformer + VAE
     assert result.w4a4.weight_bytes < result.bf16.weight_bytes
     json_rows = to_json([result])
-    assert json_rows[0]["peers"][3]["peer"] == "w4a4"
+    assert json_rows[0]["peers"][list(Peer).index(Peer.W4A4)]["peer"] == "w4a4"
     assert "| tiny-wan | 12 |" in results_table([result])
     assert "fp8+compile ms" in peers_table([result])
     assert "| tiny-wan | w4a4+compile | 1 |" in generations_table([result])

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 pytest.importorskip("triton")
 
 from service.kernels import attention_int8
-from service.kernels.attention_int8 import BOUNDS, int8_attention
+from service.kernels.attention_int8 import BOUNDS, AttentionTiles, int8_attention
 
 
 def inputs(
@@ -52,6 +52,16 @@ def test_matches_float64_reference_on_odd_shapes(
     out = int8_attention(q, k, v)
     assert out.shape == (b, m, h, d) and out.dtype == torch.bfloat16
     check(out, reference(q, k, v), f"{b}×{m}×{n}×{h}×{d}")
+
+
+@pytest.mark.parametrize("tiles", [AttentionTiles(16, 32, 4, 1), AttentionTiles(64, 16, 4, 2)])
+def test_other_tiles_quantize_for_their_own_blocks(
+    tiles: AttentionTiles, device: torch.device
+) -> None:
+    """The tiles are the quantization blocks too: any tile the benchmark's sweep picks keeps
+    the bound (a q or k scale laid for another block size would read the wrong scales)."""
+    q, k, v = inputs(1, 70, 45, 2, 64, device, seed=3)
+    check(int8_attention(q, k, v, tiles), reference(q, k, v), tiles.label())
 
 
 def test_fp16_pv_where_fp8_is_missing(
