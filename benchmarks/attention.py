@@ -38,17 +38,20 @@ from service.kernels.attention_int8 import (
 logger = logging.getLogger(__name__)
 
 
-# Tile configurations the sweep times: the default, wider key blocks (fewer softmax rescales
-# per query, more registers), fewer warps, deeper pipelining, smaller query blocks.
+# Tile configurations the sweep times: the default (64 queries × 128 keys, 4 warps), the first
+# default (128 × 64, 8 warps), wider key blocks (fewer softmax rescales per query, more
+# registers), fewer warps, deeper pipelining.
 SWEEP = (
     TILES,
+    AttentionTiles(128, 64, 8, 3),
     AttentionTiles(128, 128, 8, 3),
     AttentionTiles(128, 128, 8, 2),
     AttentionTiles(128, 64, 4, 3),
     AttentionTiles(128, 64, 8, 4),
     AttentionTiles(128, 32, 4, 4),
     AttentionTiles(64, 64, 4, 3),
-    AttentionTiles(64, 128, 4, 3),
+    AttentionTiles(64, 128, 4, 4),
+    AttentionTiles(64, 128, 8, 3),
 )
 
 

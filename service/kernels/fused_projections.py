@@ -88,7 +88,7 @@ class FusedLowBitLinear(nn.Module):
 
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
-        rows = rows_per_sample(self.name, x, self.in_features, self.sample_clip.shape[1])
+        rows = rows_per_sample(self, x, self.in_features, self.sample_clip.shape[1])
         tables = self.sample_clip.shape[0]
         if self.sample_clip.shape[1] == 1:
             clips = self.sample_clip.expand(tables, rows, 2)

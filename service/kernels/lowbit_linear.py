@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -64,12 +65,21 @@ def select_backend(weights: PackedLinearWeights) -> KernelBackend:
     return KernelBackend.REFERENCE
 
 
-def rows_per_sample(name: str, x: torch.Tensor, in_features: int, samples: int) -> int:
+class NamedLayer(Protocol):
+    name: str
+
+
+def rows_per_sample(layer: NamedLayer, x: torch.Tensor, in_features: int, samples: int) -> int:
     """Rows of x that share each sample's clip factors: one group per sample of a
-    [B, …, K] input ([B, K] too: the embedders see one row per sample)."""
+    [B, …, K] input ([B, K] too: the embedders see one row per sample).
+
+    ``layer`` names the layer in the errors only: its name is read on the raising paths alone,
+    because torch.compile guards on every attribute a traced forward reads, and a guard on the
+    name (different in every block) recompiles each block until dynamo's recompile limit sends
+    the rest of the model to eager (seen on an H200: 8 of 30 blocks compiled)."""
     if samples == 0:
         raise RuntimeError(
-            f"{name}: no timestep group set; bind the transformer with "
+            f"{layer.name}: no timestep group set; bind the transformer with "
             "qvgen.timestep_groups.bind_timestep_groups or call set_clip_group first"
         )
     rows = x.numel() // in_features
@@ -77,7 +87,7 @@ def rows_per_sample(name: str, x: torch.Tensor, in_features: int, samples: int) 
         return rows
     if x.ndim < 2 or x.shape[0] != samples:
         raise ValueError(
-            f"{name}: {samples} clip groups set for input of shape {tuple(x.shape)}; "
+            f"{layer.name}: {samples} clip groups set for input of shape {tuple(x.shape)}; "
             "expected one group per sample of a [B, …, K] input"
         )
     return rows // samples
@@ -164,7 +174,7 @@ class LowBitLinear(nn.Module, abc.ABC):
         """Q_a(x) · Q_w(W)^T + b for x [M, K] with per-row clip factors [M, 2]."""
 
     def _rows_per_sample(self, x: torch.Tensor) -> int:
-        return rows_per_sample(self.name, x, self.in_features, self.sample_clip.shape[0])
+        return rows_per_sample(self, x, self.in_features, self.sample_clip.shape[0])
 
     def extra_repr(self) -> str:
         return (

@@ -22,6 +22,12 @@ import pytest
 import torch
 
 from qvgen.timestep_groups import timestep_to_group
+from service.engine.compilation import (
+    CompileOptions,
+    CompilePolicy,
+    CompileScope,
+    compile_transformer,
+)
 from service.engine.loading import VideoPipeline, load_pipeline
 from service.kernels.lowbit_linear import LowBitLinear
 from tests.service.kernels.compare import assert_close_verbose
@@ -106,6 +112,34 @@ def test_inductor_equals_eager_at_every_clip_group(pipeline: VideoPipeline) -> N
         transformer, lambda m: predict(m, 10.0), timestep_to_group(999.0, groups)
     )
     assert (stale - expected[10.0]).norm() > 1e-2 * expected[10.0].norm()
+
+
+def test_compiled_blocks_share_one_graph(pipeline: VideoPipeline) -> None:
+    """The engine compiles each block (``CompileScope.BLOCKS``): the blocks are one code object,
+    so the second and later blocks must pass the first one's guards. A guard on anything that
+    differs between blocks (a layer's name) recompiles each block, and past dynamo's
+    recompile limit the rest of the model runs eagerly."""
+    transformer = pipeline.transformer
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 8, 3, 4, 4, generator=g)
+    text = torch.randn(1, 16, transformer.config.text_dim, generator=g)
+    torch._dynamo.reset()
+    options = CompileOptions(
+        policy=CompilePolicy.ON, scope=CompileScope.BLOCKS, backend="aot_eager"
+    )
+    compiled = compile_transformer(transformer, options)
+    try:
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+            for t in (999.0, 10.0):
+                transformer(
+                    hidden_states=latents,
+                    timestep=torch.tensor([t]),
+                    encoder_hidden_states=text,
+                    return_dict=False,
+                )
+    finally:
+        compiled.undo()
+        torch._dynamo.reset()
 
 
 def predict_in_group(
