@@ -17,9 +17,10 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
     git rev-parse --short HEAD 2>/dev/null || true
 } | tee "$OUT/machine.txt"
 if [ "${RUN_TESTS:-1}" = 1 ]; then
+    # GPU_TESTS: other test paths (pytest arguments) instead of the CUDA ones.
     timeout "${TEST_TIMEOUT_S:-240}" python3 -m pytest -q -p no:cacheprovider \
-        tests/service/kernels tests/service/engine/test_cuda_generation.py \
-        tests/training/quant/test_fused_fake_quant.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+        ${GPU_TESTS:-tests/service/kernels tests/service/engine/test_cuda_generation.py \
+        tests/training/quant/test_fused_fake_quant.py} 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
 fi
 if [ "${RUN_ATTENTION:-0}" = 1 ]; then
     timeout "${ATTENTION_TIMEOUT_S:-150}" python3 -m benchmarks.attention \
