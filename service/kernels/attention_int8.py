@@ -245,13 +245,29 @@ def _attention_fake(
     return q_codes.new_empty((bh // heads, m, heads, d), dtype=out_dtype)
 
 
+@torch._dynamo.assume_constant_result
+def _device_plan(device_type: str, index: int) -> tuple[str | None, bool]:
+    """(why Triton cannot run on the device, whether P·V runs in FP8 there) for device
+    ``device_type``:``index`` (index −1: none). Host facts that torch.compile takes as
+    constants of the graph rather than tracing the import probe and the capability query
+    behind them (dynamo 2.11 refuses to trace ``importlib.util.find_spec``, which broke the
+    compiled graph at every attention call on an H200)."""
+    device = torch.device(device_type, index) if index >= 0 else torch.device(device_type)
+    return triton_unavailable_reason(device), _fp8_available(device)
+
+
+def _plan(q: torch.Tensor) -> tuple[str | None, bool]:
+    index = q.device.index
+    return _device_plan(q.device.type, -1 if index is None else index)
+
+
 def refusal(q: torch.Tensor) -> str | None:
     """Why the kernel cannot take ``q`` [B, S, H, D]; None when it can."""
     if q.shape[-1] not in HEAD_DIMS:
         return f"head dim {q.shape[-1]} (supported: {HEAD_DIMS})"
     if q.dtype not in DTYPES:
         return f"dtype {q.dtype} (supported: bf16, fp16)"
-    return triton_unavailable_reason(q.device)
+    return _plan(q)[0]
 
 
 @functools.cache
@@ -288,5 +304,5 @@ def int8_attention(
         )
         return out.transpose(1, 2)
     tiles = tiles or default_tiles()
-    operands = quantize_inputs(q, k, v, _fp8_available(q.device), tiles)
+    operands = quantize_inputs(q, k, v, _plan(q)[1], tiles)
     return run_kernel(operands, q.shape[1], k.shape[1], q.shape[2], q.dtype, tiles)

@@ -54,7 +54,7 @@ def test_matches_float64_reference_on_odd_shapes(
     check(out, reference(q, k, v), f"{b}×{m}×{n}×{h}×{d}")
 
 
-@pytest.mark.parametrize("tiles", [AttentionTiles(16, 32, 4, 1), AttentionTiles(64, 16, 4, 2)])
+@pytest.mark.parametrize("tiles", [AttentionTiles(16, 32, 4, 1), AttentionTiles(64, 32, 4, 2)])
 def test_other_tiles_quantize_for_their_own_blocks(
     tiles: AttentionTiles, device: torch.device
 ) -> None:
