@@ -42,6 +42,24 @@ def api_client(settings: ServiceSettings) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
+def events_client(settings: ServiceSettings, longest_block_s: float) -> aioredis.Redis:
+    """The API's pool for server-sent-event streams (``service.queue.events``): one connection
+    per waiting stream, ``max_event_streams`` at most, kept apart from the request pool so that
+    open streams never starve submissions. A read may block ``longest_block_s`` before its
+    answer, so the socket waits that much longer than a command's timeout."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.max_event_streams,
+        timeout=settings.redis_pool_timeout_s,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s + longest_block_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
 def worker_client(settings: ServiceSettings) -> redis.Redis:
     return redis.Redis.from_url(
         settings.redis_url,
