@@ -145,7 +145,10 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_webhooks(args: argparse.Namespace) -> int:
     from service.webhooks.deliverer import WebhookDeliverer
 
-    deliverer = WebhookDeliverer(ServiceSettings())
+    try:
+        deliverer = WebhookDeliverer(ServiceSettings())
+    except ValueError as error:
+        raise SystemExit(f"qvgen serve webhooks: {error}") from error
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: deliverer.request_stop())
     deliverer.run()

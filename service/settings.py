@@ -99,15 +99,15 @@ class ServiceSettings(BaseSettings):
 
     # --- webhooks and live progress (service.webhooks, GET /v1/videos/{id}/events) ----------
     # Where every job's video.completed / video.failed goes unless its request names its own
-    # ``webhook_url``; none: only jobs that name one get webhooks.
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    # ``webhook_url``; empty: only jobs that name one get webhooks.
+    webhook_url: str = Field(default="", max_length=2048)
     # Hosts a request's ``webhook_url`` may name (exact names; "*.example.com" for its
     # subdomains); empty: requests may not name one. The API checks, so that a client cannot
     # make the deliverer call into the deployment's own network.
     webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # Standard Webhooks signing secret, "whsec_" + base64 of the key (``service.webhooks.signing``);
     # required once any webhook can be sent.
-    webhook_secret: SecretStr | None = None
+    webhook_secret: SecretStr = SecretStr("")
     # Delivery attempts per event; between them, exponential backoff with jitter from
     # webhook_retry_base_s up to webhook_retry_max_s (``service.webhooks.outbox.retry_delay_s``).
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
@@ -151,10 +151,10 @@ class ServiceSettings(BaseSettings):
 
     @field_validator("webhook_secret")
     @classmethod
-    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return value
+    def _whsec(cls, value: SecretStr) -> SecretStr:
         text = value.get_secret_value()
+        if not text:
+            return value
         try:
             key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
         except ValueError:
@@ -168,14 +168,14 @@ class ServiceSettings(BaseSettings):
 
     @field_validator("webhook_url")
     @classmethod
-    def _webhook_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+    def _webhook_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError(f"QVGEN_WEBHOOK_URL must be an http(s) URL, got {value!r}")
         return value
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
-        if (self.webhook_url or self.webhook_allowed_hosts) and self.webhook_secret is None:
+        if self.webhooks_enabled and not self.webhook_secret.get_secret_value():
             raise ValueError(
                 "webhooks are configured (QVGEN_WEBHOOK_URL or QVGEN_WEBHOOK_ALLOWED_HOSTS) but "
                 "QVGEN_WEBHOOK_SECRET is not set: receivers could not verify them"

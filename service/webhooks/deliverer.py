@@ -45,7 +45,7 @@ RETRY_PAUSE_S, MAX_RETRY_PAUSE_S = 0.05, 2.0
 
 class WebhookDeliverer:
     def __init__(self, settings: ServiceSettings, rng: random.Random | None = None) -> None:
-        if settings.webhook_secret is None:
+        if not settings.webhook_secret.get_secret_value():
             raise ValueError("QVGEN_WEBHOOK_SECRET is not set: there is nothing to sign with")
         self.settings = settings
         self._key = secret_key(settings.webhook_secret.get_secret_value())

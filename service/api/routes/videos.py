@@ -194,7 +194,7 @@ def _webhook_url(state: ApiState, requested: str | None) -> str | None:
     """Where the job's end is announced: the request's URL if it names one the settings allow
     (else 400), or the deployment's ``webhook_url`` (None: nowhere)."""
     if requested is None:
-        return state.settings.webhook_url
+        return state.settings.webhook_url or None
     settings = state.settings
     try:
         return check_webhook_url(
