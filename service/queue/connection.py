@@ -7,7 +7,7 @@ errors and timeouts), which can run a command twice and hides an outage behind a
   waits up to ``redis_pool_timeout_s`` for a free connection instead of failing at once) and
   retries a command once, at once, only on a connection error: the first command on a pooled
   connection that a Redis restart broke. Every command and script the API sends is safe to run
-  twice (the enqueue script is keyed by the job id the API made, cancel by the status it read).
+  twice (the enqueue script is keyed by the job id the API made; a second delete finds nothing).
   A timeout is not retried: ``JobQueue.submit`` settles what became of the submission.
 - a worker's client does not retry on its own: its loop, its heartbeat and its final writes each
   retry in their own way (``service.worker.runner``).

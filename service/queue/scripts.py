@@ -22,7 +22,7 @@ Field names are the literals of ``records.JobField``; the consumer group name is
 
 from __future__ import annotations
 
-from service.queue.keys import EVENTS_MAXLEN
+from service.queue import keys
 
 # Redis full (maxmemory with noeviction): a submission is refused as a whole, before it writes
 # anything (a script with a shebang and no allow-oom flag is checked once, at its start); every
@@ -33,12 +33,12 @@ _RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
 
 # How long a job's event stream lives while the job is queued or running (past any queue
 # deadline); a finished job's lives as long as its record.
-_EVENTS_ACTIVE_TTL_MS = 8 * 86_400_000
+_EVENTS_ACTIVE_TTL_MS = str(8 * 86_400_000)
 
 # note(events, status): one entry on the job's event stream, capped, expiring.
 _NOTE = f"""
 local function note(events, status, ttl)
-  redis.call('XADD', events, 'MAXLEN', '~', {EVENTS_MAXLEN}, '*', 'status', status)
+  redis.call('XADD', events, 'MAXLEN', '~', {keys.EVENTS_MAXLEN}, '*', 'status', status)
   redis.call('PEXPIRE', events, ttl or {_EVENTS_ACTIVE_TTL_MS})
 end
 """

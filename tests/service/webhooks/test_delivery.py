@@ -4,6 +4,7 @@ every attempt's signature with its own verifier (``receiver.verify``) and the SD
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import threading
@@ -24,7 +25,7 @@ from service.settings import ServiceSettings
 from service.webhooks.deliverer import WebhookDeliverer
 from service.webhooks.outbox import Outbox, retry_delay_s
 from service.webhooks.urls import WebhookUrlError, check_webhook_url
-from tests.service.webhooks.receiver import WAIT_S, running_receiver, verify
+from tests.service.webhooks.receiver import WAIT_S, InvalidSignature, running_receiver, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -115,6 +116,18 @@ def test_each_ended_job_is_announced_once_signed_in_openais_shape(
         assert request.headers["content-type"] == "application/json"
         by_type[event["type"]] = event
     assert set(by_type) == {"video.completed", "video.failed"}
+    # The verifier can fail: another body, another secret, an old timestamp.
+    request = received[0]
+    with pytest.raises(InvalidSignature):
+        verify(SECRET, request.headers, request.body + b" ")
+    with pytest.raises(InvalidSignature):
+        verify(
+            "whsec_" + base64.b64encode(b"another key, 24 bytes...").decode(),
+            request.headers,
+            request.body,
+        )
+    with pytest.raises(InvalidSignature):
+        verify(SECRET, request.headers, request.body, tolerance_s=-1)
     for kind, video_id in (("video.completed", done), ("video.failed", failed)):
         event = by_type[kind]
         assert set(event) == {"id", "object", "created_at", "type", "data"}
@@ -273,3 +286,20 @@ def test_retry_delays_back_off_exponentially_with_jitter_up_to_the_cap() -> None
         delays = [retry_delay_s(attempt, 1.0, 60.0, rng) for _ in range(50)]
         assert all(step / 2 <= delay <= step for delay in delays), (attempt, delays)
         assert len(set(delays)) > 1  # jittered
+
+
+def test_a_job_expired_in_the_queue_is_announced_as_failed_and_a_deleted_one_not_at_all(
+    hooked: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    short = hooked.model_copy(update={"queued_ttl_s": 1})
+    url = "http://127.0.0.1:9/hooks"
+    with TestClient(create_app(short)) as client:
+        expiring = _submit(client, webhook_url=url)
+        deleted = _submit(client, webhook_url=url)
+        assert client.delete(f"/v1/videos/{deleted}").status_code == 200
+        time.sleep(1.1)  # past the queue deadline
+        assert Consumer(sync_redis, short, "tiny", "janitor").expire_queued() == 1
+    keys = Keys(short.key_prefix)
+    assert sync_redis.zrange(keys.webhooks_due, 0, -1) == [webhook_event_id(expiring)]
+    event = sync_redis.hgetall(keys.webhook(webhook_event_id(expiring)))
+    assert (event["type"], event["video_id"], event["url"]) == ("video.failed", expiring, url)
