@@ -88,6 +88,7 @@ async def _events(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
+        400: {"model": ErrorBody, "description": "Invalid header (Last-Event-ID over 64 chars)"},
         401: {"model": ErrorBody, "description": "Missing or wrong API key"},
         404: {"model": ErrorBody, "description": "Unknown id"},
         429: {"model": ErrorBody, "description": "Too many open streams; see Retry-After"},
