@@ -20,11 +20,13 @@ waits); one more is answered 429 with Retry-After.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
 from service.api.auth import Caller
@@ -36,6 +38,7 @@ from service.api.streams import KEEP_ALIVE, Slot, sse_event
 from service.queue.events import DELETED, START_OF_STREAM
 from service.queue.records import JobRecord, JobStatus, is_job_id, now_ms
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
 
 # How long a wait on a running job's stream lasts before a keep-alive comment (seconds).
@@ -79,6 +82,10 @@ async def _events(
                 yield KEEP_ALIVE
             # The entry id first, then the record: a change after this read is a later entry.
             found = await state.queue.read(job_id, QUEUE_POSITION_CAP)
+    except RedisError as error:
+        # Headers are sent: no error status can follow. Ending the stream makes the client
+        # reconnect, and its reconnect gets a 503 with Retry-After until Redis is back.
+        logger.warning("event stream of %s ended: Redis unreachable (%s)", job_id, error)
     finally:
         slot.release()
 

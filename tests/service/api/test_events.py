@@ -16,7 +16,7 @@ import pytest
 from benchmarks.service import Cluster
 from service.settings import ServiceSettings
 from tests.service.cluster_fixtures import JOB_TIMEOUT_S, MODEL, auth, start_cluster, wait_ready
-from tests.service.redis_fixtures import RedisServer
+from tests.service.redis_fixtures import RedisServer, running_redis
 
 MAX_STREAMS = 3
 STEPS, STEP_DELAY_S = 8, 0.1
@@ -48,6 +48,7 @@ class Stream:
     events: list[Event] = field(default_factory=list)
     ended: threading.Event = field(default_factory=threading.Event)
     opened: threading.Event = field(default_factory=threading.Event)
+    broken: bool = False  # the connection was cut, not the stream ended by the server
 
     def wait(self, what: str, condition: object) -> None:
         deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -77,6 +78,8 @@ def _read(url: str, stream: Stream, headers: dict[str, str]) -> None:
                         Event(fields.get("event", ""), fields.get("id"), json.loads(fields["data"]))
                     )
                 fields = {}
+    except httpx.HTTPError:
+        stream.broken = True
     finally:
         stream.opened.set()
         stream.ended.set()
@@ -107,7 +110,7 @@ def test_the_stream_shows_the_queue_then_every_step_then_the_end(
     first = stream.events[0]
     assert first.type == "video.queued" and first.data["queue_position"] == 1
     cluster.start_worker(STEP_DELAY_S, model=MODEL, model_id=MODEL)
-    assert stream.ended.wait(JOB_TIMEOUT_S)
+    assert stream.ended.wait(JOB_TIMEOUT_S) and not stream.broken
     types = [event.type for event in stream.events]
     assert types[-1] == "video.completed" and stream.events[-1].data["progress"] == 100
     running = [event.data for event in stream.events if event.type == "video.in_progress"]
@@ -143,7 +146,7 @@ def test_a_deletion_ends_the_stream_and_streams_are_capped(
     assert refused.ended.wait(JOB_TIMEOUT_S) and refused.status == 429
     deleted = httpx.delete(f"{cluster.base_url}/v1/videos/{running}", headers=auth())
     assert deleted.status_code == 200
-    assert stream.ended.wait(JOB_TIMEOUT_S)
+    assert stream.ended.wait(JOB_TIMEOUT_S) and not stream.broken
     assert stream.events[-1].type == "video.deleted"
     assert stream.events[-1].data == {"id": running, "object": "video.deleted", "deleted": True}
     # Its place is free again once the stream has ended.
@@ -158,3 +161,24 @@ def test_a_deletion_ends_the_stream_and_streams_are_capped(
     assert gone.status == 404
     for video_id in ("video_" + "0" * 32, "nope"):
         assert _open(cluster, video_id).status == 404
+
+
+def test_a_stream_ends_when_redis_goes_away_and_answers_503_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    with running_redis(tmp_path / "redis", "--appendonly", "yes") as server:
+        cluster, _ = start_cluster(server.url, tmp_path / "results", poll_after_ms=50)
+        try:
+            job = _create(cluster)
+            stream = _open(cluster, job)
+            stream.wait("the queued state", lambda: stream.events)
+            server.kill()
+            assert stream.ended.wait(JOB_TIMEOUT_S) and not stream.broken  # ended, not hung
+            assert [event.type for event in stream.events] == ["video.queued"]
+            assert _open(cluster, job).status == 503
+            server.start()  # AOF: the job is still there
+            again = _open(cluster, job)
+            again.wait("the queued state again", lambda: again.events)
+            assert again.status == 200 and again.events[0].type == "video.queued"
+        finally:
+            cluster.stop()
