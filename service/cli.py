@@ -145,6 +145,9 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_webhooks(args: argparse.Namespace) -> int:
     from service.webhooks.deliverer import WebhookDeliverer
 
+    # httpx logs every request at INFO, URL and all (a receiver's URL may carry a token); the
+    # deliverer logs each outcome itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         deliverer = WebhookDeliverer(ServiceSettings())
     except ValueError as error:
