@@ -31,7 +31,7 @@ from starlette.background import BackgroundTask
 
 from service.api.auth import Caller
 from service.api.errors import APIError, ErrorBody, ErrorType
-from service.api.routes.videos import record_or_404
+from service.api.routes.videos import _record_or_404 as record_or_404
 from service.api.schemas import QUEUE_POSITION_CAP, VideoDeleted, VideoObject
 from service.api.state import ApiState, api_state, current_caller
 from service.api.streams import KEEP_ALIVE, Slot, sse_event

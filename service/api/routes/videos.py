@@ -124,7 +124,7 @@ def _video_object(
     return video
 
 
-async def record_or_404(
+async def _record_or_404(
     state: ApiState, video_id: str, caller: Caller
 ) -> tuple[JobRecord, int | None]:
     """The job (and the jobs ahead while it is queued), if it exists and ``caller`` may see it;
@@ -260,7 +260,9 @@ async def _submit(
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
     if submitted.record is None:
-        return _video_object(*await record_or_404(state, submitted.job_id, caller), state, response)
+        return _video_object(
+            *await _record_or_404(state, submitted.job_id, caller), state, response
+        )
     return _video_object(submitted.record, submitted.jobs_ahead, state, response)
 
 
@@ -286,7 +288,7 @@ async def remix_video(
         params = VideoRemixParams.model_validate(await _read_body(request))
     except ValidationError as error:
         raise from_validation_error(error) from error
-    source, _ = await record_or_404(state, video_id, caller)
+    source, _ = await _record_or_404(state, video_id, caller)
     if source.status is not JobStatus.COMPLETED:
         raise APIError(
             409,
@@ -353,7 +355,7 @@ async def retrieve_video(
 ) -> VideoObject:
     """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
-    return _video_object(*await record_or_404(state, video_id, caller), state, response)
+    return _video_object(*await _record_or_404(state, video_id, caller), state, response)
 
 
 @router.get(
@@ -373,7 +375,7 @@ async def download_video(
 ) -> FileResponse:
     """The MP4 (``variant=video``) or its first frame as PNG (``variant=thumbnail``)."""
     state = api_state(request)
-    record, _ = await record_or_404(state, video_id, caller)
+    record, _ = await _record_or_404(state, video_id, caller)
     if record.status is not JobStatus.COMPLETED:
         raise APIError(
             409,
@@ -397,7 +399,7 @@ async def delete_video(
     discarded; the record, its listing entries, its Idempotency-Key and its files go. Then GET
     answers 404, and so does a second DELETE."""
     state = api_state(request)
-    record, _ = await record_or_404(state, video_id, caller)
+    record, _ = await _record_or_404(state, video_id, caller)
     deleted = await state.queue.delete(record)
     if deleted.outcome is DeleteOutcome.MISSING:
         raise APIError(
