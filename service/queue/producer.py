@@ -185,10 +185,14 @@ class JobQueue:
             JobField.STEPS_DONE: 0,
             JobField.STEPS_TOTAL: request.num_inference_steps,
             JobField.SECONDS: seconds,
-            JobField.REMIXED_FROM: remixed_from or "",
-            JobField.WEBHOOK_URL: webhook_url or "",
-            JobField.IDEMPOTENCY_KEY: idem_key if idempotency_key else "",
         }
+        # Written only when set: most jobs carry none of them.
+        optional = {
+            JobField.REMIXED_FROM: remixed_from,
+            JobField.WEBHOOK_URL: webhook_url,
+            JobField.IDEMPOTENCY_KEY: idem_key if idempotency_key else None,
+        }
+        fields |= {name: value for name, value in optional.items() if value}
         args: list[str | int] = [
             job_id,
             created,
