@@ -54,16 +54,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "Job store unreachable or full; see Retry-After and the error code"),
     )
 }
-_CREATE_SCHEMA = VideoCreateParams.model_json_schema()
-_CREATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _CREATE_SCHEMA},
-            "multipart/form-data": {"schema": _CREATE_SCHEMA},
-        },
-    }
-}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads JSON or form fields itself."""
+    content = {"application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_CREATE_BODY = _body(VideoCreateParams.model_json_schema())
+_REMIX_BODY = _body(VideoRemixParams.model_json_schema())
 _CREATE_ERRORS = {
     **_ERRORS,
     413: {"model": ErrorBody, "description": "Body over the size cap"},
@@ -269,6 +269,7 @@ async def _submit(
 @router.post(
     "/v1/videos/{video_id}/remix",
     response_model=VideoObject,
+    openapi_extra=_REMIX_BODY,
     responses={**_CREATE_ERRORS, 409: {"model": ErrorBody, "description": "Source not completed"}},
 )
 async def remix_video(
