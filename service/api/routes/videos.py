@@ -283,7 +283,8 @@ async def remix_video(
     and seed, and the new prompt; ``remixed_from_video_id`` names the source. The source must be
     one of the caller's (404 otherwise) and completed (409 otherwise: as the SDK documents it,
     a remix is "of a completed video"). The new prompt is checked against the model's limits as
-    a create's is (400 naming ``prompt``)."""
+    a create's is (400 naming ``prompt``). Its ``webhook_url`` is its own or the deployment's,
+    never the source's."""
     state = api_state(request)
     try:
         params = VideoRemixParams.model_validate(await _read_body(request))
