@@ -84,7 +84,11 @@ def settings_environment(settings: ServiceSettings) -> dict[str, str]:
     env = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        if isinstance(value, tuple):
+        if value is None:
+            continue  # unset: the default (None) again
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, tuple):
             text = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else v for v in value)
         else:
             text = str(value.value if isinstance(value, enum.Enum) else value)

@@ -1,4 +1,4 @@
-"""``qvgen serve api|worker|all``.
+"""``qvgen serve api|worker|webhooks|all``.
 
 Settings come from ``QVGEN_*`` environment variables (``service.settings.ServiceSettings``);
 the flags here only say what to run where.
@@ -67,6 +67,11 @@ def register(subparsers: Any) -> None:
     _add_engine_flags(worker)
     worker.add_argument("--metrics-port", type=int, default=None, help="default: settings")
     worker.set_defaults(handler=run_worker)
+
+    webhooks = serve.add_parser(
+        "webhooks", help="the webhook deliverer (service.webhooks.deliverer explains why apart)"
+    )
+    webhooks.set_defaults(handler=run_webhooks)
 
     both = serve.add_parser("all", help="the API plus N worker processes (local use)")
     _add_engine_flags(both)
@@ -137,6 +142,22 @@ def run_worker(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def run_webhooks(args: argparse.Namespace) -> int:
+    from service.webhooks.deliverer import WebhookDeliverer
+
+    # httpx logs every request at INFO, URL and all (a receiver's URL may carry a token); the
+    # deliverer logs each outcome itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        deliverer = WebhookDeliverer(ServiceSettings())
+    except ValueError as error:
+        raise SystemExit(f"qvgen serve webhooks: {error}") from error
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: deliverer.request_stop())
+    deliverer.run()
+    return 0
+
+
 def engine_start(args: argparse.Namespace, settings: ServiceSettings) -> EngineStart:
     """Compile choice (the flag over the setting) and a warm-up at the default request size."""
     width, height = (int(v) for v in settings.default_size.split("x"))
@@ -189,6 +210,8 @@ def run_all(args: argparse.Namespace) -> int:
         port = base.worker_metrics_port + index if base.worker_metrics_port else 0
         worker_env = {**env, "QVGEN_WORKER_METRICS_PORT": str(port)}
         commands.append((worker_command(args, model_id), worker_env))
+    if base.webhooks_enabled:
+        commands.append(([sys.executable, "-m", "service.cli", "serve", "webhooks"], env))
     pool = WorkerPool(commands, exit_grace_s=WORKER_EXIT_GRACE_S + base.drain_timeout_s)
     pool.start()
     logger.info(

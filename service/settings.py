@@ -8,9 +8,11 @@ defaults that are only safe on a laptop (no API keys).
 
 from __future__ import annotations
 
+import base64
 import enum
 from pathlib import Path
 from typing import Annotated, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -95,6 +97,28 @@ class ServiceSettings(BaseSettings):
 
     results_dir: Path = Path("results")
 
+    # --- webhooks and live progress (service.webhooks, GET /v1/videos/{id}/events) ----------
+    # Where every job's video.completed / video.failed goes unless its request names its own
+    # ``webhook_url``; empty: only jobs that name one get webhooks.
+    webhook_url: str = Field(default="", max_length=2048)
+    # Hosts a request's ``webhook_url`` may name (exact names; "*.example.com" for its
+    # subdomains); empty: requests may not name one. The API checks, so that a client cannot
+    # make the deliverer call into the deployment's own network.
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # Standard Webhooks signing secret, "whsec_" + base64 of the key (``service.webhooks.signing``);
+    # required once any webhook can be sent.
+    webhook_secret: SecretStr = SecretStr("")
+    # Delivery attempts per event; between them, exponential backoff with jitter from
+    # webhook_retry_base_s up to webhook_retry_max_s (``service.webhooks.outbox.retry_delay_s``).
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_retry_base_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0.0, le=86400.0)
+    # One attempt's HTTP timeout (connect and read).
+    webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    # Server-sent-event streams one API process holds open at once (each holds one Redis
+    # connection while it waits); more are answered 429 with Retry-After.
+    max_event_streams: int = Field(default=32, ge=1, le=10_000)
+
     # --- worker engine --------------------------------------------------------------------
     # torch.compile of the transformer: auto = on CUDA only (``service.engine.compilation``).
     compile_transformer: CompilePolicy = CompilePolicy.AUTO
@@ -110,7 +134,7 @@ class ServiceSettings(BaseSettings):
     # by the workers that `qvgen serve all` starts beside it (all of them for a worker alone).
     worker_threads: int = Field(default=0, ge=0, le=1024)
 
-    @field_validator("models", "api_keys", "admin_api_keys", mode="before")
+    @field_validator("models", "api_keys", "admin_api_keys", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -125,8 +149,37 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"model id {name!r} may hold only letters, digits, '-', '_', '.'")
         return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text:
+            return value
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not text.startswith("whsec_") or len(key) < 16:
+            raise ValueError(
+                "QVGEN_WEBHOOK_SECRET must read whsec_<base64 of at least 16 bytes>, e.g. "
+                "whsec_ + `openssl rand -base64 32`"
+            )
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"QVGEN_WEBHOOK_URL must be an http(s) URL, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> Self:
+        if self.webhooks_enabled and not self.webhook_secret.get_secret_value():
+            raise ValueError(
+                "webhooks are configured (QVGEN_WEBHOOK_URL or QVGEN_WEBHOOK_ALLOWED_HOSTS) but "
+                "QVGEN_WEBHOOK_SECRET is not set: receivers could not verify them"
+            )
         if self.heartbeat_interval_s * 2 > self.claim_timeout_s:
             raise ValueError(
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most half of "
@@ -146,6 +199,10 @@ class ServiceSettings(BaseSettings):
     def key_secrets(self) -> tuple[bytes, ...]:
         """The API keys as bytes (``service.api.auth`` compares their digests)."""
         return tuple(key.get_secret_value().encode() for key in self.api_keys)
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return bool(self.webhook_url or self.webhook_allowed_hosts)
 
     def admin_key_secrets(self) -> tuple[bytes, ...]:
         return tuple(key.get_secret_value().encode() for key in self.admin_api_keys)

@@ -13,10 +13,12 @@ from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
 from service.api.request_limits import BodySizeLimit, ConcurrencyLimit
-from service.api.routes import playground, system, videos
+from service.api.routes import events, playground, system, videos
 from service.api.state import ApiState
+from service.api.streams import StreamSlots
 from service.metrics import ApiMetrics
-from service.queue.connection import api_client
+from service.queue.connection import api_client, events_client
+from service.queue.events import JobEvents
 from service.queue.producer import JobQueue
 from service.queue.redis_config import check_redis_async
 from service.settings import ServiceSettings
@@ -43,6 +45,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             results=open_store(settings),
             keys=KeyRing(settings),
             started_at=int(time.time()),
+            events=JobEvents(events_client(settings, events.RUNNING_WAIT_S), queue.keys),
+            stream_slots=StreamSlots(settings.max_event_streams),
         )
         logger.info(
             "API ready: models %s, redis %s, %d API keys, %d admin keys",
@@ -54,6 +58,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.api.events.aclose()
             await client.aclose()
 
     app = FastAPI(
@@ -64,6 +69,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(videos.router)
+    app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(playground.router)
     # Added last = outermost: the timer sees every answer, the body cap runs before any route

@@ -20,6 +20,7 @@ MIN_FPS, MAX_FPS = 1, 60
 MAX_SEED = 2**63 - 1
 # ``queue_position`` counts at most this many jobs ahead (one bounded XRANGE per poll).
 QUEUE_POSITION_CAP = 100
+MAX_WEBHOOK_URL_CHARS = 2048
 
 
 class VideoCreateParams(BaseModel):
@@ -43,6 +44,20 @@ class VideoCreateParams(BaseModel):
         default=None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE, allow_inf_nan=False
     )
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=MAX_WEBHOOK_URL_CHARS,
+        description="Where video.completed / video.failed are posted (a host the server allows)",
+    )
+
+
+class VideoRemixParams(BaseModel):
+    """``POST /v1/videos/{id}/remix``: the new prompt; everything else is the source's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
 
 
 class VideoError(BaseModel):
@@ -51,8 +66,9 @@ class VideoError(BaseModel):
 
 
 class VideoObject(BaseModel):
-    """The OpenAI video object; ``cancelled`` is our addition to ``status``, as are the fields
-    after ``error``."""
+    """The OpenAI video object; the fields after ``remixed_from_video_id`` are our additions.
+    (``cancelled`` in ``status`` is never answered any more: DELETE removes a job at once; it
+    stays in the type for clients of earlier versions.)"""
 
     id: str
     object: Literal["video"] = "video"
@@ -66,6 +82,7 @@ class VideoObject(BaseModel):
     seconds: str
     size: str
     error: VideoError | None
+    remixed_from_video_id: str | None = None
     steps_done: int
     steps_total: int
     attempt: int
@@ -109,6 +126,7 @@ class VideoObject(BaseModel):
             seconds=record.seconds,
             size=f"{request.width}x{request.height}",
             error=error,
+            remixed_from_video_id=record.remixed_from,
             steps_done=record.steps_done,
             steps_total=record.steps_total,
             attempt=record.attempt,

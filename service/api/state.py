@@ -1,4 +1,4 @@
-"""What the routes share: settings, the job queue, the Redis client, the metrics, the results."""
+"""What the routes share: settings, the job queue, the Redis clients, the metrics, the results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from fastapi import Request
 from redis import asyncio as aioredis
 
 from service.api.auth import Caller, KeyRing
+from service.api.streams import StreamSlots
 from service.metrics import ApiMetrics
+from service.queue.events import JobEvents
 from service.queue.producer import JobQueue
 from service.settings import ServiceSettings
 from service.storage import ResultStore
@@ -23,6 +25,8 @@ class ApiState:
     results: ResultStore
     keys: KeyRing
     started_at: int  # unix s, reported as the models' ``created``
+    events: JobEvents  # the jobs' event streams, on a pool of their own
+    stream_slots: StreamSlots  # open /events streams of this process
 
 
 def api_state(request: Request) -> ApiState:

@@ -7,7 +7,7 @@ errors and timeouts), which can run a command twice and hides an outage behind a
   waits up to ``redis_pool_timeout_s`` for a free connection instead of failing at once) and
   retries a command once, at once, only on a connection error: the first command on a pooled
   connection that a Redis restart broke. Every command and script the API sends is safe to run
-  twice (the enqueue script is keyed by the job id the API made, cancel by the status it read).
+  twice (the enqueue script is keyed by the job id the API made; a second delete finds nothing).
   A timeout is not retried: ``JobQueue.submit`` settles what became of the submission.
 - a worker's client does not retry on its own: its loop, its heartbeat and its final writes each
   retry in their own way (``service.worker.runner``).
@@ -35,6 +35,24 @@ def api_client(settings: ServiceSettings) -> aioredis.Redis:
         timeout=settings.redis_pool_timeout_s,
         decode_responses=True,
         socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def events_client(settings: ServiceSettings, longest_block_s: float) -> aioredis.Redis:
+    """The API's pool for server-sent-event streams (``service.queue.events``): one connection
+    per waiting stream, ``max_event_streams`` at most, kept apart from the request pool so that
+    open streams never starve submissions. A read may block ``longest_block_s`` before its
+    answer, so the socket waits that much longer than a command's timeout."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.max_event_streams,
+        timeout=settings.redis_pool_timeout_s,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout_s + longest_block_s,
         socket_connect_timeout=settings.redis_socket_timeout_s,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),

@@ -23,7 +23,14 @@ from redis.exceptions import ResponseError
 from service.engine.rules import EngineRules
 from service.queue import scripts
 from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
-from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus, now_ms
+from service.queue.records import (
+    ErrorCode,
+    JobField,
+    JobRecord,
+    JobStatus,
+    now_ms,
+    webhook_event_id,
+)
 from service.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -166,7 +173,13 @@ class Consumer:
 
     def _begin(self, stream_id: str, job_id: str, *, reclaimed: bool) -> Delivery:
         reply = self._start(
-            keys=[self.keys.job(job_id), self._stream, self.keys.deadletter, self.keys.expiring],
+            keys=[
+                self.keys.job(job_id),
+                self._stream,
+                self.keys.deadletter,
+                self.keys.expiring,
+                *self._end_keys(job_id),
+            ],
             args=[
                 stream_id,
                 self.name,
@@ -187,6 +200,16 @@ class Consumer:
         claim = Claim(job=record, stream_id=stream_id, attempt=int(reply[1]), reclaimed=reclaimed)
         return Delivery(outcome=outcome, claim=claim)
 
+    def _end_keys(self, job_id: str) -> list[str]:
+        """What a script that may end the job writes besides the job: its event stream and
+        its webhook event (with the due set and the deliverers' wake-up list)."""
+        return [
+            self.keys.events(job_id),
+            self.keys.webhook(webhook_event_id(job_id)),
+            self.keys.webhooks_due,
+            self.keys.webhooks_wake,
+        ]
+
     # --- while it runs ---------------------------------------------------------------------
 
     def heartbeat(self, claim: Claim) -> bool:
@@ -198,15 +221,19 @@ class Consumer:
         return bool(refreshed)
 
     def progress(self, claim: Claim, steps_done: int, steps_total: int) -> bool:
-        """Record steps done; False when the attempt was fenced off or the job cancelled."""
+        """Record steps done; False when the attempt was fenced off or the job deleted."""
         ok = self._progress(
-            keys=[self.keys.job(claim.job.id)], args=[claim.attempt, steps_done, steps_total]
+            keys=[self.keys.job(claim.job.id), self.keys.events(claim.job.id)],
+            args=[claim.attempt, steps_done, steps_total],
         )
         return bool(ok)
 
     def still_mine(self, claim: Claim) -> bool:
-        """True while the job is ``in_progress`` under this attempt (not cancelled, not taken)."""
-        ok = self._progress(keys=[self.keys.job(claim.job.id)], args=[claim.attempt, "", ""])
+        """True while the job is ``in_progress`` under this attempt (not deleted, not taken)."""
+        ok = self._progress(
+            keys=[self.keys.job(claim.job.id), self.keys.events(claim.job.id)],
+            args=[claim.attempt, "", ""],
+        )
         return bool(ok)
 
     # --- ending it ------------------------------------------------------------------------
@@ -238,14 +265,20 @@ class Consumer:
         for name, value in fields.items():
             args += [name.value, value]
         written = self._finish(
-            keys=[self.keys.job(claim.job.id), self._stream, self.keys.expiring], args=args
+            keys=[
+                self.keys.job(claim.job.id),
+                self._stream,
+                self.keys.expiring,
+                *self._end_keys(claim.job.id),
+            ],
+            args=args,
         )
         return bool(written)
 
     def hand_back(self, claim: Claim) -> bool:
         """Requeue the job for any peer at once (SIGTERM); it does not count as a delivery."""
         handed = self._hand_back(
-            keys=[self.keys.job(claim.job.id), self._stream],
+            keys=[self.keys.job(claim.job.id), self._stream, self.keys.events(claim.job.id)],
             args=[claim.stream_id, claim.attempt, GROUP, self.name, HAND_BACK_IDLE_MS],
         )
         return bool(handed)
@@ -261,9 +294,15 @@ class Consumer:
         entries: Any = self._redis.xrange(self._stream, "-", f"{newest}-0", count=limit)
         expired = 0
         for stream_id, fields in entries:
+            job_id = fields[ENTRY_JOB_FIELD]
             expired += int(
                 self._expire(
-                    keys=[self.keys.job(fields[ENTRY_JOB_FIELD]), self._stream, self.keys.expiring],
+                    keys=[
+                        self.keys.job(job_id),
+                        self._stream,
+                        self.keys.expiring,
+                        *self._end_keys(job_id),
+                    ],
                     args=[stream_id, GROUP, now_ms(), self._settings.retention_s * 1000],
                 )
             )

@@ -13,6 +13,12 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:deadletter``           stream: one record per job that ran out of deliveries
 - ``P:workers:<model>``      sorted set: worker ids scored by their last heartbeat (unix s)
 - ``P:worker:<id>``          string (JSON, expires): a worker's model, device, pid, metrics port
+- ``P:events:<id>``          stream (expires with the job): one entry per change of the job
+                             (start, step, end, hand-back, deletion), read by ``/events``
+- ``P:webhook:<event id>``   hash: one webhook event to deliver (``service.webhooks.outbox``)
+- ``P:webhooks:due``         sorted set: event ids scored by their next delivery attempt (ms)
+- ``P:webhooks:wake``        list: a token per new event, so that a deliverer blocks, not polls
+- ``P:webhooks:dead``        stream: events whose deliveries all failed
 - ``P:rules:<model>``        string (JSON): the model's request rules, as its last started worker
                              published them (``service.engine.rules.EngineRules.to_dict``)
 """
@@ -25,6 +31,9 @@ GROUP = "workers"
 # The stream entry's only field: the job id (everything else lives in the job hash).
 ENTRY_JOB_FIELD = "job"
 DEADLETTER_MAXLEN = 10_000
+# A job's event stream keeps its last entries only: a reader wants the latest state (each SSE
+# event carries the whole video object), never the full history.
+EVENTS_MAXLEN = 64
 
 
 @dataclass(frozen=True)
@@ -73,3 +82,21 @@ class Keys:
 
     def rules(self, model: str) -> str:
         return f"{self.prefix}:rules:{model}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def webhook(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:{event_id}"
+
+    @property
+    def webhooks_due(self) -> str:
+        return f"{self.prefix}:webhooks:due"
+
+    @property
+    def webhooks_wake(self) -> str:
+        return f"{self.prefix}:webhooks:wake"
+
+    @property
+    def webhooks_dead(self) -> str:
+        return f"{self.prefix}:webhooks:dead"

@@ -47,6 +47,9 @@ SETTLE_ATTEMPTS = 3
 # A tombstone outlives any submission still on its way to Redis (in a socket buffer while Redis
 # was frozen, say).
 TOMBSTONE_TTL_S = 3600
+# A deleted job's event stream outlives it this long (ms), so that a reader blocked on it hears
+# of the deletion.
+EVENTS_LINGER_MS = 60_000
 
 
 class QueueFull(Exception):
@@ -91,11 +94,9 @@ class UnknownCursor(ValueError):
     """``after`` names no job in the listing."""
 
 
-class CancelOutcome(enum.Enum):
+class DeleteOutcome(enum.Enum):
     MISSING = "missing"  # gone by the time the script ran (deleted meanwhile)
-    CANCELLED = "cancelled"  # was queued or running: now ``cancelled``, the worker stops
-    DELETED = "deleted"  # was final: record removed, files to delete returned
-    UNCHANGED = "unchanged"  # was queued or running when read, finished before the cancel
+    DELETED = "deleted"  # record removed (a queued or running job cancelled with it)
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,9 @@ class Page:
 
 
 @dataclass(frozen=True)
-class Cancelled:
-    outcome: CancelOutcome
+class Deleted:
+    outcome: DeleteOutcome
+    was_active: bool = False  # it was queued or running: its worker stops, nothing is kept
     files: tuple[str, ...] = ()
 
 
@@ -129,7 +131,7 @@ class JobQueue:
         self._settings = settings
         self.keys = Keys(settings.key_prefix)
         self._enqueue = redis.register_script(scripts.ENQUEUE)
-        self._cancel = redis.register_script(scripts.CANCEL)
+        self._delete = redis.register_script(scripts.DELETE)
         self._settle = redis.register_script(scripts.SETTLE)
         self._read = redis.register_script(scripts.READ)
         # model → (the published text, what it parsed to): parse a model's rules once.
@@ -157,14 +159,19 @@ class JobQueue:
         owner: str = "",
         idempotency_key: str | None = None,
         job_id: str | None = None,
+        remixed_from: str | None = None,
+        webhook_url: str | None = None,
     ) -> Submitted:
         """Write the job hash and its stream entry in one script; raise ``QueueFull``.
         ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``: the same
         key with the same request is the job made the first time; with another request,
         ``IdempotencyConflict``; once that job is gone (deleted, or past retention), the key is
-        free for a new job. Sending the same ``job_id`` again (a retry) creates nothing more."""
+        free for a new job. Sending the same ``job_id`` again (a retry) creates nothing more.
+        ``remixed_from``: the source job of a remix; ``webhook_url``: where the job's end is
+        announced (both are part of what makes two submissions the same request)."""
         job_id = job_id or new_job_id()
         created = created_ms_of(job_id)
+        idem_key = self.keys.idempotency(_idempotency_digest(owner, idempotency_key))
         fields = {
             JobField.ID: job_id,
             JobField.MODEL: model,
@@ -179,7 +186,13 @@ class JobQueue:
             JobField.STEPS_TOTAL: request.num_inference_steps,
             JobField.SECONDS: seconds,
         }
-        idem_key = self.keys.idempotency(_idempotency_digest(owner, idempotency_key))
+        # Written only when set: most jobs carry none of them.
+        optional = {
+            JobField.REMIXED_FROM: remixed_from,
+            JobField.WEBHOOK_URL: webhook_url,
+            JobField.IDEMPOTENCY_KEY: idem_key if idempotency_key else None,
+        }
+        fields |= {name: value for name, value in optional.items() if value}
         args: list[str | int] = [
             job_id,
             created,
@@ -188,7 +201,7 @@ class JobQueue:
             self._settings.queued_ttl_s + self._settings.retention_s,
             "1" if idempotency_key else "0",
             GROUP,
-            _fingerprint(model, request, seconds),
+            _fingerprint(model, request, seconds, remixed_from or "", webhook_url or ""),
             self.keys.job(""),
         ]
         for name, value in fields.items():
@@ -329,28 +342,25 @@ class JobQueue:
         )
         return [(t, score) for t in later] + [(t, int(s)) for t, s in rest]
 
-    async def cancel(self, record: JobRecord) -> Cancelled:
-        """Cancel a job ``record`` shows queued or running; delete one it shows finished (its
-        files are returned)."""
-        result = await self._cancel(
+    async def delete(self, record: JobRecord) -> Deleted:
+        """Delete the job in one step whatever its state: a queued or running one is cancelled
+        with it (its worker stops at its next step); the files to delete are returned."""
+        result = await self._delete(
             keys=[
                 self.keys.job(record.id),
                 self.keys.stream(record.model),
                 self.keys.jobs,
                 self.keys.owner_jobs(record.owner),
                 self.keys.expiring,
+                self.keys.events(record.id),
             ],
-            args=[
-                record.id,
-                GROUP,
-                now_ms(),
-                self._settings.retention_s * 1000,
-                record.status.value,
-            ],
+            args=[record.id, GROUP, EVENTS_LINGER_MS],
         )
-        outcome = CancelOutcome(result[0])
-        files = tuple(path for path in result[1:] if path)
-        return Cancelled(outcome=outcome, files=files)
+        outcome = DeleteOutcome(result[0])
+        if outcome is DeleteOutcome.MISSING:
+            return Deleted(outcome=outcome)
+        files = tuple(path for path in result[2:] if path)
+        return Deleted(outcome=outcome, was_active=result[1] == "1", files=files)
 
     async def published_rules(self, models: Sequence[str]) -> dict[str, EngineRules]:
         """The request rules the models' workers published (one MGET); a model without any, or
@@ -399,10 +409,13 @@ class JobQueue:
         return int(await self._redis.zcount(self.keys.workers(model), since, "+inf"))
 
 
-def _fingerprint(model: str, request: GenerationRequest, seconds: str) -> str:
+def _fingerprint(model: str, request: GenerationRequest, seconds: str, *extra: str) -> str:
     """What makes two submissions the same request: the model and the request as the engine
-    gets it (JSON or form, sent or defaulted fields alike)."""
+    gets it (JSON or form, sent or defaulted fields alike), and ``extra`` (a remix's source,
+    the webhook URL) when given."""
     text = f"{model}\x00{seconds}\x00{request_to_json(request)}"
+    if any(extra):
+        text += "\x00" + "\x00".join(extra)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

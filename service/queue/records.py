@@ -47,6 +47,15 @@ def is_job_id(value: str) -> bool:
     return _JOB_ID_RE.fullmatch(value) is not None
 
 
+WEBHOOK_EVENT_PREFIX = "evt_"
+
+
+def webhook_event_id(job_id: str) -> str:
+    """The id of the one webhook event a job's end makes (the scripts build the same one): the
+    same on every delivery attempt, so that a receiver deduplicates by it."""
+    return WEBHOOK_EVENT_PREFIX + job_id[len(JOB_ID_PREFIX) :]
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
@@ -93,6 +102,9 @@ class JobField(enum.StrEnum):
     ERROR_MESSAGE = "error_message"
     VIDEO_PATH = "video_path"
     THUMBNAIL_PATH = "thumbnail_path"
+    REMIXED_FROM = "remixed_from"  # the source job of a remix ("" otherwise)
+    WEBHOOK_URL = "webhook_url"  # where video.completed / video.failed go ("" for nowhere)
+    IDEMPOTENCY_KEY = "idempotency_key"  # the Redis key naming this job, deleted with it
 
 
 def request_to_json(request: GenerationRequest) -> str:
@@ -128,6 +140,8 @@ class JobRecord:
     thumbnail_path: str | None
     stream_id: str | None = None  # the job's entry in its model's stream
     owner: str = ""  # digest of the API key that created it; "" without keys
+    remixed_from: str | None = None
+    webhook_url: str | None = None
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -162,6 +176,8 @@ class JobRecord:
             thumbnail_path=opt_str(JobField.THUMBNAIL_PATH),
             stream_id=opt_str(JobField.STREAM_ID),
             owner=fields.get(JobField.OWNER, ""),
+            remixed_from=opt_str(JobField.REMIXED_FROM),
+            webhook_url=opt_str(JobField.WEBHOOK_URL),
         )
 
     @property

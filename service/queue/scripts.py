@@ -11,10 +11,18 @@ was given and changes nothing when the hash holds another one or the job is no l
 job was claimed by another can neither refresh the pending entry back to itself nor overwrite
 the new attempt's state or result.
 
+Every change a reader may wait for (a start, a step, the end, a hand-back, a deletion) also
+appends an entry to the job's event stream (``keys.Keys.events``), which ``GET
+/v1/videos/{id}/events`` blocks on. A job that ends completed or failed with a webhook URL gets
+its webhook event written in the same script (an outbox: the event exists if and only if the job
+ended; ``service.webhooks.outbox`` delivers it).
+
 Field names are the literals of ``records.JobField``; the consumer group name is passed in.
 """
 
 from __future__ import annotations
+
+from service.queue import keys
 
 # Redis full (maxmemory with noeviction): a submission is refused as a whole, before it writes
 # anything (a script with a shebang and no allow-oom flag is checked once, at its start); every
@@ -22,6 +30,34 @@ from __future__ import annotations
 # expiries): running jobs finish and the queue drains while new work is refused.
 _REFUSED_WHEN_FULL = "#!lua\n"
 _RUNS_WHEN_FULL = "#!lua flags=allow-oom\n"
+
+# How long a job's event stream lives while the job is queued or running (past any queue
+# deadline); a finished job's lives as long as its record.
+_EVENTS_ACTIVE_TTL_MS = str(8 * 86_400_000)
+
+# note(events, status): one entry on the job's event stream, capped, expiring.
+_NOTE = f"""
+local function note(events, status, ttl)
+  redis.call('XADD', events, 'MAXLEN', '~', {keys.EVENTS_MAXLEN}, '*', 'status', status)
+  redis.call('PEXPIRE', events, ttl or {_EVENTS_ACTIVE_TTL_MS})
+end
+"""
+
+# emit_webhook(job, event key, due zset, wake list, type, now ms): the job's webhook event, once
+# (its id is the job's: 'evt_' + the job id's hex), when the job names a URL.
+_WEBHOOK = """
+local function emit_webhook(job, event, due, wake, kind, now)
+  local f = redis.call('HMGET', job, 'id', 'webhook_url')
+  if not f[2] or f[2] == '' then return end
+  if redis.call('EXISTS', event) == 1 then return end
+  local id = 'evt_' .. string.sub(f[1], 7)
+  redis.call('HSET', event, 'id', id, 'type', kind, 'video_id', f[1], 'url', f[2],
+             'created_at', math.floor(now / 1000), 'attempts', 0)
+  redis.call('ZADD', due, now, id)
+  redis.call('LPUSH', wake, '1')
+  redis.call('LTRIM', wake, 0, 0)
+end
+"""
 
 # Shared helpers, prepended to every script that needs them.
 _ACK = """
@@ -105,13 +141,15 @@ return 'abandoned'
 """
 )
 
-# KEYS: job, stream, deadletter, expiry index
+# KEYS: job, stream, deadletter, expiry index, events, webhook event, webhooks due, wake
 # ARGV: stream id, consumer, now ms, max deliveries, retention ms, group, deadletter maxlen
 # → {'started', attempt} | {'lost'} | {'gone'} | {'final'} | {'expired'} | {'dead', attempt}
 START = (
     _RUNS_WHEN_FULL
     + _ACK
     + _RETAIN
+    + _NOTE
+    + _WEBHOOK
     + """
 local sid, me, now, group = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[6]
 if owner(KEYS[2], group, sid) ~= me then return {'lost'} end
@@ -127,6 +165,8 @@ local function finish_failed(code, message)
              'completed_at', now, 'expires_at', now + tonumber(ARGV[5]))
   retain_until(KEYS[1], KEYS[4], now + tonumber(ARGV[5]), ARGV[5])
   ack(KEYS[2], group, sid)
+  note(KEYS[5], 'failed', ARGV[5])
+  emit_webhook(KEYS[1], KEYS[6], KEYS[7], KEYS[8], 'video.failed', now)
 end
 if (f[5] == false or f[5] == '') and tonumber(f[2]) < now then
   finish_failed('expired', 'the job waited in the queue past its deadline')
@@ -145,6 +185,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'attempt', attempt, 'worker', me,
            'attempt_started_at', now, 'steps_done', 0)
 if f[5] == false or f[5] == '' then redis.call('HSET', KEYS[1], 'started_at', now) end
+note(KEYS[5], 'in_progress')
 return {'started', tostring(attempt)}
 """
 )
@@ -164,28 +205,32 @@ return 1
 """
 )
 
-# KEYS: job
+# KEYS: job, events
 # ARGV: attempt, steps done ('' to only check), steps total
-# → 1 still mine | 0 fenced or cancelled (stop)
+# → 1 still mine | 0 fenced or deleted (stop)
 PROGRESS = (
     _RUNS_WHEN_FULL
+    + _NOTE
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if f[1] ~= ARGV[1] or f[2] ~= 'in_progress' then return 0 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'steps_done', ARGV[2], 'steps_total', ARGV[3])
+  note(KEYS[2], 'in_progress')
 end
 return 1
 """
 )
 
-# KEYS: job, stream, expiry index
+# KEYS: job, stream, expiry index, events, webhook event, webhooks due, wake
 # ARGV: stream id, attempt, group, now ms, retention ms, final status, then field, value pairs
 # → 1 written (or already, by this attempt: a retry) | 0 fenced (the caller deletes its files)
 FINISH = (
     _RUNS_WHEN_FULL
     + _ACK
     + _RETAIN
+    + _NOTE
+    + _WEBHOOK
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if f[1] == ARGV[2] and f[2] == ARGV[6] then return 1 end
@@ -196,15 +241,18 @@ redis.call('HSET', KEYS[1], 'status', ARGV[6], 'completed_at', now,
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
 retain_until(KEYS[1], KEYS[3], now + tonumber(ARGV[5]), ARGV[5])
 ack(KEYS[2], ARGV[3], ARGV[1])
+note(KEYS[4], ARGV[6], ARGV[5])
+emit_webhook(KEYS[1], KEYS[5], KEYS[6], KEYS[7], 'video.' .. ARGV[6], now)
 return 1
 """
 )
 
-# KEYS: job, stream
+# KEYS: job, stream, events
 # ARGV: stream id, attempt, group, consumer, idle ms
 # → 1 handed back (claimable by any worker at once; or already, by this attempt) | 0 fenced
 HAND_BACK = (
     _RUNS_WHEN_FULL
+    + _NOTE
     + """
 local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if f[1] == ARGV[2] and f[2] == 'queued' then return 1 end
@@ -212,48 +260,55 @@ if f[1] ~= ARGV[2] or f[2] ~= 'in_progress' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'steps_done', 0, 'worker', '')
 redis.call('HINCRBY', KEYS[1], 'handbacks', 1)
 redis.call('XCLAIM', KEYS[2], ARGV[3], ARGV[4], 0, ARGV[1], 'IDLE', ARGV[5], 'JUSTID')
+note(KEYS[3], 'queued')
 return 1
 """
 )
 
-# KEYS: job, stream, jobs zset, the owner's jobs zset, expiry index
-# ARGV: job id, group, now ms, retention ms, the status the caller read
-# → {'missing'} | {'cancelled'} | {'deleted', video path, thumbnail path} | {'unchanged'}
-# Acts on the status the caller read, so that running it twice never turns a cancellation into
-# a deletion: read queued or in progress → cancel (unchanged if it finished meanwhile); read
-# final → delete.
-CANCEL = (
+# KEYS: job, stream, jobs zset, the owner's jobs zset, expiry index, events
+# ARGV: job id, group, events linger ms
+# → {'missing'} | {'deleted', was running or queued ('1'|'0'), video path, thumbnail path}
+# DELETE as OpenAI's: whatever the job's state, it is gone after one call. A queued or running
+# job's stream entry is acknowledged and deleted (no worker takes it; the one running it learns
+# at its next step or heartbeat that the job is no longer its own and stops, and a result it
+# still writes is refused: FINISH finds no attempt). Its Idempotency-Key goes with it when the
+# key still names it. The event stream is kept a little longer with a last 'deleted' entry, so
+# that a reader blocked on it hears of the deletion. Running it twice: the second finds nothing.
+DELETE = (
     _RUNS_WHEN_FULL
     + _ACK
     + _RETAIN
+    + _NOTE
     + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'stream_id', 'video_path', 'thumbnail_path')
+local f = redis.call('HMGET', KEYS[1], 'status', 'stream_id', 'video_path', 'thumbnail_path',
+                     'idempotency_key')
 if not f[1] then return {'missing'} end
-local function active(status) return status == 'queued' or status == 'in_progress' end
-if active(ARGV[5]) then
-  if not active(f[1]) then return {'unchanged'} end
-  local now = tonumber(ARGV[3])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'completed_at', now,
-             'expires_at', now + tonumber(ARGV[4]))
-  retain_until(KEYS[1], KEYS[5], now + tonumber(ARGV[4]), ARGV[4])
-  ack(KEYS[2], ARGV[2], f[2])
-  return {'cancelled'}
+local active = f[1] == 'queued' or f[1] == 'in_progress'
+if active and f[2] and f[2] ~= '' then ack(KEYS[2], ARGV[2], f[2]) end
+if f[5] and f[5] ~= '' then
+  local named = redis.call('GET', f[5])
+  if named and string.sub(named, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+    redis.call('DEL', f[5])
+  end
 end
 redis.call('ZREM', KEYS[5], expiry_member(KEYS[1]))
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-return {'deleted', f[3] or '', f[4] or ''}
+note(KEYS[6], 'deleted', ARGV[3])
+return {'deleted', active and '1' or '0', f[3] or '', f[4] or ''}
 """
 )
 
-# KEYS: job, stream, expiry index
+# KEYS: job, stream, expiry index, events, webhook event, webhooks due, wake
 # ARGV: stream id, group, now ms, retention ms
 # → 1 expired or orphan removed | 0 left alone
 EXPIRE_QUEUED = (
     _RUNS_WHEN_FULL
     + _ACK
     + _RETAIN
+    + _NOTE
+    + _WEBHOOK
     + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'queue_deadline', 'started_at')
 if not f[1] then ack(KEYS[2], ARGV[2], ARGV[1]); return 1 end
@@ -265,6 +320,8 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'error_code', 'expired',
            'completed_at', now, 'expires_at', now + tonumber(ARGV[4]))
 retain_until(KEYS[1], KEYS[3], now + tonumber(ARGV[4]), ARGV[4])
 ack(KEYS[2], ARGV[2], ARGV[1])
+note(KEYS[4], 'failed', ARGV[4])
+emit_webhook(KEYS[1], KEYS[5], KEYS[6], KEYS[7], 'video.failed', now)
 return 1
 """
 )

@@ -62,7 +62,7 @@ class Heartbeat:
             self._consumer.announce(self._device, self._metrics_port)
             if claim is not None and not self._consumer.heartbeat(claim):
                 logger.warning(
-                    "job %s attempt %d is no longer ours (cancelled or claimed by a peer)",
+                    "job %s attempt %d is no longer ours (deleted or claimed by a peer)",
                     claim.job.id,
                     claim.attempt,
                 )

@@ -256,7 +256,7 @@ class Worker:
             logger.info("job %s handed back after %d steps", claim.job.id, steps_done)
             return
         logger.info(
-            "job %s attempt %d stopped after %d steps: cancelled or taken over",
+            "job %s attempt %d stopped after %d steps: deleted or taken over",
             claim.job.id,
             claim.attempt,
             steps_done,

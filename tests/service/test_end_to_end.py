@@ -3,11 +3,13 @@ real Redis, real MP4 files — with the no-op engine and with a tiny diffusers W
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
 import openai
 import pytest
+from openai.types import Video, VideoDeleteResponse
 
 from benchmarks.service import Cluster
 from qvgen.video_io import probe_video
@@ -15,6 +17,7 @@ from service.settings import ServiceSettings
 from service.worker.engines import EngineKind
 from tests.service.cluster_fixtures import (
     API_KEY,
+    JOB_TIMEOUT_S,
     MODEL,
     cluster,
     result_files,
@@ -71,6 +74,60 @@ def test_openai_sdk_end_to_end_with_noop_engine(
     running.start_worker(0.01, model=MODEL, model_id=MODEL)
     wait_ready(running)
     _sdk_round_trip(running, settings, tmp_path, {"num_inference_steps": 3, "num_frames": 5})
+
+
+def test_openai_sdk_remix_and_delete_behave_as_its_types_say(
+    cluster: tuple[Cluster, ServiceSettings], tmp_path: Path
+) -> None:
+    running, _ = cluster
+    running.start_worker(0.05, model=MODEL, model_id=MODEL)
+    wait_ready(running)
+    client = _client(running)
+    small = {"num_inference_steps": 2, "num_frames": 5, "seed": 77}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        source = client.videos.create_and_poll(
+            prompt="a red ball",
+            size="32x32",
+            extra_body=small,  # type: ignore[arg-type]
+        )
+        assert source.status == "completed" and source.remixed_from_video_id is None
+        remix = client.videos.remix(source.id, prompt="a blue ball")
+        assert isinstance(remix, Video) and remix.status == "queued"
+        assert (remix.remixed_from_video_id, remix.prompt) == (source.id, "a blue ball")
+        assert (remix.size, remix.seconds, remix.model) == (source.size, source.seconds, MODEL)
+        done = client.videos.poll(remix.id)
+        assert done.status == "completed" and done.remixed_from_video_id == source.id
+        client.videos.download_content(done.id).write_to_file(tmp_path / "remix.mp4")
+        info = probe_video(tmp_path / "remix.mp4")
+        assert (info.frame_count, info.width, info.height) == (5, 32, 32)
+        with pytest.raises(openai.NotFoundError):
+            client.videos.remix("video_" + "0" * 32, prompt="x")
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.videos.remix(source.id, prompt="")
+        assert bad.value.body["param"] == "prompt"  # type: ignore[index]
+
+        # DELETE of a running job: one call, and it is gone; the worker is free at once.
+        endless = {"num_inference_steps": 500, "num_frames": 5}  # 25 s at 0.05 s a step
+        job = client.videos.create(prompt="long", size="16x16", extra_body=endless)  # type: ignore[arg-type]
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while client.videos.retrieve(job.id).progress == 0:
+            assert time.monotonic() < deadline, "the long job never made progress"
+            time.sleep(0.05)
+        deleted = client.videos.delete(job.id)
+        assert isinstance(deleted, VideoDeleteResponse)
+        assert (deleted.id, deleted.deleted, deleted.object) == (job.id, True, "video.deleted")
+        with pytest.raises(openai.NotFoundError):
+            client.videos.retrieve(job.id)
+        with pytest.raises(openai.NotFoundError):
+            client.videos.delete(job.id)
+        assert job.id not in [video.id for video in client.videos.list(limit=100).data]
+        after = client.videos.create_and_poll(
+            prompt="next",
+            size="32x32",
+            extra_body=small,  # type: ignore[arg-type]
+        )
+        assert after.status == "completed"
 
 
 def test_openai_sdk_errors_map_to_sdk_exceptions(cluster: tuple[Cluster, ServiceSettings]) -> None:

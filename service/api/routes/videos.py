@@ -1,9 +1,11 @@
-"""``/v1/videos`` (the OpenAI Videos API) and ``/v1/jobs/{id}``."""
+"""``/v1/videos`` (the OpenAI Videos API) and ``/v1/jobs/{id}``; the live progress stream
+``/v1/videos/{id}/events`` is in ``service.api.routes.events``."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -21,11 +23,13 @@ from service.api.schemas import (
     VideoDeleted,
     VideoList,
     VideoObject,
+    VideoRemixParams,
 )
 from service.api.state import ApiState, api_state, current_caller
 from service.api.validation import ParamError, resolve_model, to_generation
+from service.engine.types import GenerationRequest
 from service.queue.producer import (
-    CancelOutcome,
+    DeleteOutcome,
     IdempotencyConflict,
     NotCreated,
     OutcomeUnknown,
@@ -33,6 +37,8 @@ from service.queue.producer import (
     UnknownCursor,
 )
 from service.queue.records import JobRecord, JobStatus, is_job_id, new_job_id, now_ms
+from service.settings import Environment
+from service.webhooks.urls import WebhookUrlError, check_webhook_url
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
@@ -48,16 +54,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "Job store unreachable or full; see Retry-After and the error code"),
     )
 }
-_CREATE_SCHEMA = VideoCreateParams.model_json_schema()
-_CREATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _CREATE_SCHEMA},
-            "multipart/form-data": {"schema": _CREATE_SCHEMA},
-        },
-    }
-}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads JSON or form fields itself."""
+    content = {"application/json": {"schema": schema}, "multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_CREATE_BODY = _body(VideoCreateParams.model_json_schema())
+_REMIX_BODY = _body(VideoRemixParams.model_json_schema())
 _CREATE_ERRORS = {
     **_ERRORS,
     413: {"model": ErrorBody, "description": "Body over the size cap"},
@@ -149,21 +155,78 @@ async def create_video(
     state = api_state(request)
     try:
         params = VideoCreateParams.model_validate(await _read_body(request))
+    except ValidationError as error:
+        raise from_validation_error(error) from error
+    generation, model, seconds = await _generation(state, params)
+    return await _submit(
+        state,
+        caller,
+        response,
+        _Submission(model, generation, seconds, _webhook_url(state, params.webhook_url)),
+        idempotency_key,
+    )
+
+
+@dataclass(frozen=True)
+class _Submission:
+    model: str
+    generation: GenerationRequest
+    seconds: str
+    webhook_url: str | None
+    remixed_from: str | None = None
+
+
+async def _generation(
+    state: ApiState, params: VideoCreateParams
+) -> tuple[GenerationRequest, str, str]:
+    """The engine request, the model and ``seconds`` for ``params``; 400 naming the field the
+    model's limits refuse."""
+    try:
         model = resolve_model(params, state.settings)
         limits = GenerationLimits.for_model(state.settings, await state.queue.rules_for(model))
         generation, seconds = to_generation(params, model, state.settings, limits)
-    except ValidationError as error:
-        raise from_validation_error(error) from error
     except ParamError as error:
         raise APIError(400, str(error), param=error.param, code="invalid_value") from error
+    return generation, model, seconds
+
+
+def _webhook_url(state: ApiState, requested: str | None) -> str | None:
+    """Where the job's end is announced: the request's URL if it names one the settings allow
+    (else 400), or the deployment's ``webhook_url`` (None: nowhere)."""
+    if requested is None:
+        return state.settings.webhook_url or None
+    settings = state.settings
+    try:
+        return check_webhook_url(
+            requested,
+            settings.webhook_allowed_hosts,
+            https_only=settings.environment is not Environment.DEVELOPMENT,
+        )
+    except WebhookUrlError as error:
+        raise APIError(
+            400, f"webhook_url: {error}", param="webhook_url", code="invalid_value"
+        ) from error
+
+
+async def _submit(
+    state: ApiState,
+    caller: Caller,
+    response: Response,
+    job: _Submission,
+    idempotency_key: str | None,
+) -> VideoObject:
+    """Queue ``job``; the queue's refusals as the HTTP errors they are."""
+    model = job.model
     try:
         submitted = await state.queue.submit(
             model,
-            generation,
-            seconds=seconds,
+            job.generation,
+            seconds=job.seconds,
             owner=caller.owner,
             idempotency_key=idempotency_key,
             job_id=new_job_id(),
+            remixed_from=job.remixed_from,
+            webhook_url=job.webhook_url,
         )
     except QueueFull as error:
         state.metrics.jobs_rejected.labels(model).inc()
@@ -201,6 +264,62 @@ async def create_video(
             *await _record_or_404(state, submitted.job_id, caller), state, response
         )
     return _video_object(submitted.record, submitted.jobs_ahead, state, response)
+
+
+@router.post(
+    "/v1/videos/{video_id}/remix",
+    response_model=VideoObject,
+    openapi_extra=_REMIX_BODY,
+    responses={**_CREATE_ERRORS, 409: {"model": ErrorBody, "description": "Source not completed"}},
+)
+async def remix_video(
+    video_id: str,
+    request: Request,
+    response: Response,
+    caller: Annotated[Caller, Depends(current_caller)],
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+) -> VideoObject:
+    """A new job with the source's model, size, frames, fps, steps, guidance, negative prompt
+    and seed, and the new prompt; ``remixed_from_video_id`` names the source. The source must be
+    one of the caller's (404 otherwise) and completed (409 otherwise: as the SDK documents it,
+    a remix is "of a completed video"). The new prompt is checked against the model's limits as
+    a create's is (400 naming ``prompt``). Its ``webhook_url`` is its own or the deployment's,
+    never the source's."""
+    state = api_state(request)
+    try:
+        params = VideoRemixParams.model_validate(await _read_body(request))
+    except ValidationError as error:
+        raise from_validation_error(error) from error
+    source, _ = await _record_or_404(state, video_id, caller)
+    if source.status is not JobStatus.COMPLETED:
+        raise APIError(
+            409,
+            f"video {video_id} is {source.status.value}; only a completed video can be remixed",
+            param="video_id",
+            code="video_not_ready",
+        )
+    generation, model, seconds = await _generation(state, _remix_params(source, params.prompt))
+    job = _Submission(
+        model, generation, seconds, _webhook_url(state, params.webhook_url), source.id
+    )
+    return await _submit(state, caller, response, job, idempotency_key)
+
+
+def _remix_params(source: JobRecord, prompt: str) -> VideoCreateParams:
+    """The create request that makes ``source`` again, with ``prompt``: checked as any create
+    against the limits in force now."""
+    request = source.request
+    return VideoCreateParams(
+        prompt=prompt,
+        model=source.model,
+        size=f"{request.width}x{request.height}",
+        num_frames=request.num_frames,
+        fps=request.fps,
+        negative_prompt=request.negative_prompt or None,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+    )
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
@@ -277,15 +396,18 @@ async def download_video(
 async def delete_video(
     video_id: str, request: Request, caller: Annotated[Caller, Depends(current_caller)]
 ) -> VideoDeleted:
-    """Cancel a queued or running job (its worker stops at the next step); delete a finished
-    job with its files. A cancelled job stays readable as ``cancelled`` until retention ends.
-    A job that finished between the read and the cancel stays as it is: DELETE it again to
-    delete it."""
+    """Delete the video in one call, whatever its state, as OpenAI's API does: a queued job
+    never starts, a running one is stopped at its next step and whatever it still writes is
+    discarded; the record, its listing entries, its Idempotency-Key and its files go. Then GET
+    answers 404, and so does a second DELETE."""
     state = api_state(request)
     record, _ = await _record_or_404(state, video_id, caller)
-    cancelled = await state.queue.cancel(record)
-    if cancelled.outcome is CancelOutcome.CANCELLED:
+    deleted = await state.queue.delete(record)
+    if deleted.outcome is DeleteOutcome.MISSING:
+        raise APIError(
+            404, f"no video with id {video_id!r:.80}", type=ErrorType.NOT_FOUND, param="video_id"
+        )
+    if deleted.was_active:
         state.metrics.jobs_cancelled.labels(record.model).inc()
-    if cancelled.outcome is CancelOutcome.DELETED:
-        state.results.delete_job(record.id, cancelled.files)
+    state.results.delete_job(record.id, deleted.files)
     return VideoDeleted(id=video_id)

@@ -1,16 +1,15 @@
 // The qvgen playground: a page over this service's own /v1 API, with no dependency.
 //
 // State lives in the browser: the API key in sessionStorage (this tab only, sent as a bearer
-// token to this origin and nowhere else), the list of recent jobs in localStorage. Every job
-// that is not final is polled at the interval the server names in `openai-poll-after-ms`.
+// token to this origin and nowhere else), the list of recent jobs in localStorage. The job on
+// show is followed live on its server-sent-event stream (GET /v1/videos/{id}/events); the other
+// unfinished jobs of the list are read once when the page starts.
 // User text is only ever written with textContent, never parsed as HTML.
 
 const KEY_STORAGE = "qvgen.apiKey";
 const HISTORY_STORAGE = "qvgen.history";
 const HISTORY_LIMIT = 20;
-const POLL_HEADER = "openai-poll-after-ms";
-const DEFAULT_POLL_MS = 1000;
-const RETRY_POLL_MS = 3000; // after a network error: the service may be restarting
+const RETRY_MS = 3000; // before following a stream again: the service may be restarting
 const FINAL = new Set(["completed", "failed", "cancelled", "gone"]);
 
 const $ = (id) => document.getElementById(id);
@@ -147,7 +146,7 @@ async function submit(event) {
     const video = await response.json();
     remember(video);
     show(video.id);
-    received(video, pollDelay(response));
+    received(video);
   } catch (error) {
     showError("form-error", error.message);
   } finally {
@@ -168,7 +167,7 @@ function history() {
 
 function saveHistory(entries) {
   const text = JSON.stringify(entries.slice(0, HISTORY_LIMIT));
-  // Unchanged (most polls): keep the list's elements, and so a click in progress on them.
+  // Unchanged (most events): keep the list's elements, and so a click in progress on them.
   if (text === localStorage.getItem(HISTORY_STORAGE)) return;
   localStorage.setItem(HISTORY_STORAGE, text);
   renderHistory();
@@ -231,48 +230,109 @@ function renderHistory() {
 }
 
 function clearHistory() {
-  for (const timer of timers.values()) clearTimeout(timer);
-  timers.clear();
   saveHistory([]);
 }
 
-// --- polling ---------------------------------------------------------------------------
+// --- live progress ---------------------------------------------------------------------
+//
+// fetch() reads the event stream, since EventSource cannot send the Authorization header. Only
+// the job on show has a stream: a browser keeps at most six connections to one origin, and a
+// stream per listed job would leave none for the page's other requests.
 
-const timers = new Map(); // job id → pending poll
+let following = null; // { id, controller } of the stream being read
 
-function pollDelay(response) {
-  const value = Number(response.headers.get(POLL_HEADER));
-  return Number.isFinite(value) && value > 0 ? value : DEFAULT_POLL_MS;
+function follow(id) {
+  unfollow();
+  const controller = new AbortController();
+  following = { id, controller };
+  readEvents(id, controller.signal);
 }
 
-function schedule(id, delayMs) {
-  clearTimeout(timers.get(id));
-  timers.set(id, setTimeout(() => poll(id), delayMs));
+function unfollow() {
+  if (following) following.controller.abort();
+  following = null;
 }
 
-async function poll(id) {
-  timers.delete(id);
+function parseEvent(block) {
+  const event = { type: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue; // a comment: the server's keep-alive
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event.type = value;
+    if (field === "data") event.data += value;
+  }
+  return event.data ? event : null;
+}
+
+async function readEvents(id, signal) {
+  let ended = false; // a final event came: the stream is over for good
+  try {
+    const headers = { Accept: "text/event-stream" };
+    const key = apiKey();
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const url = `/v1/videos/${encodeURIComponent(id)}/events`;
+    const response = await fetch(url, { headers, cache: "no-store", signal });
+    if (response.status === 404) {
+      gone(id);
+      return;
+    }
+    if (!response.ok) throw new ApiError(response.status, await errorMessage(response));
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event) ended = onEvent(id, event) || ended;
+      }
+    }
+  } catch (error) {
+    if (signal.aborted) return;
+    if (id === current) showError("job-error", error.message);
+  }
+  if (ended || signal.aborted) return;
+  // Cut off before the job ended (a restart, a dropped connection): follow it again.
+  setTimeout(() => {
+    if (!signal.aborted) readEvents(id, signal);
+  }, RETRY_MS);
+}
+
+// One event of the stream; true when it was the last (the job ended or is gone).
+function onEvent(id, event) {
+  if (event.type === "video.deleted") {
+    gone(id);
+    return true;
+  }
+  const video = JSON.parse(event.data);
+  if (id === current) showError("job-error", "");
+  received(video);
+  return FINAL.has(video.status);
+}
+
+// One read of a job that is not on show (when the page starts).
+async function refresh(id) {
   try {
     const response = await api(`/v1/videos/${encodeURIComponent(id)}`);
-    received(await response.json(), pollDelay(response));
+    received(await response.json());
   } catch (error) {
-    if (error.status === 404) {
-      markGone(id);
-      if (id === current) renderGone(id);
-    } else {
-      if (id === current) showError("job-error", error.message);
-      schedule(id, RETRY_POLL_MS);
-    }
+    if (error.status === 404) gone(id);
   }
 }
 
-function received(video, delayMs) {
-  const listed = update(video);
+function received(video) {
+  update(video);
   if (video.id === current) renderJob(video);
-  // Polling stops for a job that is final, or neither listed nor on show.
-  if (!FINAL.has(video.status) && (listed || video.id === current)) {
-    schedule(video.id, delayMs);
-  }
+}
+
+function gone(id) {
+  markGone(id);
+  if (id === current) renderGone(id);
 }
 
 // --- the job panel -----------------------------------------------------------------------
@@ -295,11 +355,11 @@ function show(id) {
   $("job-queue").textContent = "";
   $("job-steps").textContent = "";
   if (known && known.status === "gone") {
+    unfollow();
     renderGone(id);
     return;
   }
-  clearTimeout(timers.get(id));
-  poll(id);
+  follow(id);
 }
 
 function setStatus(status, label) {
@@ -379,18 +439,19 @@ async function loadResult(id) {
   }
 }
 
+// DELETE cancels and removes the job in one call (its stream then ends with video.deleted).
 async function cancel() {
   const id = current;
   $("cancel").disabled = true;
   try {
     await api(`/v1/videos/${encodeURIComponent(id)}`, { method: "DELETE" });
+    gone(id);
   } catch (error) {
-    showError("job-error", error.message);
+    if (error.status === 404) gone(id);
+    else showError("job-error", error.message);
   } finally {
     $("cancel").disabled = false;
   }
-  clearTimeout(timers.get(id));
-  poll(id);
 }
 
 function showError(id, message) {
@@ -423,8 +484,9 @@ function forgetKey() {
 function restart() {
   loadModels(true);
   for (const item of history()) {
-    if (!FINAL.has(item.status)) schedule(item.id, 0);
+    if (!FINAL.has(item.status) && item.id !== current) refresh(item.id);
   }
+  if (current && following) follow(current);
 }
 
 function start() {

@@ -188,7 +188,9 @@ def test_queue_position_counts_the_unfinished_jobs_ahead(
     ids = [client.post("/v1/videos", json={"prompt": f"job {i}"}).json()["id"] for i in range(3)]
 
     def positions() -> list[int | None]:
-        return [client.get(f"/v1/videos/{job}").json()["queue_position"] for job in ids]
+        """Each job's position; None for one running (it has none) or deleted (404)."""
+        answers = [client.get(f"/v1/videos/{job}") for job in ids]
+        return [a.json()["queue_position"] if a.status_code == 200 else None for a in answers]
 
     assert positions() == [0, 1, 2]
     delivery = Consumer(sync_redis, settings, "tiny", "w1").next_job(block_ms=200)
@@ -201,6 +203,7 @@ def test_queue_position_counts_the_unfinished_jobs_ahead(
     assert client.delete(f"/v1/videos/{ids[1]}").status_code == 200
     assert positions() == [None, None, 0]
     listed = client.get("/v1/videos").json()["data"]
+    assert [video["id"] for video in listed] == [ids[2]]
     assert {video["queue_position"] for video in listed} == {None}
 
 

@@ -3,12 +3,14 @@ pipeline worker and a slow no-op worker, real Redis, API keys on.
 
 One test walks the page as a newcomer would: it is refused without a key, enters one, generates
 a video on the tiny Wan model and watches it play, then starts two jobs on the slow model, sees
-the second one queued behind the first, and cancels both.
+the second one queued behind the first, and deletes both. The page follows the job on show on its
+server-sent-event stream, never by polling.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -105,7 +107,7 @@ def _enter_key(page: Page) -> None:
     expect(page.locator("#limits")).to_contain_text("steps of 16")
 
 
-def _cancel_two_slow_jobs(page: Page, cluster: Cluster) -> None:
+def _delete_two_slow_jobs(page: Page, cluster: Cluster) -> None:
     _fill_job(page, SLOW_MODEL, "a slow job", SLOW_STEPS, "5")
     _record_progress(page)
     page.click("#submit")
@@ -122,20 +124,20 @@ def _cancel_two_slow_jobs(page: Page, cluster: Cluster) -> None:
     expect(page.locator("#job")).to_have_attribute("data-status", "queued")
     expect(page.locator("#job-queue")).to_have_text("1 job ahead")
     page.click("#cancel")
-    expect(page.locator("#job")).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#job")).to_have_attribute("data-status", "gone")
     expect(page.locator("#cancel")).to_be_hidden()
 
     page.click(f"#history li[data-id='{running}'] button")
     expect(page.locator("#job")).to_have_attribute("data-status", "in_progress")
     page.click("#cancel")
-    expect(page.locator("#job")).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#job")).to_have_attribute("data-status", "gone")
     expect(page.locator("#cancel")).to_be_hidden()
     for job in (running, queued):
         expect(page.locator(f"#history li[data-id='{job}']")).to_have_attribute(
-            "data-status", "cancelled"
+            "data-status", "gone"
         )
-    video = httpx.get(f"{cluster.base_url}/v1/videos/{running}", headers=auth()).json()
-    assert video["status"] == "cancelled" and video["steps_done"] < SLOW_STEPS, video
+        answer = httpx.get(f"{cluster.base_url}/v1/videos/{job}", headers=auth())
+        assert answer.status_code == 404, answer.text
 
 
 def _generate_on_wan(page: Page) -> None:
@@ -181,11 +183,11 @@ def _history_survives_a_reload(page: Page) -> None:
     expect(page.locator("#key-state")).to_have_text("set for this tab")
     expect(page.locator("#model option")).to_have_count(2)
     reloaded = page.eval_on_selector_all("#history li", "items => items.map(i => i.dataset.status)")
-    assert reloaded == statuses == ["completed", "cancelled", "cancelled"], reloaded
+    assert reloaded == statuses == ["completed", "gone", "gone"], reloaded
 
 
 @pytest.mark.slow
-def test_playground_generates_plays_and_cancels_in_chromium(
+def test_playground_generates_plays_and_deletes_in_chromium(
     service: tuple[Cluster, ServiceSettings], tmp_path: Path
 ) -> None:
     cluster, _ = service
@@ -193,7 +195,7 @@ def test_playground_generates_plays_and_cancels_in_chromium(
         page.goto(cluster.base_url + "/")
         _enter_key(page)
         _wait_workers(cluster, (SLOW_MODEL,))
-        _cancel_two_slow_jobs(page, cluster)
+        _delete_two_slow_jobs(page, cluster)
         _wait_workers(cluster, (WAN_MODEL,))
         _generate_on_wan(page)
         screenshot = tmp_path / "playground.png"
@@ -203,5 +205,9 @@ def test_playground_generates_plays_and_cancels_in_chromium(
         _refused_request_shows_the_apis_message(page)
         _history_survives_a_reload(page)
     assert log.requests, "the page made no request at all"
+    # Progress came over the event streams: a job's plain URL was asked for by DELETE only.
+    streams = [url for url in log.requests if url.endswith("/events")]
+    plain = [url for url in log.requests if re.search(r"/v1/videos/video_[0-9a-f]{32}$", url)]
+    assert len(streams) >= 3 and len(plain) == 2, (streams, plain)
     assert log.foreign_requests(cluster.base_url) == []
     assert not [line for line in log.console if "Content Security Policy" in line], log.console

@@ -102,9 +102,8 @@ def test_an_idempotency_key_reused_with_another_request_is_409(client: TestClien
 def test_the_key_of_a_deleted_job_makes_a_new_job(client: TestClient) -> None:
     headers = {"Idempotency-Key": "again"}
     first = client.post("/v1/videos", json={"prompt": "x"}, headers=headers).json()["id"]
-    assert client.delete(f"/v1/videos/{first}").status_code == 200  # cancelled: still exists
     assert client.post("/v1/videos", json={"prompt": "x"}, headers=headers).json()["id"] == first
-    assert client.delete(f"/v1/videos/{first}").status_code == 200  # now deleted
+    assert client.delete(f"/v1/videos/{first}").status_code == 200  # queued: deleted at once
     again = client.post("/v1/videos", json={"prompt": "x"}, headers=headers)
     assert again.status_code == 200 and again.json()["id"] != first
     assert again.json()["status"] == "queued"
@@ -218,19 +217,22 @@ def test_content_of_a_completed_video_and_its_thumbnail(
     assert spritesheet.status_code == 400 and _error(spritesheet)["param"] == "variant"
 
 
-def test_delete_cancels_then_deletes_with_files(
+def test_one_delete_removes_a_queued_or_a_finished_job_and_its_files(
     client: TestClient, settings: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
     queued = _create(client)["id"]
     deleted = client.delete(f"/v1/videos/{queued}").json()
     assert deleted == {"id": queued, "object": "video.deleted", "deleted": True}
-    assert client.get(f"/v1/videos/{queued}").json()["status"] == "cancelled"
+    assert client.get(f"/v1/videos/{queued}").status_code == 404
+    assert client.delete(f"/v1/videos/{queued}").status_code == 404
+    assert client.get("/v1/videos").json()["data"] == []
     finished = _create(client, size="16x16", num_frames=1, num_inference_steps=1)["id"]
     assert _run_one(settings, sync_redis) == finished
     job_dir = settings.results_dir / finished
     assert any(job_dir.iterdir())
     assert client.delete(f"/v1/videos/{finished}").status_code == 200
     assert client.get(f"/v1/videos/{finished}").status_code == 404
+    assert client.delete(f"/v1/videos/{finished}").status_code == 404
     assert not job_dir.exists()
 
 

@@ -113,20 +113,28 @@ def test_hand_back_requeues_at_once_without_spending_a_delivery(
     assert not first.still_mine(claim)
 
 
-def test_cancel_stops_a_running_job(settings: ServiceSettings, sync_redis: redis.Redis) -> None:
+def test_delete_stops_a_running_job_and_refuses_its_result(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
     job_id = submit(settings).job_id
     worker = consumer(sync_redis, settings, "a")
     claim = _take(worker)
 
-    async def cancel(queue):  # type: ignore[no-untyped-def]
-        return await queue.cancel(await queue.get(job_id))
+    async def delete(queue):  # type: ignore[no-untyped-def]
+        return await queue.delete(await queue.get(job_id))
 
-    produce(settings, cancel)
+    assert produce(settings, delete).was_active
     assert not worker.still_mine(claim)
+    assert not worker.progress(claim, 1, 4)
     assert not worker.heartbeat(claim)
     assert not worker.complete(claim, "v.mp4", "t.png")
-    record = produce(settings, lambda q: q.get(job_id))
-    assert record is not None and record.status is JobStatus.CANCELLED
+    assert produce(settings, lambda q: q.get(job_id)) is None
+    keys = Keys(settings.key_prefix)
+    # Nothing of it comes back: no record, no stream entry, no pending entry, no webhook.
+    assert not sync_redis.exists(keys.job(job_id))
+    assert sync_redis.xlen(keys.stream("tiny")) == 0
+    assert sync_redis.xpending(keys.stream("tiny"), "workers")["pending"] == 0
+    assert sync_redis.zcard(keys.webhooks_due) == 0
 
 
 def test_queued_jobs_expire_at_their_deadline(
@@ -232,16 +240,16 @@ def test_jobs_past_retention_leave_every_listing(
     assert worker.complete(_take(worker), "v.mp4", "t.png")
     assert worker.fail(_take(worker), ErrorCode.ENGINE_ERROR, "boom")
 
-    async def cancel(queue, job_id):  # type: ignore[no-untyped-def]
-        return await queue.cancel(await queue.get(job_id))
+    async def delete(queue, job_id):  # type: ignore[no-untyped-def]
+        return await queue.delete(await queue.get(job_id))
 
-    produce(short, lambda q: cancel(q, cancelled))
-    produce(short, lambda q: cancel(q, deleted))  # cancelled …
-    produce(short, lambda q: cancel(q, deleted))  # … then deleted: off the expiry index at once
-    assert sync_redis.zcard(keys.expiring) == 3
+    worker.fail(_take(worker), ErrorCode.ENGINE_ERROR, "boom")  # the third: finished …
+    produce(short, lambda q: delete(q, cancelled))  # … then deleted: off the expiry index at once
+    produce(short, lambda q: delete(q, deleted))  # queued, deleted: never on it
+    assert sync_redis.zcard(keys.expiring) == 2
     assert worker.reap() == 0  # nothing due yet
     time.sleep(1.1)
-    assert worker.reap() == 3
+    assert worker.reap() == 2
     for index in (keys.jobs, keys.owner_jobs("alice"), keys.expiring):
         assert sync_redis.zcard(index) == 0, index
     for owner in ("alice", None):

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from service.queue.keys import ENTRY_JOB_FIELD, Keys
-from service.queue.producer import CancelOutcome, Page, QueueFull, UnknownCursor
+from service.queue.producer import DeleteOutcome, Page, QueueFull, UnknownCursor
 from service.queue.records import JobField, JobStatus, is_job_id, new_job_id, now_ms
 from service.settings import ServiceSettings
 from tests.service.queue.helpers import REQUEST, consumer, produce, submit
@@ -133,26 +133,32 @@ def test_a_deleted_cursor_and_gone_entries_never_dead_end_the_listing(
     assert [r.id for r in rest.records] == ids[10:] and not rest.more
 
 
-def test_cancel_queued_job_removes_it_from_the_stream(
+def test_delete_of_a_queued_job_removes_it_and_everything_naming_it(
     settings: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
-    job_id = submit(settings).job_id
+    keys = Keys(settings.key_prefix)
+    job_id = submit(settings, key="order-1", owner="alice").job_id
+    idempotency_keys = sync_redis.keys(keys.idempotency("*"))
+    assert len(idempotency_keys) == 1
 
-    async def cancel(queue):  # type: ignore[no-untyped-def]
+    async def delete(queue):  # type: ignore[no-untyped-def]
         record = await queue.get(job_id)
-        return await queue.cancel(record)
+        return await queue.delete(record)
 
-    assert produce(settings, cancel).outcome is CancelOutcome.CANCELLED
-    record = produce(settings, lambda q: q.get(job_id))
-    assert record is not None and record.status is JobStatus.CANCELLED
-    assert sync_redis.xlen(Keys(settings.key_prefix).stream("tiny")) == 0
-    assert consumer(sync_redis, settings, "w1").next_job(block_ms=50) is None
-    # A second DELETE removes the cancelled record altogether.
-    assert produce(settings, cancel).outcome is CancelOutcome.DELETED
+    deleted = produce(settings, delete)
+    assert (deleted.outcome, deleted.was_active) == (DeleteOutcome.DELETED, True)
     assert produce(settings, lambda q: q.get(job_id)) is None
+    assert sync_redis.xlen(keys.stream("tiny")) == 0
+    assert consumer(sync_redis, settings, "w1").next_job(block_ms=50) is None
+    for index in (keys.jobs, keys.owner_jobs("alice"), keys.expiring):
+        assert sync_redis.zscore(index, job_id) is None, index
+    assert not sync_redis.exists(*idempotency_keys)
+    # The event stream ends with the deletion (an /events reader hears of it), then expires.
+    last = sync_redis.xrevrange(keys.events(job_id), count=1)
+    assert last[0][1] == {"status": "deleted"} and sync_redis.pttl(keys.events(job_id)) > 0
 
 
-def test_cancel_finished_job_deletes_record_and_returns_its_files(
+def test_delete_of_a_finished_job_returns_its_files(
     settings: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
     job_id = submit(settings).job_id
@@ -161,12 +167,12 @@ def test_cancel_finished_job_deletes_record_and_returns_its_files(
     assert delivery is not None and delivery.claim is not None
     assert worker.complete(delivery.claim, "/r/v.mp4", "/r/t.png")
 
-    async def cancel(queue):  # type: ignore[no-untyped-def]
-        return await queue.cancel(await queue.get(job_id))
+    async def delete(queue):  # type: ignore[no-untyped-def]
+        return await queue.delete(await queue.get(job_id))
 
-    cancelled = produce(settings, cancel)
-    assert cancelled.outcome is CancelOutcome.DELETED
-    assert cancelled.files == ("/r/v.mp4", "/r/t.png")
+    deleted = produce(settings, delete)
+    assert (deleted.outcome, deleted.was_active) == (DeleteOutcome.DELETED, False)
+    assert deleted.files == ("/r/v.mp4", "/r/t.png")
     assert produce(settings, lambda q: q.get(job_id)) is None
     assert sync_redis.zscore(Keys(settings.key_prefix).jobs, job_id) is None
 
@@ -184,11 +190,9 @@ def test_a_submission_sent_twice_with_its_id_creates_one_job(
     assert sync_redis.xlen(keys.stream("tiny")) == 1 and sync_redis.zcard(keys.jobs) == 1
 
 
-def test_a_cancel_sent_twice_cancels_and_never_deletes(settings: ServiceSettings) -> None:
+def test_a_delete_sent_twice_deletes_once(settings: ServiceSettings) -> None:
     job_id = submit(settings).job_id
     record = produce(settings, lambda q: q.get(job_id))
     assert record is not None
-    assert produce(settings, lambda q: q.cancel(record)).outcome is CancelOutcome.CANCELLED
-    assert produce(settings, lambda q: q.cancel(record)).outcome is CancelOutcome.UNCHANGED
-    still = produce(settings, lambda q: q.get(job_id))
-    assert still is not None and still.status is JobStatus.CANCELLED
+    assert produce(settings, lambda q: q.delete(record)).outcome is DeleteOutcome.DELETED
+    assert produce(settings, lambda q: q.delete(record)).outcome is DeleteOutcome.MISSING
