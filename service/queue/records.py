@@ -93,6 +93,7 @@ class JobField(enum.StrEnum):
     ERROR_MESSAGE = "error_message"
     VIDEO_PATH = "video_path"
     THUMBNAIL_PATH = "thumbnail_path"
+    SPRITESHEET_PATH = "spritesheet_path"
 
 
 def request_to_json(request: GenerationRequest) -> str:
@@ -128,6 +129,7 @@ class JobRecord:
     thumbnail_path: str | None
     stream_id: str | None = None  # the job's entry in its model's stream
     owner: str = ""  # digest of the API key that created it; "" without keys
+    spritesheet_path: str | None = None  # None for jobs completed before spritesheets
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -162,6 +164,7 @@ class JobRecord:
             thumbnail_path=opt_str(JobField.THUMBNAIL_PATH),
             stream_id=opt_str(JobField.STREAM_ID),
             owner=fields.get(JobField.OWNER, ""),
+            spritesheet_path=opt_str(JobField.SPRITESHEET_PATH),
         )
 
     @property
