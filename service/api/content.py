@@ -79,12 +79,6 @@ def _http_date(unix_s: float) -> str:
     return formatdate(unix_s, usegmt=True)
 
 
-def _range_applies(request: Request, found: StoredObject) -> bool:
-    """``If-Range``: serve the range only if the file is still the one the client has."""
-    condition = request.headers.get("if-range")
-    return condition is None or condition in (found.etag, _http_date(found.modified))
-
-
 async def content_response(
     request: Request,
     store: ResultStore,
@@ -99,36 +93,15 @@ async def content_response(
     gone = APIError(404, f"the {variant.value} of {video_id} is gone", type=ErrorType.NOT_FOUND)
     if ref is None:
         raise gone
-    if settings.content_delivery is ContentDelivery.REDIRECT:
-        url = store.presigned_url(ref, variant, filename, settings.content_url_ttl_s)
-        if url is not None:
-            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     try:
-        found = await run_in_threadpool(store.stat, ref)
-        if found is None:
-            raise gone
-        headers = {
-            "Accept-Ranges": "bytes",
-            "ETag": found.etag,
-            "Last-Modified": _http_date(found.modified),
-            "Content-Disposition": f'attachment; filename="{filename}"',
-        }
-        try:
-            wanted = requested_range(request.headers.get("range"), found.size)
-        except RangeNotSatisfiable:
-            raise APIError(
-                416,
-                f"Range {request.headers.get('range')!r:.80} lies outside the {found.size} bytes "
-                f"of the {variant.value}",
-                code="range_not_satisfiable",
-                headers={"Content-Range": f"bytes */{found.size}"},
-            ) from None
-        if wanted is not None and not _range_applies(request, found):
-            wanted = None
-        if found.size == 0:
-            return Response(b"", media_type=variant.media_type, headers=headers)
-        span = wanted or ByteRange(0, found.size - 1)
-        chunks = await run_in_threadpool(store.read, ref, span.first, span.last)
+        if settings.content_delivery is ContentDelivery.REDIRECT:
+            # Signing is local, but finding credentials may ask an instance metadata service.
+            url = await run_in_threadpool(
+                store.presigned_url, ref, variant, filename, settings.content_url_ttl_s
+            )
+            if url is not None:
+                return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+        return await _streamed(request, store, ref, variant, filename, gone)
     except StoreUnavailable as error:
         # The detail names settings and hosts: the operator's log, not the client's answer.
         logger.warning("content of %s not served: %s", ref, error)
@@ -139,6 +112,25 @@ async def content_response(
             code="result_store_unavailable",
             headers={"Retry-After": "5"},
         ) from error
+
+
+async def _streamed(
+    request: Request, store: ResultStore, ref: str, variant: Variant, filename: str, gone: APIError
+) -> Response:
+    found = await run_in_threadpool(store.stat, ref)
+    if found is None:
+        raise gone
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": found.etag,
+        "Last-Modified": _http_date(found.modified),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    wanted = _wanted_range(request, found, variant)
+    if found.size == 0:
+        return Response(b"", media_type=variant.media_type, headers=headers)
+    span = wanted or ByteRange(0, found.size - 1)
+    chunks = await run_in_threadpool(store.read, ref, span.first, span.last)
     if chunks is None:
         raise gone
     headers["Content-Length"] = str(span.last - span.first + 1)
@@ -149,3 +141,21 @@ async def content_response(
     return StreamingResponse(
         chunks, status_code=status, media_type=variant.media_type, headers=headers
     )
+
+
+def _wanted_range(request: Request, found: StoredObject, variant: Variant) -> ByteRange | None:
+    """The range to send, None for all of it; 416 for one outside the file."""
+    header = request.headers.get("range")
+    try:
+        wanted = requested_range(header, found.size)
+    except RangeNotSatisfiable:
+        raise APIError(
+            416,
+            f"Range {header!r:.80} lies outside the {found.size} bytes of the {variant.value}",
+            code="range_not_satisfiable",
+            headers={"Content-Range": f"bytes */{found.size}"},
+        ) from None
+    condition = request.headers.get("if-range")
+    if wanted is not None and condition not in (None, found.etag, _http_date(found.modified)):
+        return None  # If-Range: the file is no longer the one the client has part of
+    return wanted

@@ -258,16 +258,19 @@ class S3ResultStore:
         """A GET URL signed (locally, no request) for the public endpoint's host."""
         if not self._is_ours(ref):
             return None
-        url: str = self._public.generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": self.bucket,
-                "Key": ref,
-                "ResponseContentType": variant.media_type,
-                "ResponseContentDisposition": f'attachment; filename="{filename}"',
-            },
-            ExpiresIn=expires_s,
-        )
+        try:
+            url: str = self._public.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": ref,
+                    "ResponseContentType": variant.media_type,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=expires_s,
+            )
+        except BotoCoreError as error:  # no credentials found
+            raise self._unavailable(error, f"signing a URL of {ref}") from error
         return url
 
     def sweep(self, kept_files: KeptFiles, grace_s: float) -> int:

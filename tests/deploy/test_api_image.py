@@ -18,8 +18,8 @@ REQUIREMENTS_SCRIPT = REPO / "docker" / "api_requirements.py"
 MODEL_STACK = {"torch", "diffusers", "transformers", "accelerate", "triton", "safetensors"}
 PROJECT_PACKAGES = {"qvgen"}
 # Imported when installed, skipped when not: anyio tries sniffio; httpx tries its command
-# line's rich and pygments.
-OPTIONAL_IMPORTS = {"sniffio", "rich", "pygments"}
+# line's rich and pygments; redis tries cryptography (installed here with moto, a dev tool).
+OPTIONAL_IMPORTS = {"sniffio", "rich", "pygments", "cryptography"}
 
 # Run in a fresh interpreter: the third-party distributions behind every module the API loads.
 _IMPORTED_DISTRIBUTIONS = """

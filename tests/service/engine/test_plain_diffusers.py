@@ -1,7 +1,9 @@
 """What an exported pipeline directory (the shipped ``models/qvgen-tiny-w4a4``, written by
 ``qvgen export``) does in plain diffusers, exactly as ``docs/checkpoint-format.md`` states it:
-every component but the packed transformer loads as usual; the pipeline loads once qvgen's
-loader supplies the transformer, and then generates what the service's engine generates."""
+every component but the packed transformer loads as usual; ``WanPipeline.from_pretrained``
+loads the pipeline once qvgen's loader supplies the transformer, and then generates what the
+service's engine generates; the generic ``DiffusionPipeline.from_pretrained`` does not take the
+supplied transformer of a Wan pipeline in diffusers 0.42.1 (pinned), and loads it from disk."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from diffusers import (
     AutoencoderKLWan,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    WanPipeline,
     WanTransformer3DModel,
 )
 from transformers import AutoTokenizer, UMT5EncoderModel
@@ -42,19 +45,20 @@ def test_every_other_component_loads_with_plain_diffusers_and_transformers() -> 
     assert tokenizer("a red circle")["input_ids"]
 
 
-def test_from_pretrained_with_qvgens_transformer_is_the_engines_pipeline() -> None:
+def test_wan_pipeline_with_qvgens_transformer_is_the_engines_pipeline() -> None:
     transformer = load_packed_transformer(EXPORTED / "transformer")
-    pipeline = DiffusionPipeline.from_pretrained(EXPORTED, transformer=transformer)
+    # The engine loads in float32 on a CPU; the directory stores bfloat16 components.
+    pipeline = WanPipeline.from_pretrained(EXPORTED, transformer=transformer, dtype=torch.float32)
+    assert pipeline.transformer is transformer
     engine_pipeline = load_pipeline(EXPORTED, device="cpu")
-    assert type(pipeline) is type(engine_pipeline)
 
-    def frames(pipe: DiffusionPipeline) -> torch.Tensor:
+    def frames(pipe: WanPipeline) -> torch.Tensor:
         generated = pipe(
             prompt="a red circle moving left on a black background",
             height=64,
             width=64,
             num_frames=5,
-            num_inference_steps=2,
+            num_inference_steps=1,
             guidance_scale=1.0,
             generator=torch.Generator().manual_seed(0),
             output_type="pt",
@@ -62,3 +66,12 @@ def test_from_pretrained_with_qvgens_transformer_is_the_engines_pipeline() -> No
         return torch.as_tensor(generated.frames)
 
     assert torch.equal(frames(pipeline), frames(engine_pipeline))
+
+
+def test_the_generic_loader_ignores_a_supplied_wan_transformer() -> None:
+    """diffusers 0.42.1 looks up optional components (Wan's transformer is one: its pipeline
+    takes two) on ``DiffusionPipeline`` instead of ``WanPipeline``, so the keyword is not taken
+    as a component and the packed directory is read as a plain one."""
+    transformer = load_packed_transformer(EXPORTED / "transformer")
+    with pytest.raises(OSError, match="diffusion_pytorch_model"):
+        DiffusionPipeline.from_pretrained(EXPORTED, transformer=transformer)

@@ -87,8 +87,6 @@ def service(
     finally:
         workers.stop()
         api.stop()
-    # Nothing of any job went to a directory: the API's and the workers' stayed unmade.
-    assert not api_settings.results_dir.exists() and not worker_settings.results_dir.exists()
 
 
 def _submit(service: ObjectStoreService, **overrides: object) -> str:
@@ -106,6 +104,11 @@ def test_twenty_jobs_on_two_workers_complete_and_download_through_the_api(
     ids = [_submit(service, seed=index) for index in range(20)]
     done = [wait_video(service.api, video_id, is_final) for video_id in ids]
     assert [video["status"] for video in done] == ["completed"] * 20, done
+    client = redis.Redis.from_url(service.settings.redis_url, decode_responses=True)
+    keys = Keys(service.settings.key_prefix)
+    ran_on = {client.hget(keys.job(video_id), JobField.WORKER) for video_id in ids}
+    client.close()
+    assert len(ran_on) == 2, f"both workers should have run jobs: {ran_on}"
     with httpx.Client(base_url=service.api.base_url, headers=auth(), timeout=30) as http:
         for index, video_id in enumerate(ids):
             mp4 = http.get(f"/v1/videos/{video_id}/content")
@@ -200,3 +203,11 @@ def test_delete_removes_the_jobs_objects(service: ObjectStoreService) -> None:
     url = f"{service.api.base_url}/v1/videos/{video_id}"
     assert httpx.delete(url, headers=auth(), timeout=10).status_code == 200
     assert service.job_keys(video_id) == []
+
+
+def test_no_process_wrote_a_results_directory(service: ObjectStoreService) -> None:
+    """Last in this module, after every job above: the API's and the workers' local results
+    directories were never made."""
+    assert service.s3.keys(service.bucket)
+    assert not service.settings.results_dir.exists()
+    assert not service.worker_settings.results_dir.exists()
