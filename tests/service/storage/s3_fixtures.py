@@ -8,12 +8,14 @@ key prefix), so tests sharing the session's server never see each other's object
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
@@ -53,6 +55,16 @@ class S3Server:
         name = f"qvgen-test-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
+
+    @contextlib.contextmanager
+    def checking_credentials(self) -> Iterator[None]:
+        """While inside, the server checks every request's signature against its IAM users
+        (it has none: every key is unknown); by default it accepts any."""
+        httpx.post(f"{self.url}/moto-api/reset-auth", content=b"0", timeout=10).raise_for_status()
+        try:
+            yield
+        finally:
+            httpx.post(f"{self.url}/moto-api/reset-auth", content=b"inf", timeout=10)
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         pages = (

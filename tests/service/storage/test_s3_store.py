@@ -146,6 +146,15 @@ def test_check_names_the_setting_at_fault(s3_server: S3Server, tmp_path: Path) -
     assert f"QVGEN_S3_ENDPOINT_URL={nowhere} is unreachable" in message and "\n" not in message
 
 
+def test_check_says_the_credentials_were_refused(s3_server: S3Server, tmp_path: Path) -> None:
+    store = _store(s3_server, tmp_path, s3_access_key_id="AKIAWRONG", s3_secret_access_key="x")
+    with s3_server.checking_credentials(), pytest.raises(StoreUnavailable) as refused:
+        store.check()
+    message = str(refused.value)
+    assert "refused the credentials" in message and "QVGEN_S3_ACCESS_KEY_ID" in message
+    store.check()  # the same store, once the server accepts any key again
+
+
 def test_a_failed_upload_says_which_object_and_which_setting(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
