@@ -90,6 +90,8 @@ def settings_environment(settings: ServiceSettings) -> dict[str, str]:
             text = value.get_secret_value()
         elif isinstance(value, tuple):
             text = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else v for v in value)
+        elif isinstance(value, SecretStr):
+            text = value.get_secret_value()
         else:
             text = str(value.value if isinstance(value, enum.Enum) else value)
         env[f"QVGEN_{name.upper()}"] = text

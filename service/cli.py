@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 API_FACTORY = "service.api.main:create_app"
 # Seconds ``serve all`` waits for its workers to hand back their jobs before killing them.
 WORKER_EXIT_GRACE_S = 15.0
+# A worker whose result store fails its check exits with this (sysexits' EX_UNAVAILABLE).
+EXIT_STORE_UNAVAILABLE = os.EX_UNAVAILABLE
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +121,8 @@ def run_worker(args: argparse.Namespace) -> int:
     from service.worker.threads import limit_torch_threads
 
     settings = ServiceSettings()
+    if not store_usable(settings):
+        return EXIT_STORE_UNAVAILABLE
     model_id = model_id_for(args.engine, args.model, args.model_id)
     if args.device == "cpu":  # before the engine's warm-up, which already computes
         limit_torch_threads(settings.worker_threads)
@@ -156,6 +160,19 @@ def run_webhooks(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda signum, frame: deliverer.request_stop())
     deliverer.run()
     return 0
+
+
+def store_usable(settings: ServiceSettings) -> bool:
+    """Check the result store before anything slow (a model load): a worker that cannot store
+    its results must not take jobs. False after one error line naming the setting at fault."""
+    from service.storage import StoreUnavailable, open_store
+
+    try:
+        open_store(settings).check()
+    except StoreUnavailable as error:
+        logger.error("refusing to start: %s", error)
+        return False
+    return True
 
 
 def engine_start(args: argparse.Namespace, settings: ServiceSettings) -> EngineStart:
@@ -201,6 +218,8 @@ def run_all(args: argparse.Namespace) -> int:
         raise SystemExit(f"--workers must be ≥ 1, got {args.workers}")
     model_id = model_id_for(args.engine, args.model, args.model_id)
     base = ServiceSettings(models=(model_id,))
+    if not store_usable(base):
+        return EXIT_STORE_UNAVAILABLE
     os.environ["QVGEN_MODELS"] = model_id  # for the API's own processes, if it runs several
     env = {**os.environ}
     if args.device == "cpu":

@@ -109,6 +109,12 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.store_errors = Counter(
+            "qvgen_worker_result_store_errors_total",
+            "Results the result store failed to take; each such job runs again.",
+            ["model"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "qvgen_job_queue_wait_seconds",
             "From submission to the first start of a job.",

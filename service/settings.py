@@ -25,6 +25,28 @@ class Environment(enum.StrEnum):
     PRODUCTION = "production"
 
 
+class ResultStoreKind(enum.StrEnum):
+    """Where the workers put a job's files (``service.storage``)."""
+
+    LOCAL = "local"  # a directory the API and every worker mount (one host, or a shared volume)
+    S3 = "s3"  # a bucket of any S3-compatible object store: nothing shared but the network
+
+
+class ContentDelivery(enum.StrEnum):
+    """How ``GET /v1/videos/{id}/content`` hands out a file."""
+
+    STREAM = "stream"  # the API reads it from the store and sends it (Range requests included)
+    REDIRECT = "redirect"  # 307 to a presigned URL of the object store: the bytes bypass the API
+
+
+class S3AddressingStyle(enum.StrEnum):
+    """How a request names the bucket: botocore's ``addressing_style``."""
+
+    AUTO = "auto"  # botocore's choice (virtual-hosted where the bucket name allows it)
+    PATH = "path"  # http://host/bucket/key: MinIO and most self-hosted stores
+    VIRTUAL = "virtual"  # http://bucket.host/key
+
+
 def _split_csv(value: object) -> object:
     """Accept ``"a,b"`` from the environment as well as a list from Python."""
     if isinstance(value, str):
@@ -95,7 +117,28 @@ class ServiceSettings(BaseSettings):
     # How often a worker sweeps expired queued jobs and out-of-retention files.
     janitor_interval_s: float = Field(default=30.0, gt=0.0, le=3600.0)
 
+    # --- result files (service.storage) ----------------------------------------------------
+    result_store: ResultStoreKind = ResultStoreKind.LOCAL
+    # The local store's directory (result_store=local).
     results_dir: Path = Path("results")
+    # The object store (result_store=s3). An empty endpoint is AWS's for the region; empty keys
+    # leave the credentials to boto3's default chain (AWS_* variables, an instance or pod role).
+    s3_endpoint_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    # The endpoint clients reach, where it differs (a store inside a private network): presigned
+    # URLs are signed for their host, so they must name this one.
+    s3_public_endpoint_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    s3_bucket: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$")
+    s3_region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]{1,32}$")
+    s3_access_key_id: SecretStr = SecretStr("")
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Every object's key starts with this ("" or ending in "/"), so deployments can share a
+    # bucket; the workers' sweep looks only under it.
+    s3_key_prefix: str = Field(default="results/", pattern=r"^([A-Za-z0-9_.-]+/)*$")
+    s3_addressing_style: S3AddressingStyle = S3AddressingStyle.AUTO
+    # How /content answers, and how long a presigned URL of a redirect stays valid (SigV4's
+    # limit is 7 days).
+    content_delivery: ContentDelivery = ContentDelivery.STREAM
+    content_url_ttl_s: int = Field(default=3600, ge=1, le=7 * 86400)
 
     # --- webhooks and live progress (service.webhooks, GET /v1/videos/{id}/events) ----------
     # Where every job's video.completed / video.failed goes unless its request names its own
@@ -185,12 +228,30 @@ class ServiceSettings(BaseSettings):
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most half of "
                 f"claim_timeout_s ({self.claim_timeout_s}), or a live worker loses its job"
             )
+        self._check_result_store()
         if self.environment is Environment.PRODUCTION and not self.api_keys:
             raise ValueError(
                 "QVGEN_API_KEYS is empty: production refuses unauthenticated access "
                 "(set keys, or QVGEN_ENVIRONMENT=development on a trusted machine)"
             )
         return self
+
+    def _check_result_store(self) -> None:
+        s3 = self.result_store is ResultStoreKind.S3
+        if s3 and not self.s3_bucket:
+            raise ValueError("QVGEN_S3_BUCKET is empty: QVGEN_RESULT_STORE=s3 needs a bucket")
+        if bool(self.s3_access_key_id.get_secret_value()) != bool(
+            self.s3_secret_access_key.get_secret_value()
+        ):
+            raise ValueError(
+                "set both QVGEN_S3_ACCESS_KEY_ID and QVGEN_S3_SECRET_ACCESS_KEY, or neither "
+                "(boto3's default credential chain)"
+            )
+        if self.content_delivery is ContentDelivery.REDIRECT and not s3:
+            raise ValueError(
+                "QVGEN_CONTENT_DELIVERY=redirect needs QVGEN_RESULT_STORE=s3 (a presigned URL "
+                f"of the object store); the {self.result_store.value} store streams"
+            )
 
     @property
     def default_model(self) -> str:

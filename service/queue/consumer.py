@@ -238,13 +238,18 @@ class Consumer:
 
     # --- ending it ------------------------------------------------------------------------
 
-    def complete(self, claim: Claim, video_path: str, thumbnail_path: str) -> bool:
+    def complete(
+        self,
+        claim: Claim,
+        video_path: str,
+        thumbnail_path: str,
+        spritesheet_path: str | None = None,
+    ) -> bool:
         """Mark completed with the result files; False when fenced (delete the files then)."""
-        return self._end(
-            claim,
-            JobStatus.COMPLETED,
-            {JobField.VIDEO_PATH: video_path, JobField.THUMBNAIL_PATH: thumbnail_path},
-        )
+        files = {JobField.VIDEO_PATH: video_path, JobField.THUMBNAIL_PATH: thumbnail_path}
+        if spritesheet_path is not None:
+            files[JobField.SPRITESHEET_PATH] = spritesheet_path
+        return self._end(claim, JobStatus.COMPLETED, files)
 
     def fail(self, claim: Claim, code: ErrorCode, message: str) -> bool:
         return self._end(

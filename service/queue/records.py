@@ -105,6 +105,7 @@ class JobField(enum.StrEnum):
     REMIXED_FROM = "remixed_from"  # the source job of a remix ("" otherwise)
     WEBHOOK_URL = "webhook_url"  # where video.completed / video.failed go ("" for nowhere)
     IDEMPOTENCY_KEY = "idempotency_key"  # the Redis key naming this job, deleted with it
+    SPRITESHEET_PATH = "spritesheet_path"
 
 
 def request_to_json(request: GenerationRequest) -> str:
@@ -142,6 +143,7 @@ class JobRecord:
     owner: str = ""  # digest of the API key that created it; "" without keys
     remixed_from: str | None = None
     webhook_url: str | None = None
+    spritesheet_path: str | None = None  # None for jobs completed before spritesheets
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -178,6 +180,7 @@ class JobRecord:
             owner=fields.get(JobField.OWNER, ""),
             remixed_from=opt_str(JobField.REMIXED_FROM),
             webhook_url=opt_str(JobField.WEBHOOK_URL),
+            spritesheet_path=opt_str(JobField.SPRITESHEET_PATH),
         )
 
     @property

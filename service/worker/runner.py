@@ -37,7 +37,7 @@ from service.queue.consumer import Claim, Consumer, StartOutcome
 from service.queue.records import ErrorCode, JobField, JobRecord, JobStatus
 from service.queue.redis_config import UnsafeRedisConfig, check_redis
 from service.settings import ServiceSettings
-from service.storage import open_store
+from service.storage import StoreUnavailable, open_store
 from service.worker.liveness import Heartbeat
 
 logger = logging.getLogger(__name__)
@@ -203,11 +203,12 @@ class Worker:
         self.metrics.busy.labels(self.model).set(1)
         try:
             video = self._generate(claim)
+            if video is not None:
+                # Under the heartbeat: an upload may take longer than the claim timeout.
+                self._store(claim, video)
         finally:
             self.heartbeat.watch(None)
             self.metrics.busy.labels(self.model).set(0)
-        if video is not None:
-            self._store(claim, video)
 
     def _generate(self, claim: Claim) -> GeneratedVideo | None:
         """The engine's video, or None when it stopped (cancelled, fenced, handed back, failed)."""
@@ -264,9 +265,24 @@ class Worker:
         self.metrics.fenced_writes.labels(self.model).inc()
 
     def _store(self, claim: Claim, video: GeneratedVideo) -> None:
-        stored = self.results.write(claim.job.id, claim.attempt, video)
+        try:
+            stored = self.results.write(claim.job.id, claim.attempt, video)
+        except StoreUnavailable as error:
+            # Never completed without its files: the job stays pending under this worker, and
+            # once its claim times out a worker runs it again (a delivery: max_deliveries bounds
+            # the tries).
+            logger.warning(
+                "job %s attempt %d not stored, it runs again: %s",
+                claim.job.id,
+                claim.attempt,
+                error,
+            )
+            self.metrics.store_errors.labels(self.model).inc()
+            return
         written = self._retrying(
-            lambda: self.consumer.complete(claim, stored.video, stored.thumbnail)
+            lambda: self.consumer.complete(
+                claim, stored.video, stored.thumbnail, spritesheet_path=stored.spritesheet
+            )
         )
         if not written:
             logger.warning(
@@ -356,6 +372,6 @@ class Worker:
         if not self.redis.exists(key):
             return None
         fields: list[str | None] = self.redis.hmget(  # type: ignore[assignment]
-            key, [JobField.VIDEO_PATH, JobField.THUMBNAIL_PATH]
+            key, [JobField.VIDEO_PATH, JobField.THUMBNAIL_PATH, JobField.SPRITESHEET_PATH]
         )
         return {value for value in fields if value}

@@ -55,16 +55,60 @@ def dockerfile(services: dict[str, dict[str, Any]], name: str) -> str:
     return (Path(build["context"]) / build["dockerfile"]).read_text()
 
 
-def test_compose_file_validates_with_and_without_the_cpu_profile() -> None:
-    for flags in ((), ("--profile", "cpu")):
+def test_compose_file_validates_with_and_without_its_profiles() -> None:
+    for flags in ((), ("--profile", "cpu"), ("--profile", "object-store")):
         result = compose_config(*flags)
         assert result.returncode == 0, f"docker-compose {flags} config: {result.stderr}"
 
 
 def test_services_are_the_documented_stack(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"redis", "api", "prometheus", "grafana", *WORKER_SERVICES}
+    object_store = {"minio", "minio-bucket"}
+    assert set(services) == {
+        "redis",
+        "api",
+        "prometheus",
+        "grafana",
+        *WORKER_SERVICES,
+        *object_store,
+    }
     assert services["worker-cpu"]["profiles"] == ["cpu"]
-    assert all("profiles" not in services[name] for name in services if name != "worker-cpu")
+    assert all(services[name]["profiles"] == ["object-store"] for name in object_store)
+    profiled = {"worker-cpu", *object_store}
+    assert all("profiles" not in services[name] for name in services if name not in profiled)
+
+
+def _target_port(port: object) -> int:
+    """A published port's container side: ``{"target": 9000, …}`` or ``"IP:9000:9000/tcp"``."""
+    if isinstance(port, dict):
+        return int(port["target"])
+    return int(str(port).rsplit(":", 1)[1].split("/")[0])
+
+
+def test_the_object_store_profile_is_the_store_the_settings_name(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    minio, bucket = services["minio"], services["minio-bucket"]
+    monkeypatch.setenv("QVGEN_RESULT_STORE", "s3")  # what the profile is run with
+    for name in APP_SERVICES:
+        for key, value in services[name]["environment"].items():
+            if value is not None:
+                monkeypatch.setenv(key, str(value))
+        settings = ServiceSettings()
+        assert settings.s3_endpoint_url == f"http://minio:{url_port(settings.s3_endpoint_url)}"
+        assert url_port(settings.s3_endpoint_url) == _target_port(minio["ports"][0])
+        assert settings.s3_addressing_style.value == "path"  # "minio" is no DNS bucket domain
+        assert minio["environment"] == {
+            "MINIO_ROOT_USER": settings.s3_access_key_id.get_secret_value(),
+            "MINIO_ROOT_PASSWORD": settings.s3_secret_access_key.get_secret_value(),
+        }
+        assert bucket["entrypoint"][-1] == f"qvgen/{settings.s3_bucket}"
+    user, secret = (
+        minio["environment"]["MINIO_ROOT_USER"],
+        minio["environment"]["MINIO_ROOT_PASSWORD"],
+    )
+    assert bucket["environment"]["MC_HOST_qvgen"] == f"http://{user}:{secret}@minio:9000"
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
 
 
 def test_every_setting_is_passed_and_nothing_else(services: dict[str, dict[str, Any]]) -> None:
@@ -173,7 +217,9 @@ def test_redis_runs_the_queue_configuration(services: dict[str, dict[str, Any]])
 def test_every_service_has_a_health_check_and_workers_outlast_the_drain(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    assert all("healthcheck" in service for service in services.values())
+    # Every long-running service; minio-bucket is a one-shot that exits once the bucket exists.
+    assert all("healthcheck" in s for s in services.values() if s.get("restart") != "no")
+    assert services["minio-bucket"]["restart"] == "no"
     for name in WORKER_SERVICES:
         worker = services[name]
         drain = float(worker["environment"]["QVGEN_DRAIN_TIMEOUT_S"])

@@ -147,9 +147,30 @@ def test_workers_scale_on_the_stream_and_group_the_queue_uses() -> None:
 def test_settings_are_real_setting_names() -> None:
     fields = {f"QVGEN_{name.upper()}" for name in ServiceSettings.model_fields}
     config = _one("ConfigMap", "qvgen-settings")["data"]
-    secret = _one("Secret", "qvgen-api-keys")["stringData"]
-    unknown = sorted(set(config) - fields) + sorted(set(secret) - fields)
+    secrets = {**_one("Secret", "qvgen-api-keys")["stringData"]}
+    secrets |= _one("Secret", "qvgen-s3-credentials")["stringData"]
+    unknown = sorted(set(config) - fields) + sorted(set(secrets) - fields)
     assert not unknown, f"not ServiceSettings fields: {unknown}"
+
+
+def test_results_go_to_the_object_store_and_no_pod_mounts_a_results_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _one("ConfigMap", "qvgen-settings")["data"]
+    secrets = {**_one("Secret", "qvgen-api-keys")["stringData"]}
+    secrets |= _one("Secret", "qvgen-s3-credentials")["stringData"]
+    for name, value in {**config, **secrets}.items():
+        monkeypatch.setenv(name, value)
+    settings = ServiceSettings(_env_file=None)
+    assert settings.result_store.value == "s3" and settings.s3_bucket
+    for name in ("api", "worker"):
+        env_from = {
+            ref["secretRef"]["name"]
+            for ref in _container("Deployment", name)["envFrom"]
+            if "secretRef" in ref
+        }
+        assert "qvgen-s3-credentials" in env_from, f"{name} lacks the bucket's credentials"
+        assert "volumeMounts" not in _container("Deployment", name)
 
 
 def test_one_gpu_per_worker_and_a_grace_period_longer_than_the_drain() -> None:

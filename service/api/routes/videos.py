@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from qvgen.video_io import THUMBNAIL_MEDIA_TYPE
 from service.api.auth import Caller
+from service.api.content import content_response
 from service.api.errors import APIError, ErrorBody, ErrorType, from_validation_error
 from service.api.schemas import (
     QUEUE_POSITION_CAP,
@@ -38,6 +38,7 @@ from service.queue.producer import (
 )
 from service.queue.records import JobRecord, JobStatus, is_job_id, new_job_id, now_ms
 from service.settings import Environment
+from service.storage import Variant
 from service.webhooks.urls import WebhookUrlError, check_webhook_url
 
 logger = logging.getLogger(__name__)
@@ -362,20 +363,25 @@ async def retrieve_video(
 
 @router.get(
     "/v1/videos/{video_id}/content",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
         **_ERRORS,
-        200: {"content": {"video/mp4": {}, THUMBNAIL_MEDIA_TYPE: {}}},
+        200: {"content": {variant.media_type: {} for variant in Variant}},
+        206: {"description": "The byte range the Range header asked for"},
+        307: {"description": "Redirect to the object store (QVGEN_CONTENT_DELIVERY=redirect)"},
         409: {"model": ErrorBody, "description": "Not completed yet"},
+        416: {"model": ErrorBody, "description": "Range outside the file"},
     },
 )
 async def download_video(
     video_id: str,
     request: Request,
     caller: Annotated[Caller, Depends(current_caller)],
-    variant: Literal["video", "thumbnail"] = "video",
-) -> FileResponse:
-    """The MP4 (``variant=video``) or its first frame as PNG (``variant=thumbnail``)."""
+    variant: Variant = Variant.VIDEO,
+) -> Response:
+    """The MP4 (``variant=video``), its first frame as PNG (``variant=thumbnail``), or a JPEG
+    grid of frames sampled over the clip (``variant=spritesheet``); streamed with byte ranges,
+    or a redirect to the object store (``service.api.content``)."""
     state = api_state(request)
     record, _ = await _record_or_404(state, video_id, caller)
     if record.status is not JobStatus.COMPLETED:
@@ -384,12 +390,14 @@ async def download_video(
             f"video {video_id} is {record.status.value}; content exists once it is completed",
             code="video_not_ready",
         )
-    stored = record.video_path if variant == "video" else record.thumbnail_path
-    path = state.results.local_file(stored)
-    if path is None:
-        raise APIError(404, f"the {variant} of {video_id} is gone", type=ErrorType.NOT_FOUND)
-    media_type = "video/mp4" if variant == "video" else THUMBNAIL_MEDIA_TYPE
-    return FileResponse(path, media_type=media_type, filename=f"{video_id}{path.suffix}")
+    refs = {
+        Variant.VIDEO: record.video_path,
+        Variant.THUMBNAIL: record.thumbnail_path,
+        Variant.SPRITESHEET: record.spritesheet_path,
+    }
+    return await content_response(
+        request, state.results, state.settings, refs[variant], variant, video_id
+    )
 
 
 @router.delete("/v1/videos/{video_id}", response_model=VideoDeleted, responses=_ERRORS)
@@ -409,5 +417,5 @@ async def delete_video(
         )
     if deleted.was_active:
         state.metrics.jobs_cancelled.labels(record.model).inc()
-    state.results.delete_job(record.id, deleted.files)
+    await run_in_threadpool(state.results.delete_job, record.id, deleted.files)
     return VideoDeleted(id=video_id)

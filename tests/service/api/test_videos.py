@@ -39,7 +39,9 @@ def _run_one(settings: ServiceSettings, sync_redis: redis.Redis) -> str:
     claim = delivery.claim
     video = NoopEngine("tiny").generate(claim.job.request)
     stored = LocalResultStore(settings.results_dir).write(claim.job.id, claim.attempt, video)
-    assert consumer.complete(claim, stored.video, stored.thumbnail)
+    assert consumer.complete(
+        claim, stored.video, stored.thumbnail, spritesheet_path=stored.spritesheet
+    )
     return claim.job.id
 
 
@@ -214,7 +216,10 @@ def test_content_of_a_completed_video_and_its_thumbnail(
     thumbnail = client.get(f"/v1/videos/{video_id}/content", params={"variant": "thumbnail"})
     assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\x89PNG")
     spritesheet = client.get(f"/v1/videos/{video_id}/content", params={"variant": "spritesheet"})
-    assert spritesheet.status_code == 400 and _error(spritesheet)["param"] == "variant"
+    assert spritesheet.status_code == 200 and spritesheet.headers["content-type"] == "image/jpeg"
+    assert spritesheet.content.startswith(b"\xff\xd8")
+    storyboard = client.get(f"/v1/videos/{video_id}/content", params={"variant": "storyboard"})
+    assert storyboard.status_code == 400 and _error(storyboard)["param"] == "variant"
 
 
 def test_one_delete_removes_a_queued_or_a_finished_job_and_its_files(

@@ -1,4 +1,4 @@
-"""The local result store's sweep while peers sweep the same directory."""
+"""The local result store's sweep while peers sweep the same directory, and its check."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from service.queue.records import new_job_id
-from service.storage import LocalResultStore
+from service.storage import LocalResultStore, StoreUnavailable
 
 
 def _old_job_dirs(root: Path, count: int) -> list[str]:
@@ -93,3 +95,12 @@ def test_kept_files_and_young_files_stay(tmp_path: Path) -> None:
     ]
     assert store.sweep(lambda _: None, grace_s=1) == 2  # record gone: all but the young file
     assert [p.name for p in directory.iterdir()] == ["attempt-3.mp4"]
+
+
+def test_check_makes_the_directory_and_names_the_setting_when_it_cannot(tmp_path: Path) -> None:
+    LocalResultStore(tmp_path / "new" / "results").check()
+    assert (tmp_path / "new" / "results").is_dir()
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"not a directory")
+    with pytest.raises(StoreUnavailable, match=f"QVGEN_RESULTS_DIR={blocked} is not a writable"):
+        LocalResultStore(blocked).check()
