@@ -65,9 +65,14 @@ def load_pipeline_on(
     if is_packed_dir(transformer_dir):
         # Fused q/k/v is exact in Triton's interpreter (tests/service/kernels/
         # test_fused_projections.py) but has not run on a GPU yet (BENCHMARKS.md): the engine
-        # serves the measured separate launches until a GPU run times and checks it.
+        # serves the measured separate launches until a GPU run times and checks it. Likewise
+        # the quantization fused into the norms and GELU (test_wan_block_prologues.py).
         components["transformer"] = load_packed_transformer(
-            transformer_dir, device=target.device, dtype=target.dtype, fuse_projections=False
+            transformer_dir,
+            device=target.device,
+            dtype=target.dtype,
+            fuse_projections=False,
+            fuse_prologues=False,
         )
     pipeline = pipeline_class.from_pretrained(model_dir, dtype=target.dtype, **components)
     pipeline.to(target.device)
