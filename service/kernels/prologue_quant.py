@@ -74,6 +74,24 @@ def _table(clip_ptr, rows, stride_clip_m, row_ok, a_min, a_max, LEVELS, EPSILON,
 
 
 @triton.jit
+def _round_to(v, out_dtype: tl.constexpr):  # type: ignore[no-untyped-def]  # typed at launch
+    """RN_dtype(v) as float32: round to nearest, ties to even, as PyTorch's ``.to(dtype)``.
+
+    For bf16 by integer arithmetic on the bits (add 0x7FFF plus the kept part's lowest bit,
+    clear the low half): the same on the GPU and in Triton's interpreter, whose own fp32 → bf16
+    cast truncates.
+    """
+    if out_dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    elif out_dtype == tl.float16:
+        return v.to(tl.float16).to(tl.float32)
+    else:
+        return v
+
+
+@triton.jit
 def _normed(  # type: ignore[no-untyped-def]  # Triton types the arguments at launch
     x, mean, rstd, cols, mask, mod_rows,
     w_ptr, b_ptr, shift_ptr, mscale_ptr, K,
@@ -92,16 +110,17 @@ def _normed(  # type: ignore[no-untyped-def]  # Triton types the arguments at la
         scale = tl.load(mscale_ptr + offsets, mask=mask, other=0.0)
         shift = tl.load(shift_ptr + offsets, mask=mask, other=0.0)
         n = n * (1.0 + scale) + shift
-    return tl.where(mask, n.to(DTYPE).to(tl.float32), 0.0)
+    return tl.where(mask, _round_to(n, DTYPE), 0.0)
 
 
 @triton.jit
-def _gelu(h, mask, DTYPE: tl.constexpr):
+def _gelu(h, mask, DTYPE: tl.constexpr):  # type: ignore[no-untyped-def]  # typed at launch
     """a = RN_dtype(h · σ(2u)), u = √(2/π)(h + κh³), of a tile, 0 outside ``mask``; √(2/π) and
     κ = 0.044715 as PyTorch's GELU(approximate="tanh") writes them."""
     inner = 0.7978845608028654 * (h + 0.044715 * (h * h * h))
-    g = tl.math.div_rn(h, 1.0 + tl.exp(-2.0 * inner))
-    return tl.where(mask, g.to(DTYPE).to(tl.float32), 0.0)
+    # e^88 is the largest power below float32's maximum: the quotient stays finite, not −0.
+    g = tl.math.div_rn(h, 1.0 + tl.exp(tl.minimum(-2.0 * inner, 88.0)))
+    return tl.where(mask, _round_to(g, DTYPE), 0.0)
 
 
 @triton.jit

@@ -31,6 +31,7 @@ the forward, changes — and ``unfuse_block_prologues`` turns them back.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from diffusers.models.activations import GELU
@@ -51,7 +52,7 @@ _PASSING_PROCESSORS = (WanAttnProcessor, Int8SelfAttnProcessor)
 
 
 def _fuses(module: nn.Module) -> bool:
-    return isinstance(module, TritonLowBitLinear | FusedLowBitLinear)
+    return isinstance(module, (TritonLowBitLinear, FusedLowBitLinear))
 
 
 def _projections_fuse(attn: nn.Module, names: list[str]) -> bool:
@@ -112,7 +113,8 @@ class PrologueWanBlock(WanTransformerBlock):
         return (hidden_states.float() + ff_output.float() * c_gate).type_as(hidden_states)
 
     def _feed_forward(self, normed: NormModulation) -> torch.Tensor:
-        gelu, dropout, down = self.ffn.net
+        net: Any = self.ffn.net  # diffusers' submodules are typed Tensor | Module
+        gelu, dropout, down = net
         up = gelu.proj
         hidden = up(_handed(normed, _fuses(up)))
         if _fuses(down):
@@ -160,7 +162,7 @@ def fuse_block_prologues(transformer: nn.Module) -> int:
 
 def unfuse_block_prologues(transformer: nn.Module) -> int:
     """Turn every ``PrologueWanBlock`` back into diffusers' block; returns how many."""
-    blocks = [m for m in transformer.modules() if type(m) is PrologueWanBlock]
+    blocks: list[nn.Module] = [m for m in transformer.modules() if type(m) is PrologueWanBlock]
     for block in blocks:
         block.__class__ = WanTransformerBlock
     return len(blocks)

@@ -105,10 +105,14 @@ def test_norm_modulation_codes_are_the_contract(
     assert_contract(qa, act, clips, 4)
     with torch.no_grad():
         expected = prologue.materialize()
-    assert_within_rounding(act.reshape(x.shape), expected, f"{dtype} norm activation")
-    # The prologue's own entry points run the same kernel.
-    assert torch.equal(prologue.activation(), act.reshape(x.shape))
-    assert torch.equal(prologue.quantize(clips, 4, BLOCK_K).codes, qa.codes)
+    differing = assert_within_rounding(act.reshape(x.shape), expected, f"{dtype} norm activation")
+    if dtype != torch.float32:
+        # A one-ulp flip needs the two float32 values to straddle a rounding boundary: rare.
+        # (A cast that truncated instead of rounding would move about half of them.)
+        assert differing <= x.numel() // 50, f"{differing} of {x.numel()} differ"
+    if launch is None:  # the prologue's own entry points: the same kernel, default launch
+        assert torch.equal(prologue.activation(), act.reshape(x.shape))
+        assert torch.equal(prologue.quantize(clips, 4, BLOCK_K).codes, qa.codes)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -124,7 +128,13 @@ def test_gelu_codes_are_the_contract(
     qa, act = gelu_quantize(h, clips, 4, BLOCK_K, launch, store_activation=True)
     assert act is not None
     assert_contract(qa, act, clips, 4)
-    assert_within_rounding(act, GeluTanh(h).materialize(), f"{dtype} GELU activation")
+    expected = GeluTanh(h).materialize()
+    assert_within_rounding(act, expected, f"{dtype} GELU activation")
+    if dtype != torch.float32:
+        # Apart from the tail (h < −4, |a| < 1e-4, where the tanh form cancels), flips are rare.
+        body = h.cpu() > -4
+        differing = int((act.cpu() != expected.cpu())[body].sum())
+        assert differing <= int(body.sum()) // 50, f"{differing} of {int(body.sum())} differ"
 
 
 def test_one_row_and_three_bits(device: torch.device) -> None:

@@ -33,6 +33,7 @@ from service.kernels.wan_block_prologues import (
     unfuse_block_prologues,
 )
 from tests.service.kernels.compare import assert_close_verbose
+from tests.service.kernels.test_prologue_quant import assert_within_rounding
 
 SHIPPED_TRANSFORMER = (
     Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4" / "transformer"
@@ -116,6 +117,7 @@ def test_triton_fused_equals_diffusers_fed_the_kernels_activations(
         site = name.split(".", 2)[2]
         assert isinstance(args[0], SITES[site]), f"{name} got {type(args[0]).__name__}"
         handed[name] = args[0].activation()
+        assert_within_rounding(handed[name], args[0].materialize(), name)
 
     with pre_hooks(model, record):
         fused = predict(model, inputs, 700.0)
