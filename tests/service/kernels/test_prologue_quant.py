@@ -4,6 +4,11 @@ the dtype (``service/kernels/prologue_quant.py`` states the bound)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers.models.normalization import FP32LayerNorm
@@ -217,3 +222,19 @@ def test_layers_fed_a_prologue_equal_them_fed_its_activation(
         assert_close_verbose(
             layers[0](gelu), layers[0](gelu.activation()), 0, 0, "layer, GELU prologue"
         )
+
+
+def test_kernels_build_for_hopper_without_spilling() -> None:
+    """The kernels as a GPU runs them, not as the interpreter does: compiled for sm_90 at the
+    launches of Wan's shapes, in a process without TRITON_INTERPRET (``hopper_build.py``)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.service.kernels.hopper_build"],
+        cwd=Path(__file__).resolve().parents[3],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a deadline for a hung build, not a measurement
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAILED" not in result.stdout
