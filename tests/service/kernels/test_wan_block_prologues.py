@@ -47,19 +47,21 @@ SITES = {
 }
 
 
-def transformer_inputs(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def transformer_inputs(device: torch.device, dtype: torch.dtype, batch: int = 1) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     return {
-        "hidden_states": torch.randn(1, 8, 3, 4, 6, generator=g).to(dtype).to(device),
-        "encoder_hidden_states": torch.randn(1, 7, 64, generator=g).to(dtype).to(device),
+        "hidden_states": torch.randn(batch, 8, 3, 4, 6, generator=g).to(dtype).to(device),
+        "encoder_hidden_states": torch.randn(batch, 7, 64, generator=g).to(dtype).to(device),
         "return_dict": False,
     }
 
 
-def predict(model: nn.Module, inputs: dict[str, Any], t: float) -> torch.Tensor:
+def predict(model: nn.Module, inputs: dict[str, Any], t: float | list[float]) -> torch.Tensor:
+    """The noise prediction at timestep ``t``, or one timestep per sample."""
     device = inputs["hidden_states"].device
+    timestep = torch.tensor(t if isinstance(t, list) else [t], device=device)
     with torch.no_grad():
-        return model(**inputs, timestep=torch.tensor([t], device=device))[0]
+        return model(**inputs, timestep=timestep)[0]
 
 
 def load(
@@ -103,13 +105,23 @@ def test_reference_layers_fused_is_diffusers_bit_for_bit(device: torch.device) -
     assert seen and all(kind is torch.Tensor for kind in seen)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("fuse_projections", [True, False], ids=["qkv-fused", "qkv-separate"])
+@pytest.mark.parametrize(
+    ("dtype", "fuse_projections", "timesteps"),
+    [
+        (torch.float32, True, [700.0]),
+        (torch.float32, False, [700.0]),
+        (torch.bfloat16, True, [700.0]),
+        (torch.bfloat16, False, [700.0]),
+        # Batched guidance: two samples, each its own modulation and clip group.
+        (torch.bfloat16, True, [900.0, 20.0]),
+    ],
+    ids=["fp32-qkv-fused", "fp32-qkv-separate", "bf16-qkv-fused", "bf16-qkv-separate", "bf16-b2"],
+)
 def test_triton_fused_equals_diffusers_fed_the_kernels_activations(
-    dtype: torch.dtype, fuse_projections: bool, device: torch.device
+    dtype: torch.dtype, fuse_projections: bool, timesteps: list[float], device: torch.device
 ) -> None:
     model = load(device, KernelBackend.TRITON, dtype, fuse_projections=fuse_projections)
-    inputs = transformer_inputs(device, dtype)
+    inputs = transformer_inputs(device, dtype, batch=len(timesteps))
     fuse_block_prologues(model)
     handed: dict[str, torch.Tensor] = {}
 
@@ -120,7 +132,7 @@ def test_triton_fused_equals_diffusers_fed_the_kernels_activations(
         assert_within_rounding(handed[name], args[0].materialize(), name)
 
     with pre_hooks(model, record):
-        fused = predict(model, inputs, 700.0)
+        fused = predict(model, inputs, timesteps)
     assert len(handed) == len(SITES) * len(model.blocks)
 
     def substitute(name: str, _module: nn.Module, args: tuple) -> tuple:
@@ -130,11 +142,11 @@ def test_triton_fused_equals_diffusers_fed_the_kernels_activations(
     assert unfuse_block_prologues(model) == len(model.blocks)
     assert all(type(b) is WanTransformerBlock for b in model.blocks)
     with pre_hooks(model, substitute):
-        unfused = predict(model, inputs, 700.0)
+        unfused = predict(model, inputs, timesteps)
     assert_close_verbose(fused, unfused, 0, 0, f"{dtype}: fused vs diffusers on the same a")
     # The test can fail: diffusers' own activations are not all the kernels' in float32.
     if dtype == torch.float32:
-        assert not torch.equal(predict(model, inputs, 700.0), fused)
+        assert not torch.equal(predict(model, inputs, timesteps), fused)
 
 
 def test_compiled_fused_blocks_equal_eager_at_every_group(device: torch.device) -> None:
