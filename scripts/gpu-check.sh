@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (run from the repository root there, .whl carried; see
-# scripts/gpu-wheels.sh): the CUDA tests, then `python -m benchmarks.e2e` with the arguments
-# given. Everything it reports lands in $OUT.
+# scripts/gpu-wheels.sh): the CUDA tests, with PROLOGUE_BENCH=1 `python -m
+# benchmarks.prologue_quant`, then `python -m benchmarks.e2e` with the arguments given.
+# Everything it reports lands in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/qvgen-gpu}
 mkdir -p "$OUT"
@@ -19,6 +20,11 @@ if [ "${RUN_TESTS:-1}" = 1 ]; then
     timeout "${TEST_TIMEOUT_S:-240}" python3 -m pytest -q -p no:cacheprovider \
         tests/service/kernels tests/service/engine/test_cuda_generation.py \
         tests/training/quant/test_fused_fake_quant.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+fi
+if [ "${PROLOGUE_BENCH:-0}" = 1 ]; then
+    # The quantization fused into norm / GELU against produced-then-quantized, at Wan shapes.
+    timeout "${PROLOGUE_TIMEOUT_S:-240}" python3 -m benchmarks.prologue_quant \
+        --benchmarks "$OUT/BENCHMARKS-prologue.md" 2>&1 | tee "$OUT/prologue.log" | tail -15
 fi
 if [ "$#" -gt 0 ]; then
     timeout "${BENCH_TIMEOUT_S:-420}" python3 -m benchmarks.e2e "$@" \
