@@ -1,12 +1,15 @@
 """The configurations ``qvgen bench e2e`` times against each other, in one process, on the same
 inputs: what a user already has (bf16 eager, bf16 + ``torch.compile``, FP8 rowwise linears +
 ``torch.compile``) and ours (W4A4 eager, W4A4 + ``torch.compile``, and that with the 8-bit
-self-attention kernel, ``service.kernels.wan_attention``).
+self-attention kernel, ``service.kernels.wan_attention``), each compiled W4A4 peer also with
+the activation quantization fused into the norms and the GELU
+(``service.kernels.wan_block_prologues``; ``+fused-norm``).
 
 A model is built once per base variant and taken through its peers in order, each step changing
 it in place: compile (``service.engine.compilation``, the engine's own code), undo, swap the
 linears to FP8 (``benchmarks.fp8_linear``; irreversible, so it comes last), compile again;
-likewise the 8-bit attention comes after the W4A4 peers that run SDPA.
+likewise the 8-bit attention comes after the W4A4 peers that run SDPA. The fused norms are put in
+and taken out again per peer (``fuse_block_prologues`` / ``unfuse_block_prologues``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from service.engine.compilation import (
 )
 from service.engine.types import CompilePolicy
 from service.kernels.wan_attention import use_int8_self_attention
+from service.kernels.wan_block_prologues import fuse_block_prologues, unfuse_block_prologues
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,9 @@ class Peer(enum.Enum):
     W4A4_SEPARATE_QKV_COMPILE = "w4a4-separate-qkv+compile"
     W4A4 = "w4a4"
     W4A4_COMPILE = "w4a4+compile"
+    W4A4_COMPILE_FUSED = "w4a4+compile+fused-norm"
     W4A4_COMPILE_ATTN8 = "w4a4+compile+attn8"
+    W4A4_COMPILE_ATTN8_FUSED = "w4a4+compile+attn8+fused-norm"
 
     @property
     def variant(self) -> ModelVariant:
@@ -68,7 +74,11 @@ class Peer(enum.Enum):
 
     @property
     def attention8(self) -> bool:
-        return self.value.endswith("+attn8")
+        return "+attn8" in self.value
+
+    @property
+    def fused_prologues(self) -> bool:
+        return self.value.endswith("+fused-norm")
 
     @property
     def fp8(self) -> bool:
@@ -95,6 +105,7 @@ class PeerModel:
     compiled: CompiledModules | None = None
     fp8_impl: str | None = None
     attention8: bool = False
+    fused_prologues: bool = False
 
     def prepare(self, peer: Peer, settings: CompileSettings) -> None:
         """Bring the model into ``peer``'s configuration (peers must come in enum order)."""
@@ -109,6 +120,12 @@ class PeerModel:
             blocks = use_int8_self_attention(self.transformer)
             logger.info("8-bit self-attention in %d blocks", blocks)
             self.attention8 = True
+        if peer.fused_prologues != self.fused_prologues:
+            if peer.fused_prologues:
+                fuse_block_prologues(self.transformer)
+            else:
+                unfuse_block_prologues(self.transformer)
+            self.fused_prologues = peer.fused_prologues
         if peer.compiled:
             options = CompileOptions(
                 policy=CompilePolicy.ON, scope=settings.scope, backend=settings.backend

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (run from the repository root there, .whl carried; see
 # scripts/gpu-wheels.sh): the CUDA tests, then `python -m benchmarks.e2e` with the arguments
-# given. Everything it reports lands in $OUT. RUN_TESTS=0 skips the tests; RUN_ATTENTION=1 runs
-# `python -m benchmarks.attention` before the end-to-end benchmark.
+# given. Everything it reports lands in $OUT. RUN_TESTS=0 skips the tests (GPU_TESTS picks
+# them); RUN_ATTENTION=1 runs `python -m benchmarks.attention` and PROLOGUE_BENCH=1
+# `python -m benchmarks.prologue_quant` before the end-to-end benchmark.
 set -uo pipefail
 OUT=${OUT:-/tmp/qvgen-gpu}
 mkdir -p "$OUT"
@@ -25,6 +26,11 @@ fi
 if [ "${RUN_ATTENTION:-0}" = 1 ]; then
     timeout "${ATTENTION_TIMEOUT_S:-150}" python3 -m benchmarks.attention \
         --benchmarks "$OUT/BENCHMARKS-attention.md" 2>&1 | tee "$OUT/attention.log" | tail -30
+fi
+if [ "${PROLOGUE_BENCH:-0}" = 1 ]; then
+    # The quantization fused into norm / GELU against produced-then-quantized, at Wan shapes.
+    timeout "${PROLOGUE_TIMEOUT_S:-240}" python3 -m benchmarks.prologue_quant \
+        --benchmarks "$OUT/BENCHMARKS-prologue.md" 2>&1 | tee "$OUT/prologue.log" | tail -15
 fi
 if [ "$#" -gt 0 ]; then
     timeout "${BENCH_TIMEOUT_S:-420}" python3 -m benchmarks.e2e "$@" \

@@ -66,8 +66,14 @@ def load_pipeline_on(
         # Fused q/k/v is exact in Triton's interpreter (tests/service/kernels/
         # test_fused_projections.py) and 0.8 % faster on an H200 (BENCHMARKS.md), but its
         # tests have not run on a GPU: the engine serves separate launches until they have.
+        # Likewise the quantization fused into the norms and GELU (test_wan_block_prologues.py),
+        # which has not run on a GPU at all.
         components["transformer"] = load_packed_transformer(
-            transformer_dir, device=target.device, dtype=target.dtype, fuse_projections=False
+            transformer_dir,
+            device=target.device,
+            dtype=target.dtype,
+            fuse_projections=False,
+            fuse_prologues=False,
         )
     pipeline = pipeline_class.from_pretrained(model_dir, dtype=target.dtype, **components)
     pipeline.to(target.device)

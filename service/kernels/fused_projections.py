@@ -28,6 +28,7 @@ from torch import nn
 from qvgen.device_copy import shared_copy
 from qvgen.timestep_groups import check_groups
 from service.kernels.lowbit_linear import TritonLowBitLinear, rows_per_sample
+from service.kernels.prologue import PROLOGUES, Prologue
 from service.kernels.weight_layout import KernelWeightLayout
 
 logger = logging.getLogger(__name__)
@@ -81,23 +82,28 @@ class FusedLowBitLinear(nn.Module):
             self.sample_clip = self.act_clip.new_empty((self.act_clip.shape[0], g.numel(), 2))
         torch.index_select(self.act_clip, 1, index, out=self.sample_clip)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Prologue) -> torch.Tensor:
+        """The C layers' outputs side by side; a ``Prologue`` (``service.kernels.prologue``) is
+        computed and quantized for the C tables by one fused kernel."""
         # Imported here, as in lowbit_linear: this module loads where Triton is absent.
         from service.kernels.activation_quant import quantize_activations_shared
         from service.kernels.lowbit_gemm import lowbit_linear
 
-        lead = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features)
-        rows = rows_per_sample(self, x, self.in_features, self.sample_clip.shape[1])
+        source = x.source if isinstance(x, PROLOGUES) else x
+        rows = rows_per_sample(self, source, self.in_features, self.sample_clip.shape[1])
         tables = self.sample_clip.shape[0]
         if self.sample_clip.shape[1] == 1:
             clips = self.sample_clip.expand(tables, rows, 2)
         else:
             clips = self.sample_clip.repeat_interleave(rows, dim=1)
-        qa = quantize_activations_shared(x2d, clips, self.activation_bits, self.layout.block_k)
+        if isinstance(x, PROLOGUES):
+            qa = x.quantize(clips, self.activation_bits, self.layout.block_k)
+        else:
+            x2d = x.reshape(-1, self.in_features)
+            qa = quantize_activations_shared(x2d, clips, self.activation_bits, self.layout.block_k)
         epilogue = (self.weight_scale, self.weight_zero_point, self.bias)
-        y = lowbit_linear(qa, self.kernel_qweight, self.layout, epilogue, x2d.dtype)
-        return y.reshape(*lead, self.out_features)
+        y = lowbit_linear(qa, self.kernel_qweight, self.layout, epilogue, source.dtype)
+        return y.reshape(*source.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.names}, in_features={self.in_features}, out_features={self.out_features}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from qvgen.device_copy import shared_copy
 from qvgen.packed_layer import PackedLinearWeights
 from qvgen.timestep_groups import check_groups, expand_clip_rows
 from qvgen.triton_support import log_fallback_once, triton_unavailable_reason
+from service.kernels.prologue import PROLOGUES, Prologue
 from service.kernels.reference import quantized_linear_reference
 from service.kernels.weight_layout import (
     DEFAULT_BLOCK_K,
@@ -37,6 +38,9 @@ from service.kernels.weight_layout import (
     format_v1_from_kernel_layout,
     to_kernel_layout,
 )
+
+if TYPE_CHECKING:
+    from service.kernels.activation_quant import QuantizedActivations
 
 
 class KernelBackend(enum.Enum):
@@ -285,15 +289,30 @@ class TritonLowBitLinear(LowBitLinear):
     def format_v1_codes(self) -> torch.Tensor:
         return format_v1_from_kernel_layout(self.kernel_qweight, self.layout)
 
+    def forward(self, x: torch.Tensor | Prologue) -> torch.Tensor:
+        """As ``LowBitLinear.forward``; a ``Prologue`` (``service.kernels.prologue``) is computed
+        and quantized by one fused kernel, then the same GEMM runs on its codes."""
+        if not isinstance(x, PROLOGUES):
+            return super().forward(x)
+        source = x.source
+        clip = expand_clip_rows(self.sample_clip, self._rows_per_sample(source))
+        qa = x.quantize(clip.unsqueeze(0), self.activation_bits, self.layout.block_k)
+        y = self._gemm(qa, source.dtype)
+        return y.reshape(*source.shape[:-1], self.out_features)
+
     def product(self, x2d: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
         """Quantize each input once, then one GEMM with the fused epilogue; output in x's dtype."""
         # Imported here so that the module loads (and falls back) where Triton is absent.
         from service.kernels.activation_quant import quantize_activations
-        from service.kernels.lowbit_gemm import lowbit_linear
 
         qa = quantize_activations(x2d, clip, self.activation_bits, self.layout.block_k)
+        return self._gemm(qa, x2d.dtype)
+
+    def _gemm(self, qa: QuantizedActivations, out_dtype: torch.dtype) -> torch.Tensor:
+        from service.kernels.lowbit_gemm import lowbit_linear
+
         epilogue = (self.weight_scale, self.weight_zero_point, self.bias)
-        return lowbit_linear(qa, self.kernel_qweight, self.layout, epilogue, x2d.dtype)
+        return lowbit_linear(qa, self.kernel_qweight, self.layout, epilogue, out_dtype)
 
 
 def build_lowbit_linear(

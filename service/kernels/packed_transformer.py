@@ -79,11 +79,15 @@ def load_packed_transformer(
     dtype: torch.dtype = torch.float32,
     backend: KernelBackend | None = None,
     fuse_projections: bool = False,
+    fuse_prologues: bool = False,
 ) -> nn.Module:
     """The transformer of ``transformer_dir`` with LowBitLinear layers, bound to its timesteps.
 
     ``dtype`` applies to the full-precision tensors; packed layers keep their stored dtypes.
     ``backend`` None picks Triton where it runs (CUDA sm_80+) and the reference elsewhere.
+    ``fuse_projections``: one q/k/v (and cross-attention k/v) layer per attention
+    (``fused_projections``); ``fuse_prologues``: Wan blocks whose Triton layers quantize their
+    input inside the norm or GELU that makes it (``wan_block_prologues``).
     """
     checkpoint = read_packed(transformer_dir)
     cls = _transformer_class(checkpoint.config)
@@ -105,6 +109,11 @@ def load_packed_transformer(
         # Before the hook is bound: it feeds the layers it finds when it is bound.
         fused = fuse_attention_projections(model)
         logger.info("fused the q/k/v (and cross-attention k/v) projections of %d attentions", fused)
+    if fuse_prologues:
+        # Imported here: the module needs Triton, which a reference-only install may lack.
+        from service.kernels.wan_block_prologues import fuse_block_prologues
+
+        fuse_block_prologues(model)
     bind_timestep_groups(
         model,
         checkpoint.scheme.clip_groups,

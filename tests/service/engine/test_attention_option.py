@@ -12,6 +12,9 @@ from service.engine.diffusers_engine import DiffusersEngine
 from service.engine.types import AttentionKernel, GenerationRequest
 from service.kernels.wan_attention import Int8SelfAttnProcessor
 
+# What these tests check is the engine's wiring, not the Triton kernels.
+pytestmark = pytest.mark.usefixtures("reference_backend")
+
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4"
 REQUEST = GenerationRequest(
     prompt="a blue ball", width=32, height=32, num_frames=9, num_inference_steps=2

@@ -28,6 +28,9 @@ from service.engine.diffusers_engine import DiffusersEngine
 from service.engine.types import CompilePolicy, CompileStatus, GenerationRequest
 from service.worker.engines import EngineKind, EngineStart, build_engine, warm_up_request
 
+# What these tests check is the engine's wiring, not the Triton kernels.
+pytestmark = pytest.mark.usefixtures("reference_backend")
+
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4"
 REQUEST = GenerationRequest(
     prompt="a red square moves to the right",

@@ -29,8 +29,11 @@ from service.engine.compilation import (
     compile_transformer,
 )
 from service.engine.loading import VideoPipeline, load_pipeline
-from service.kernels.lowbit_linear import LowBitLinear
+from service.kernels.lowbit_linear import KernelBackend, LowBitLinear
 from tests.service.kernels.compare import assert_close_verbose
+
+# What these tests check is the engine's wiring, not the Triton kernels.
+pytestmark = pytest.mark.usefixtures("reference_backend")
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4"
 STEPS = 3
@@ -52,8 +55,11 @@ def generate_latents(pipeline: VideoPipeline) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> VideoPipeline:
-    return load_pipeline(SHIPPED, device="cpu")
+def pipeline(reference_backend: None) -> VideoPipeline:
+    loaded = load_pipeline(SHIPPED, device="cpu")
+    layers = [m for m in loaded.transformer.modules() if isinstance(m, LowBitLinear)]
+    assert layers and all(m.backend is KernelBackend.REFERENCE for m in layers)
+    return loaded
 
 
 def test_aot_eager_generation_equals_eager_bit_for_bit(pipeline: VideoPipeline) -> None:
