@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import httpx
+from benchmarks.http_client import Answer, HttpError
 
 # One request: given its index, send it and return the answer.
-Send = Callable[[int], Awaitable[httpx.Response]]
+Send = Callable[[int], Awaitable[Answer]]
 
 
 @dataclass
@@ -62,7 +62,7 @@ async def open_loop(
     send: Send,
     rate: float,
     count: int,
-    on_answer: Callable[[httpx.Response], None] | None = None,
+    on_answer: Callable[[Answer], None] | None = None,
 ) -> OpenLoopResult:
     """Sends ``count`` requests at ``rate`` per second with ``send``; ``on_answer`` sees every
     2xx answer (the submit phase keeps the ids)."""
@@ -73,12 +73,12 @@ async def open_loop(
     async def one(index: int, due: float) -> None:
         nonlocal last_answer
         try:
-            response = await send(index)
-            outcome = str(response.status_code)
-            if on_answer is not None and response.is_success:
-                on_answer(response)
-        except httpx.HTTPError as error:
-            outcome = type(error).__name__
+            answer = await send(index)
+            outcome = str(answer.status)
+            if on_answer is not None and answer.ok:
+                on_answer(answer)
+        except HttpError as error:
+            outcome = type(error.__cause__ or error).__name__
         now = time.perf_counter()
         result.latencies_s.append(now - due)
         result.outcomes[outcome] += 1

@@ -5,7 +5,8 @@ The processes are those of a deployment (``benchmarks.service_cluster``): ``qvge
 under uvicorn (``--api-processes`` of them), a noop worker, and a private ``redis-server`` with
 the shipped ``service/queue/redis.conf`` (AOF everysec, noeviction), unless ``--redis-url`` names
 another (then under a fresh key prefix, deleted afterwards). Requests carry an API key, as in
-production. The load client runs in this process, on the same machine.
+production. The load client (``benchmarks.http_client``, lean so that it takes little of the
+CPU it measures) runs in this process, on the same machine.
 
 Phases, each after a short unmeasured warm-up:
 
@@ -51,6 +52,7 @@ import httpx
 import psutil
 import redis
 
+from benchmarks.http_client import Answer, HttpClient
 from benchmarks.open_loop import OpenLoopResult, open_loop
 from benchmarks.service_cluster import (
     RUN_MODEL,
@@ -213,46 +215,46 @@ class Figures:
 async def _throughput_phases(
     cluster: Cluster, meter: CpuMeter, args: argparse.Namespace, private: bool
 ) -> list[PhaseFigures]:
-    limits = httpx.Limits(
-        max_connections=args.connections, max_keepalive_connections=args.connections
+    client = HttpClient(
+        "127.0.0.1", cluster.port, args.connections, {"Authorization": f"Bearer {BENCH_KEY}"}
     )
-    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-    body = {**_TINY_JOB, "model": SUBMIT_MODEL}
-    ids: list[str] = []
+    create = client.encode("POST", "/v1/videos", {**_TINY_JOB, "model": SUBMIT_MODEL})
+    listing = client.encode("GET", f"/v1/videos?limit={args.list_limit}")
+    polls: list[bytes] = []  # one ready request per job made
+
+    async def submit(_: int) -> Answer:
+        return await client.send(create)
+
+    async def poll(index: int) -> Answer:
+        return await client.send(polls[index % len(polls)])
+
+    async def page(_: int) -> Answer:
+        return await client.send(listing)
+
+    def keep_job(answer: Answer) -> None:
+        polls.append(client.encode("GET", f"/v1/videos/{answer.json()['id']}"))
+
+    plan = [
+        ("submit", submit, args.submit_rate, args.submit_requests, keep_job),
+        ("poll", poll, args.poll_rate, args.poll_requests, None),
+        ("list", page, args.list_rate, args.list_requests, None),
+    ]
     phases = []
-    async with httpx.AsyncClient(
-        base_url=cluster.base_url, limits=limits, timeout=30, headers=headers
-    ) as client:
-
-        async def submit(_: int) -> httpx.Response:
-            return await client.post("/v1/videos", json=body)
-
-        async def poll(index: int) -> httpx.Response:
-            return await client.get(f"/v1/videos/{ids[index % len(ids)]}")
-
-        async def page(_: int) -> httpx.Response:
-            return await client.get("/v1/videos", params={"limit": args.list_limit})
-
-        def keep_id(response: httpx.Response) -> None:
-            ids.append(response.json()["id"])
-
-        plan = [
-            ("submit", submit, args.submit_rate, args.submit_requests, keep_id),
-            ("poll", poll, args.poll_rate, args.poll_requests, None),
-            ("list", page, args.list_rate, args.list_requests, None),
-        ]
+    try:
         for name, send, rate, count, on_answer in plan:
-            if count <= 0 or (name == "poll" and not ids):
+            if count <= 0 or (name == "poll" and not polls):
                 continue
             for index in range(WARMUP_REQUESTS):  # connections, the server's code paths
-                response = await send(index)
-                if on_answer is not None and response.is_success:
-                    on_answer(response)
+                answer = await send(index)
+                if on_answer is not None and answer.ok:
+                    on_answer(answer)
             before = meter.sample()
             result = await open_loop(send, rate, count, on_answer)
             figures = PhaseFigures.of(name, result, before, meter.sample(), private)
             logger.info("%s: %s", name, figures)
             phases.append(figures)
+    finally:
+        client.close()
     return phases
 
 
@@ -356,8 +358,9 @@ def markdown(figures: Figures, note: str = "") -> str:
         f"## API throughput (`qvgen bench service`), {figures.machine}, {figures.date}, "
         f"commit {figures.commit}{f' ({note})' if note else ''}",
         "",
-        f"{figures.api_processes} API process(es) beside the load client (httpx, in the bench's "
-        f"process), a private Redis (shipped redis.conf) and an idle noop worker on "
+        f"{figures.api_processes} API process(es) beside the load client "
+        "(`benchmarks/http_client.py`, one process, up to 64 keep-alive connections), a "
+        "private Redis (shipped redis.conf) and an idle noop worker on "
         f"{figures.cores} cores; load average before the run {load}. Latency from each "
         "request's scheduled send time (open loop).",
         "",
