@@ -165,12 +165,13 @@ class JobQueue:
         free for a new job. Sending the same ``job_id`` again (a retry) creates nothing more."""
         job_id = job_id or new_job_id()
         created = created_ms_of(job_id)
+        request_json = request_to_json(request)
         fields = {
             JobField.ID: job_id,
             JobField.MODEL: model,
             JobField.OWNER: owner,
             JobField.STATUS: JobStatus.QUEUED,
-            JobField.REQUEST: request_to_json(request),
+            JobField.REQUEST: request_json,
             JobField.CREATED_AT: created,
             JobField.QUEUE_DEADLINE: created + self._settings.queued_ttl_s * 1000,
             JobField.ATTEMPT: 0,
@@ -188,7 +189,7 @@ class JobQueue:
             self._settings.queued_ttl_s + self._settings.retention_s,
             "1" if idempotency_key else "0",
             GROUP,
-            _fingerprint(model, request, seconds),
+            _fingerprint(model, request_json, seconds),
             self.keys.job(""),
         ]
         for name, value in fields.items():
@@ -399,10 +400,10 @@ class JobQueue:
         return int(await self._redis.zcount(self.keys.workers(model), since, "+inf"))
 
 
-def _fingerprint(model: str, request: GenerationRequest, seconds: str) -> str:
+def _fingerprint(model: str, request_json: str, seconds: str) -> str:
     """What makes two submissions the same request: the model and the request as the engine
-    gets it (JSON or form, sent or defaulted fields alike)."""
-    text = f"{model}\x00{seconds}\x00{request_to_json(request)}"
+    gets it (``request_to_json``: JSON or form, sent or defaulted fields alike)."""
+    text = f"{model}\x00{seconds}\x00{request_json}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
