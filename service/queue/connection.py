@@ -15,6 +15,8 @@ errors and timeouts), which can run a command twice and hides an outage behind a
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import redis
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -40,7 +42,8 @@ class HiredisPackingConnection(aioredis.Connection):
     _serializer = HiredisRespSerializer()
 
     def pack_command(self, *args: EncodableT) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
+        # redis-py annotates ``pack``'s arguments as lists; they are the command's words.
+        packed: list[bytes] = cast(Any, self._serializer).pack(*args)
         return packed
 
 
