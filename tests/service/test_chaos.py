@@ -179,6 +179,10 @@ def test_redis_full_through_http_answers_503_never_500_nor_a_reset(tmp_path: Pat
         admin = redis.Redis.from_url(server.url, decode_responses=True)
         running, settings = start_cluster(server.url, tmp_path / "results")
         try:
+            # The flood's Redis connections (some 25 KB of server memory each) are opened first,
+            # so that the headroom below is for jobs: a fast API opens dozens at once, which
+            # alone filled it before any job was written.
+            asyncio.run(_open_connections(running.base_url, 400, 50))
             admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 600_000)
             statuses, errors, full = asyncio.run(_flood_full(running.base_url, 400, 50))
             assert errors == 0 and set(statuses) == {200, 503}, (statuses, errors)
@@ -188,6 +192,20 @@ def test_redis_full_through_http_answers_503_never_500_nor_a_reset(tmp_path: Pat
         finally:
             running.stop()
             admin.close()
+
+
+async def _open_connections(base_url: str, requests: int, concurrency: int) -> None:
+    """Polls of an unknown job (404), ``concurrency`` at a time: each one a Redis call."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    unknown = "/v1/videos/video_" + "0" * 32
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with gate:
+                assert (await client.get(unknown, headers=auth())).status_code == 404
+
+        await asyncio.gather(*(one() for _ in range(requests)))
 
 
 async def _flood_full(
