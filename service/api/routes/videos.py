@@ -107,15 +107,15 @@ async def _read_body(request: Request) -> dict[str, Any]:
     )
 
 
-def _video_object(
-    record: JobRecord, jobs_ahead: int | None, state: ApiState, response: Response
-) -> VideoObject:
-    if not record.status.final:
-        response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
+def _video_object(record: JobRecord, jobs_ahead: int | None, state: ApiState) -> Response:
+    """The video object as JSON, serialised here once: a returned ``Response`` is sent as it is,
+    where a returned model is checked against ``response_model`` again and a sub-response made
+    for the headers (the routes keep ``response_model`` for the OpenAPI schema)."""
     video = VideoObject.from_record(record, now_ms())
     if record.status is JobStatus.QUEUED and jobs_ahead is not None:
         video.queue_position = min(jobs_ahead, QUEUE_POSITION_CAP)
-    return video
+    headers = None if record.status.final else {POLL_HEADER: str(state.settings.poll_after_ms)}
+    return Response(video.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _record_or_404(
@@ -137,10 +137,9 @@ async def _record_or_404(
 )
 async def create_video(
     request: Request,
-    response: Response,
     caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
-) -> VideoObject:
+) -> Response:
     """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` and the
     same request returns the job made the first time; the same key with another request is
     refused (409); a key whose job was deleted or expired makes a new job. A request outside
@@ -197,10 +196,8 @@ async def create_video(
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
     if submitted.record is None:
-        return _video_object(
-            *await _record_or_404(state, submitted.job_id, caller), state, response
-        )
-    return _video_object(submitted.record, submitted.jobs_ahead, state, response)
+        return _video_object(*await _record_or_404(state, submitted.job_id, caller), state)
+    return _video_object(submitted.record, submitted.jobs_ahead, state)
 
 
 @router.get("/v1/videos", response_model=VideoList, responses=_ERRORS)
@@ -231,14 +228,11 @@ async def list_videos(
 @router.get("/v1/videos/{video_id}", response_model=VideoObject, responses=_ERRORS)
 @router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
 async def retrieve_video(
-    video_id: str,
-    request: Request,
-    response: Response,
-    caller: Annotated[Caller, Depends(current_caller)],
-) -> VideoObject:
+    video_id: str, request: Request, caller: Annotated[Caller, Depends(current_caller)]
+) -> Response:
     """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
-    return _video_object(*await _record_or_404(state, video_id, caller), state, response)
+    return _video_object(*await _record_or_404(state, video_id, caller), state)
 
 
 @router.get(
