@@ -15,12 +15,17 @@ errors and timeouts), which can run a command twice and hides an outage behind a
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import redis
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
+from redis.typing import EncodableT
+from redis.utils import HIREDIS_AVAILABLE
 
 from service.settings import ServiceSettings
 
@@ -28,9 +33,26 @@ from service.settings import ServiceSettings
 HEALTH_CHECK_INTERVAL_S = 30
 
 
+class HiredisPackingConnection(aioredis.Connection):
+    """A TCP connection that packs commands in C with hiredis. redis-py's asyncio connection
+    packs them in Python even where hiredis is installed (its parser is used, its packer only by
+    the sync client); the enqueue script's 40-odd arguments made that a tenth of a submission's
+    API time."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        # redis-py annotates ``pack``'s arguments as lists; they are the command's words.
+        packed: list[bytes] = cast(Any, self._serializer).pack(*args)
+        return packed
+
+
 def api_client(settings: ServiceSettings) -> aioredis.Redis:
+    # A rediss:// or unix:// URL names its own connection class, which wins over this one.
+    connection = HiredisPackingConnection if HIREDIS_AVAILABLE else aioredis.Connection
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        connection_class=connection,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_s,
         decode_responses=True,

@@ -172,12 +172,13 @@ class JobQueue:
         job_id = job_id or new_job_id()
         created = created_ms_of(job_id)
         idem_key = self.keys.idempotency(_idempotency_digest(owner, idempotency_key))
+        request_json = request_to_json(request)
         fields = {
             JobField.ID: job_id,
             JobField.MODEL: model,
             JobField.OWNER: owner,
             JobField.STATUS: JobStatus.QUEUED,
-            JobField.REQUEST: request_to_json(request),
+            JobField.REQUEST: request_json,
             JobField.CREATED_AT: created,
             JobField.QUEUE_DEADLINE: created + self._settings.queued_ttl_s * 1000,
             JobField.ATTEMPT: 0,
@@ -201,7 +202,7 @@ class JobQueue:
             self._settings.queued_ttl_s + self._settings.retention_s,
             "1" if idempotency_key else "0",
             GROUP,
-            _fingerprint(model, request, seconds, remixed_from or "", webhook_url or ""),
+            _fingerprint(model, request_json, seconds, remixed_from or "", webhook_url or ""),
             self.keys.job(""),
         ]
         for name, value in fields.items():
@@ -409,11 +410,11 @@ class JobQueue:
         return int(await self._redis.zcount(self.keys.workers(model), since, "+inf"))
 
 
-def _fingerprint(model: str, request: GenerationRequest, seconds: str, *extra: str) -> str:
+def _fingerprint(model: str, request_json: str, seconds: str, *extra: str) -> str:
     """What makes two submissions the same request: the model and the request as the engine
-    gets it (JSON or form, sent or defaulted fields alike), and ``extra`` (a remix's source,
-    the webhook URL) when given."""
-    text = f"{model}\x00{seconds}\x00{request_to_json(request)}"
+    gets it (``request_to_json``: JSON or form, sent or defaulted fields alike), and ``extra``
+    (a remix's source, the webhook URL) when given."""
+    text = f"{model}\x00{seconds}\x00{request_json}"
     if any(extra):
         text += "\x00" + "\x00".join(extra)
     return hashlib.sha256(text.encode()).hexdigest()

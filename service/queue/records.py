@@ -108,8 +108,16 @@ class JobField(enum.StrEnum):
     SPRITESHEET_PATH = "spritesheet_path"
 
 
+# The request's field names, sorted: its JSON is the same text whatever order they are declared.
+_REQUEST_FIELDS = tuple(sorted(field.name for field in dataclasses.fields(GenerationRequest)))
+
+
 def request_to_json(request: GenerationRequest) -> str:
-    return json.dumps(dataclasses.asdict(request), separators=(",", ":"), sort_keys=True)
+    """Compact JSON with sorted keys. Its fields are scalars, read directly: ``asdict`` would
+    deep-copy each one, a tenth of a submission's API time."""
+    return json.dumps(
+        {name: getattr(request, name) for name in _REQUEST_FIELDS}, separators=(",", ":")
+    )
 
 
 def request_from_json(text: str) -> GenerationRequest:

@@ -48,7 +48,7 @@ def api_requirements() -> list[str]:
         text=True,
         check=True,
     ).stdout
-    return out.split()
+    return out.splitlines()  # one a line; a marker has spaces
 
 
 def installed_closure(requirements: list[str]) -> set[str]:
@@ -56,15 +56,18 @@ def installed_closure(requirements: list[str]) -> set[str]:
     this interpreter; extras are not followed unless requested)."""
     seen: set[str] = set()
     pending = [Requirement(line) for line in requirements]
+    pending = [r for r in pending if r.marker is None or r.marker.evaluate()]
     while pending:
         requirement = pending.pop()
         name = normalise(requirement.name)
-        if name in seen or (requirement.marker and not requirement.marker.evaluate()):
+        if name in seen:
             continue
         seen.add(name)
         for line in metadata.requires(requirement.name) or []:
             child = Requirement(line)
             extras = requirement.extras or {""}
+            # Judged here, with the extras asked of its parent: judged again once popped,
+            # without them, "hiredis; extra == 'hiredis'" of redis[hiredis] would be left out.
             if child.marker is None or any(child.marker.evaluate({"extra": e}) for e in extras):
                 pending.append(child)
     return seen

@@ -114,15 +114,15 @@ async def _read_body(request: Request) -> dict[str, Any]:
     )
 
 
-def _video_object(
-    record: JobRecord, jobs_ahead: int | None, state: ApiState, response: Response
-) -> VideoObject:
-    if not record.status.final:
-        response.headers[POLL_HEADER] = str(state.settings.poll_after_ms)
+def _video_object(record: JobRecord, jobs_ahead: int | None, state: ApiState) -> Response:
+    """The video object as JSON, serialised here once: a returned ``Response`` is sent as it is,
+    where a returned model is checked against ``response_model`` again and a sub-response made
+    for the headers (the routes keep ``response_model`` for the OpenAPI schema)."""
     video = VideoObject.from_record(record, now_ms())
     if record.status is JobStatus.QUEUED and jobs_ahead is not None:
         video.queue_position = min(jobs_ahead, QUEUE_POSITION_CAP)
-    return video
+    headers = None if record.status.final else {POLL_HEADER: str(state.settings.poll_after_ms)}
+    return Response(video.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _record_or_404(
@@ -144,10 +144,9 @@ async def _record_or_404(
 )
 async def create_video(
     request: Request,
-    response: Response,
     caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
-) -> VideoObject:
+) -> Response:
     """Queue a text-to-video generation. Retrying with the same ``Idempotency-Key`` and the
     same request returns the job made the first time; the same key with another request is
     refused (409); a key whose job was deleted or expired makes a new job. A request outside
@@ -162,7 +161,6 @@ async def create_video(
     return await _submit(
         state,
         caller,
-        response,
         _Submission(model, generation, seconds, _webhook_url(state, params.webhook_url)),
         idempotency_key,
     )
@@ -212,10 +210,9 @@ def _webhook_url(state: ApiState, requested: str | None) -> str | None:
 async def _submit(
     state: ApiState,
     caller: Caller,
-    response: Response,
     job: _Submission,
     idempotency_key: str | None,
-) -> VideoObject:
+) -> Response:
     """Queue ``job``; the queue's refusals as the HTTP errors they are."""
     model = job.model
     try:
@@ -261,10 +258,8 @@ async def _submit(
     if submitted.created:
         state.metrics.jobs_submitted.labels(model).inc()
     if submitted.record is None:
-        return _video_object(
-            *await _record_or_404(state, submitted.job_id, caller), state, response
-        )
-    return _video_object(submitted.record, submitted.jobs_ahead, state, response)
+        return _video_object(*await _record_or_404(state, submitted.job_id, caller), state)
+    return _video_object(submitted.record, submitted.jobs_ahead, state)
 
 
 @router.post(
@@ -276,10 +271,9 @@ async def _submit(
 async def remix_video(
     video_id: str,
     request: Request,
-    response: Response,
     caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
-) -> VideoObject:
+) -> Response:
     """A new job with the source's model, size, frames, fps, steps, guidance, negative prompt
     and seed, and the new prompt; ``remixed_from_video_id`` names the source. The source must be
     one of the caller's (404 otherwise) and completed (409 otherwise: as the SDK documents it,
@@ -303,7 +297,7 @@ async def remix_video(
     job = _Submission(
         model, generation, seconds, _webhook_url(state, params.webhook_url), source.id
     )
-    return await _submit(state, caller, response, job, idempotency_key)
+    return await _submit(state, caller, job, idempotency_key)
 
 
 def _remix_params(source: JobRecord, prompt: str) -> VideoCreateParams:
@@ -351,14 +345,11 @@ async def list_videos(
 @router.get("/v1/videos/{video_id}", response_model=VideoObject, responses=_ERRORS)
 @router.get("/v1/jobs/{video_id}", response_model=VideoObject, responses=_ERRORS)
 async def retrieve_video(
-    video_id: str,
-    request: Request,
-    response: Response,
-    caller: Annotated[Caller, Depends(current_caller)],
-) -> VideoObject:
+    video_id: str, request: Request, caller: Annotated[Caller, Depends(current_caller)]
+) -> Response:
     """The video object; ``/v1/jobs/{id}`` answers the same."""
     state = api_state(request)
-    return _video_object(*await _record_or_404(state, video_id, caller), state, response)
+    return _video_object(*await _record_or_404(state, video_id, caller), state)
 
 
 @router.get(
