@@ -125,6 +125,17 @@ def _video_object(record: JobRecord, jobs_ahead: int | None, state: ApiState) ->
     return Response(video.model_dump_json(), media_type="application/json", headers=headers)
 
 
+def _require_completed(record: JobRecord, why: str, param: str | None = None) -> None:
+    """409 ``video_not_ready`` unless the job has completed (``why``: what needs it)."""
+    if record.status is not JobStatus.COMPLETED:
+        raise APIError(
+            409,
+            f"video {record.id} is {record.status.value}; {why}",
+            param=param,
+            code="video_not_ready",
+        )
+
+
 async def _record_or_404(
     state: ApiState, video_id: str, caller: Caller
 ) -> tuple[JobRecord, int | None]:
@@ -286,13 +297,7 @@ async def remix_video(
     except ValidationError as error:
         raise from_validation_error(error) from error
     source, _ = await _record_or_404(state, video_id, caller)
-    if source.status is not JobStatus.COMPLETED:
-        raise APIError(
-            409,
-            f"video {video_id} is {source.status.value}; only a completed video can be remixed",
-            param="video_id",
-            code="video_not_ready",
-        )
+    _require_completed(source, "only a completed video can be remixed", param="video_id")
     generation, model, seconds = await _generation(state, _remix_params(source, params.prompt))
     job = _Submission(
         model, generation, seconds, _webhook_url(state, params.webhook_url), source.id
@@ -375,12 +380,7 @@ async def download_video(
     or a redirect to the object store (``service.api.content``)."""
     state = api_state(request)
     record, _ = await _record_or_404(state, video_id, caller)
-    if record.status is not JobStatus.COMPLETED:
-        raise APIError(
-            409,
-            f"video {video_id} is {record.status.value}; content exists once it is completed",
-            code="video_not_ready",
-        )
+    _require_completed(record, "content exists once it is completed")
     refs = {
         Variant.VIDEO: record.video_path,
         Variant.THUMBNAIL: record.thumbnail_path,
