@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: one registry for the API, one for each worker.
+"""Prometheus metrics of the service: one registry for the API, one for each worker, one for
+each webhook deliverer.
 
 Names follow Prometheus conventions: the ``qvgen_`` prefix, base units (seconds, bytes) in the
 suffix, ``_total`` on counters. Labels never carry a job id, a prompt or anything else a user
@@ -8,10 +9,13 @@ takes minutes; the default 5 ms–10 s buckets would put every job in ``+Inf``.
 
 Each series is exported by exactly one kind of process, so summing over instances is right:
 the API counts submissions, HTTP requests and cancellations and reads queue depth and live
-workers from Redis at scrape time; a worker counts everything that happens to the jobs it runs.
+workers from Redis at scrape time; a worker counts everything that happens to the jobs it runs;
+a deliverer counts its webhook attempts.
 """
 
 from __future__ import annotations
+
+import enum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -172,5 +176,36 @@ class WorkerMetrics:
             "qvgen_gpu_memory_total_bytes",
             "Total memory of the GPU.",
             ["device"],
+            registry=self.registry,
+        )
+
+
+# Seconds; a receiver should answer within its timeout (10 s by default).
+WEBHOOK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WebhookOutcome(enum.StrEnum):
+    """What became of one delivery attempt."""
+
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    RETRY = "retry"  # it did not; the event is due again after the backoff
+    DEAD_LETTER = "dead_letter"  # it did not, on the last allowed attempt
+
+
+class WebhookMetrics:
+    """What a webhook deliverer (``qvgen serve webhooks``) exports on its metrics port."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.attempts = Counter(
+            "qvgen_webhook_attempts_total",
+            "Webhook delivery attempts, by event type and outcome.",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+        self.attempt_time = Histogram(
+            "qvgen_webhook_attempt_seconds",
+            "One attempt, from the request sent to the receiver's answer (or the failure).",
+            buckets=WEBHOOK_SECONDS_BUCKETS,
             registry=self.registry,
         )

@@ -158,6 +158,10 @@ class ServiceSettings(BaseSettings):
     webhook_retry_max_s: float = Field(default=3600.0, gt=0.0, le=86400.0)
     # One attempt's HTTP timeout (connect and read).
     webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    # Where a webhook deliverer's /metrics listens (0: any free port, as for workers); its host
+    # is worker_metrics_host. Apart from the workers' ports (worker_metrics_port + i) that
+    # `qvgen serve all` starts beside it.
+    webhook_metrics_port: int = Field(default=9190, ge=0, le=65535)
     # Server-sent-event streams one API process holds open at once (each holds one Redis
     # connection while it waits); more are answered 429 with Retry-After.
     max_event_streams: int = Field(default=32, ge=1, le=10_000)

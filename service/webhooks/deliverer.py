@@ -24,8 +24,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from service.metrics import WebhookMetrics, WebhookOutcome
 from service.queue.connection import worker_client
 from service.queue.keys import Keys
 from service.queue.records import now_ms
@@ -59,6 +61,7 @@ class WebhookDeliverer:
         self._pool = ThreadPoolExecutor(max_workers=BATCH, thread_name_prefix="webhook")
         self._rng = rng or random.Random()
         self._stop = threading.Event()
+        self.metrics = WebhookMetrics()
         # Blocking waits on Redis stay within its socket timeout.
         self._max_wait_s = min(1.0, settings.redis_socket_timeout_s / 2)
 
@@ -68,6 +71,11 @@ class WebhookDeliverer:
     def run(self) -> None:
         """Deliver until ``request_stop``; Redis may come and go meanwhile."""
         pause = RETRY_PAUSE_S
+        metrics_server, _ = start_http_server(
+            self.settings.webhook_metrics_port,
+            addr=self.settings.worker_metrics_host,
+            registry=self.metrics.registry,
+        )
         logger.info("webhook deliverer started (prefix %s)", self.settings.key_prefix)
         try:
             while not self._stop.is_set():
@@ -83,6 +91,7 @@ class WebhookDeliverer:
             self._pool.shutdown(wait=True)
             self._http.close()
             self.redis.close()
+            metrics_server.shutdown()
             logger.info("webhook deliverer stopped")
 
     def step(self) -> int:
@@ -104,7 +113,8 @@ class WebhookDeliverer:
         body = event.body()
         headers = signed_headers(self._key, event.id, int(time.time()), body)
         try:
-            response = self._http.post(event.url, content=body, headers=headers)
+            with self.metrics.attempt_time.time():
+                response = self._http.post(event.url, content=body, headers=headers)
         except httpx.HTTPError as error:
             return f"{type(error).__name__}: {error}"
         if response.is_success:
@@ -112,11 +122,14 @@ class WebhookDeliverer:
         return f"HTTP {response.status_code}"
 
     def _record(self, event: WebhookEvent, error: str | None) -> None:
+        attempts = self.metrics.attempts
         if error is None:
+            attempts.labels(event.type, WebhookOutcome.DELIVERED).inc()
             self.outbox.done(event)
             logger.info("%s %s delivered (attempt %d)", event.type, event.id, event.attempt)
             return
         if event.attempt >= self.settings.webhook_max_attempts:
+            attempts.labels(event.type, WebhookOutcome.DEAD_LETTER).inc()
             self.outbox.give_up(event, error, now_ms())
             logger.error(
                 "%s %s to %s: giving up after %d attempts; last: %s",
@@ -133,6 +146,7 @@ class WebhookDeliverer:
             self.settings.webhook_retry_max_s,
             self._rng,
         )
+        attempts.labels(event.type, WebhookOutcome.RETRY).inc()
         self.outbox.retry(event, now_ms() + int(delay * 1000), error)
         logger.warning(
             "%s %s attempt %d failed (%s); next in %.1f s",

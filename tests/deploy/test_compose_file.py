@@ -56,7 +56,12 @@ def dockerfile(services: dict[str, dict[str, Any]], name: str) -> str:
 
 
 def test_compose_file_validates_with_and_without_its_profiles() -> None:
-    for flags in ((), ("--profile", "cpu"), ("--profile", "object-store")):
+    for flags in (
+        (),
+        ("--profile", "cpu"),
+        ("--profile", "object-store"),
+        ("--profile", "webhooks"),
+    ):
         result = compose_config(*flags)
         assert result.returncode == 0, f"docker-compose {flags} config: {result.stderr}"
 
@@ -70,10 +75,12 @@ def test_services_are_the_documented_stack(services: dict[str, dict[str, Any]]) 
         "grafana",
         *WORKER_SERVICES,
         *object_store,
+        "webhooks",
     }
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert all(services[name]["profiles"] == ["object-store"] for name in object_store)
-    profiled = {"worker-cpu", *object_store}
+    assert services["webhooks"]["profiles"] == ["webhooks"]
+    profiled = {"worker-cpu", "webhooks", *object_store}
     assert all("profiles" not in services[name] for name in services if name not in profiled)
 
 
@@ -161,6 +168,20 @@ def test_worker_commands_serve_the_embedded_model(services: dict[str, dict[str, 
         assert args.model_id in default_models, f"{name} serves a model the API does not list"
         assert f'"--model-id", "{args.model_id}"' in image, "the image's CMD serves the same id"
         assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+
+
+def test_webhook_deliverer_metrics_port_is_the_one_checked_and_scraped(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    deliverer = services["webhooks"]
+    assert deliverer["environment"] == services["api"]["environment"]  # the same settings
+    assert deliverer["image"] == services["api"]["image"]  # no model stack needed
+    assert deliverer["command"][-2:] == ["serve", "webhooks"]
+    jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    (discovery,) = jobs["qvgen-webhooks"]["dns_sd_configs"]
+    port = int(deliverer["environment"]["QVGEN_WEBHOOK_METRICS_PORT"])
+    assert url_port(healthcheck_url(deliverer)) == port == discovery["port"]
+    assert discovery["names"] == deliverer["networks"]["default"]["aliases"] == ["webhooks"]
 
 
 def test_one_gpu_per_worker(services: dict[str, dict[str, Any]]) -> None:

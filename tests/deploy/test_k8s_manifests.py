@@ -185,14 +185,31 @@ def test_one_gpu_per_worker_and_a_grace_period_longer_than_the_drain() -> None:
 
 
 def test_prometheus_annotations_name_ports_the_pods_open() -> None:
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "webhooks"):
         template = _one("Deployment", name)["spec"]["template"]
         annotations = template["metadata"]["annotations"]
         ports = {p["containerPort"] for p in _container("Deployment", name)["ports"]}
         assert annotations["prometheus.io/scrape"] == "true"
         assert int(annotations["prometheus.io/port"]) in ports
-    settings = ServiceSettings(_env_file=None)
-    assert settings.worker_metrics_port == 9101
+    config = _one("ConfigMap", "qvgen-settings")["data"]
+    assert int(config["QVGEN_WORKER_METRICS_PORT"]) == 9101
+    assert int(config["QVGEN_WEBHOOK_METRICS_PORT"]) == 9190
+    # Probes and scrapes come from outside the pod: a loopback-only listener fails them all.
+    assert config["QVGEN_WORKER_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_every_process_reads_the_same_webhook_settings() -> None:
+    """The settings refuse webhooks without a secret in every process, so the API, the workers
+    and the deliverer all read the optional qvgen-webhooks Secret; the deliverer has no
+    replicas until an operator configures webhooks and scales it."""
+    for name in ("api", "worker", "webhooks"):
+        refs = [
+            r["secretRef"] for r in _container("Deployment", name)["envFrom"] if "secretRef" in r
+        ]
+        assert {"name": "qvgen-webhooks", "optional": True} in refs, name
+    deliverer = _one("Deployment", "webhooks")
+    assert deliverer["spec"]["replicas"] == 0
+    assert _container("Deployment", "webhooks")["args"][-2:] == ["serve", "webhooks"]
 
 
 def test_api_probes_use_liveness_and_readiness_routes() -> None:

@@ -125,6 +125,7 @@ def make_settings(redis_url: str, results_dir: Path, **overrides: object) -> Ser
         "poll_after_ms": 50,
         "results_dir": results_dir,
         "worker_metrics_port": 0,
+        "webhook_metrics_port": 0,
         "janitor_interval_s": 1.0,
     }
     values.update(overrides)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -16,6 +17,8 @@ from benchmarks.service import settings_environment
 from service.api.main import create_app
 from service.queue.consumer import Consumer
 from service.settings import ServiceSettings
+from tests.deploy.compose import wait_until
+from tests.service.redis_fixtures import free_port
 from tests.service.webhooks.receiver import WAIT_S, running_receiver, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -25,8 +28,14 @@ COMMAND = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "serve
 def test_the_deliverer_process_sends_the_outbox_and_stops_on_sigterm(
     settings: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
+    """...and counts the attempt on its metrics port."""
+    port = free_port()
     hooked = settings.model_copy(
-        update={"webhook_secret": SecretStr(SECRET), "webhook_allowed_hosts": ("127.0.0.1",)}
+        update={
+            "webhook_secret": SecretStr(SECRET),
+            "webhook_allowed_hosts": ("127.0.0.1",),
+            "webhook_metrics_port": port,
+        }
     )
     with running_receiver() as receiver, TestClient(create_app(hooked)) as client:
         video_id = client.post(
@@ -40,12 +49,27 @@ def test_the_deliverer_process_sends_the_outbox_and_stops_on_sigterm(
         process = subprocess.Popen(COMMAND, env={**os.environ, **settings_environment(hooked)})
         try:
             (request,) = receiver.wait_for(1)
+            delivered = (
+                'qvgen_webhook_attempts_total{event="video.completed",outcome="delivered"} 1.0'
+            )
+            metrics = wait_until(
+                lambda: _metrics_with(port, delivered), WAIT_S, "the attempt on /metrics", 0.1
+            )
+            assert "qvgen_webhook_attempt_seconds_count 1.0" in metrics
         finally:
             process.send_signal(signal.SIGTERM)
             returncode = process.wait(timeout=WAIT_S)
     assert returncode == 0
     verify(SECRET, request.headers, request.body)
     assert video_id in request.body.decode()
+
+
+def _metrics_with(port: int, line: str) -> str | None:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None  # not listening yet
+    return text if line in text.splitlines() else None
 
 
 def test_the_deliverer_refuses_to_start_without_a_secret(settings: ServiceSettings) -> None:
