@@ -24,6 +24,8 @@ from service.engine.loading import load_pipeline
 from service.kernels.packed_transformer import load_packed_transformer
 
 EXPORTED = Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4"
+# What loads with plain diffusers, not the kernels: interpreted Triton would only slow it down.
+pytestmark = pytest.mark.usefixtures("reference_backend")
 
 
 def test_plain_diffusers_refuses_the_packed_transformer() -> None:
