@@ -77,7 +77,7 @@ def plot_grad_norms(runs: dict[str, Path], out: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("QAT step")
     ax.set_ylabel("gradient L2 norm (before clipping)")
-    ax.set_title("qvgen-tiny QAT: gradient norm, LSQ vs QVGen (band: lowest to highest seed)")
+    ax.set_title("qvgen-tiny QAT gradient norm (band: lowest to highest seed)")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
