@@ -148,3 +148,19 @@ def test_seed_curves_average_the_steps_all_runs_logged(tmp_path: Path) -> None:
     assert steps.tolist() == [0, 1, 2]
     assert mean.tolist() == [2.0, 4.0, 6.0]
     assert low.tolist() == [1.0, 2.0, 3.0] and high.tolist() == [3.0, 6.0, 9.0]
+
+
+def test_median_command_names_the_run_to_ship(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qvgen.cli import main
+    from recipes.tiny_model.compare import RESULTS_FILE
+
+    models = {"fp": _entry(0.5, 0.0), "rtn-w4a4": _entry(0.9, 22.0)}
+    models |= {f"qvgen-w4a4-seed{k}": _entry(a, 23.0) for k, a in enumerate((0.52, 0.45, 0.47))}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(_results(models)))
+    args = ["tiny", "median", "--comparison", str(tmp_path)]
+    assert main([*args, "--group", "qvgen-w4a4"]) == 0
+    assert capsys.readouterr().out.strip() == "qvgen-w4a4-seed2"  # 0.45 < 0.47 < 0.52
+    assert main([*args, "--group", "lsq-w4a4"]) == 2
+    assert main([*args, "--group", "qvgen-w4a4", "--by", "sharpness"]) == 2
