@@ -2,8 +2,13 @@
 
 qvgen tiny train-base --out DIR [--seed 0 --vae-steps … --flow-steps … --device cuda]
     [--vae-only | --vae-from DIR | --resume-transformer DIR] [--piece-seconds S]
-qvgen tiny compare --model fp=DIR --model rtn-w4a4=DIR … --reference fp --out DIR
-qvgen tiny figures --comparison DIR --run lsq-w4a4=RUN --run qvgen-w4a4=RUN … --out DIR
+qvgen tiny compare --model fp=DIR --model rtn-w4a4=DIR --model qvgen-w4a4-seed0=DIR …
+    --reference fp --out DIR
+qvgen tiny figures --comparison DIR [--comparison DIR …] --run lsq-w4a4-seed0=RUN … --out DIR
+qvgen tiny median --comparison DIR --group qvgen-w4a4
+
+Names ``<method>-seed<k>`` are runs of one method that differ in their QAT seed: the table shows
+their mean ± SD, the gradient-norm plot their mean (``recipes.tiny_model.error_bars``).
 """
 
 from __future__ import annotations
@@ -174,7 +179,13 @@ def _add_figures(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "figures", help="gradient-norm curves, frames side by side and the comparison table"
     )
-    p.add_argument("--comparison", type=Path, required=True, help="a qvgen tiny compare --out")
+    p.add_argument(
+        "--comparison",
+        type=Path,
+        action="append",
+        required=True,
+        help="a qvgen tiny compare --out; repeat to merge several (same settings)",
+    )
     p.add_argument("--run", type=_named_path, action="append", default=[], help="NAME=RUN_DIR")
     p.add_argument("--side-by-side", nargs="+", default=["fp", "qvgen-w4a4", "rtn-w4a4"])
     p.add_argument("--out", type=Path, required=True, help="directory for the PNG files")
@@ -192,6 +203,38 @@ def _run_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_median(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "median",
+        help="print the model name of a seed group's median run (by a score, default prompt "
+        "accuracy): the run to ship",
+    )
+    p.add_argument("--comparison", type=Path, required=True, help="a qvgen tiny compare --out")
+    p.add_argument("--group", required=True, help="e.g. qvgen-w4a4 (runs qvgen-w4a4-seed<k>)")
+    p.add_argument("--by", default="prompt_accuracy", help="a scorer dimension")
+    p.set_defaults(handler=_run_median)
+
+
+def _run_median(args: argparse.Namespace) -> int:
+    import json
+
+    from recipes.tiny_model.compare import RESULTS_FILE
+    from recipes.tiny_model.error_bars import group_by_seed, median_run
+    from training.synthetic.scorer import SCORE_NAMES
+
+    models = json.loads((args.comparison / RESULTS_FILE).read_text())["models"]
+    groups = group_by_seed(models)
+    if args.group not in groups:
+        logger.error("qvgen tiny median: --group %r is not one of %s", args.group, sorted(groups))
+        return 2
+    if args.by not in SCORE_NAMES:
+        logger.error("qvgen tiny median: --by %r is not one of %s", args.by, SCORE_NAMES)
+        return 2
+    # The answer is the command's output (reproduce.sh reads it), not a log line.
+    print(median_run({n: models[n]["scores"][args.by] for n in groups[args.group]}))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``tiny`` with its subcommands."""
     tiny = subparsers.add_parser("tiny", help="the embedded qvgen-tiny model: recipe, comparison")
@@ -200,3 +243,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_finetune_decoder(commands)
     _add_compare(commands)
     _add_figures(commands)
+    _add_median(commands)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from evaluation.metrics import psnr, ssim
 from evaluation.settings import EvalSettings
+from recipes.tiny_model.error_bars import binomial_stderr, mean_stderr
 from service.engine.loading import load_pipeline
 from training.synthetic.scorer import SCORE_NAMES, score_clip
 from training.synthetic.vocabulary import all_prompts
@@ -104,8 +105,8 @@ def _score_one(args: tuple[np.ndarray, str]) -> tuple[float, ...]:
 
 def score_sets(
     sets: dict[str, np.ndarray], prompts: list[str], workers: int
-) -> dict[str, dict[str, float]]:
-    """Per set, the mean of every scorer dimension over its clips, keyed by ``SCORE_NAMES``.
+) -> dict[str, np.ndarray]:
+    """Per set, every clip's scores: float64 [N, len(SCORE_NAMES)], columns in ``SCORE_NAMES``.
 
     All sets go through one process pool: the scorer is pure numpy, one clip a task.
     """
@@ -120,9 +121,32 @@ def score_sets(
     else:
         rows = [_score_one(job) for job in jobs]
     table = np.asarray(rows, dtype=np.float64).reshape(len(sets), len(prompts), len(SCORE_NAMES))
+    return {name: table[i] for i, name in enumerate(sets)}
+
+
+def model_entry(
+    scores: np.ndarray, psnrs: np.ndarray, ssims: np.ndarray, seconds: float
+) -> dict[str, Any]:
+    """One model's ``comparison.json`` entry from its per-pair values (n pairs, n ≥ 2).
+
+    ``scores``, ``psnr``, ``ssim``: means over the pairs; ``stderr``: the standard error of one
+    run (``error_bars``: binomial for the scorer's dimensions, of the mean for PSNR/SSIM);
+    ``per_pair``: the values themselves, for error bars computed later.
+    """
+    n = len(scores)
+    means = {key: float(v) for key, v in zip(SCORE_NAMES, scores.mean(axis=0), strict=True)}
+    stderr = {key: binomial_stderr(min(max(v, 0.0), 1.0), n) for key, v in means.items()}
+    stderr["psnr"] = mean_stderr(psnrs.tolist())
+    stderr["ssim"] = mean_stderr(ssims.tolist())
+    per_pair = {key: scores[:, i].round(6).tolist() for i, key in enumerate(SCORE_NAMES)}
+    per_pair |= {"psnr": psnrs.round(4).tolist(), "ssim": ssims.round(6).tolist()}
     return {
-        name: {key: float(v) for key, v in zip(SCORE_NAMES, table[i].mean(axis=0), strict=True)}
-        for i, name in enumerate(sets)
+        "scores": means,
+        "psnr": float(psnrs.mean()),
+        "ssim": float(ssims.mean()),
+        "stderr": stderr,
+        "generation_seconds": seconds,
+        "per_pair": per_pair,
     }
 
 
@@ -139,9 +163,12 @@ def compare(
     """Generate the first ``count`` evaluation pairs with every model and score them;
     ``reference`` names the FP model of ``models``.
 
-    Writes ``comparison.json`` (settings, device, per model: scores, PSNR, SSIM, seconds) and
+    Writes ``comparison.json`` (settings, device, per model: ``model_entry``; runs of one method
+    named ``<method>-seed<k>`` are grouped by ``figures``) and
     ``frames.npz`` (the ``PICTURE_CLIPS`` of every model) to ``out``.
     """
+    if count < 2:
+        raise ValueError(f"--count must be ≥ 2 for a standard error over pairs, got {count}")
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models {sorted(models)}")
     out.mkdir(parents=True, exist_ok=True)
@@ -158,13 +185,12 @@ def compare(
     }
     scores = score_sets({name: clips for name, (clips, _) in generated.items()}, prompts, workers)
     for name, (clips, seconds) in generated.items():
-        entry: dict[str, Any] = {"scores": scores[name]}
         pairs = list(zip(fp_clips, clips, strict=True))
-        entry["psnr"] = float(np.mean([psnr(r, c) for r, c in pairs]))
-        entry["ssim"] = float(np.mean([ssim(r, c) for r, c in pairs]))
-        entry["generation_seconds"] = seconds
+        psnrs = np.asarray([psnr(r, c) for r, c in pairs], dtype=np.float64)
+        ssims = np.asarray([ssim(r, c) for r, c in pairs], dtype=np.float64)
+        entry = model_entry(scores[name], psnrs, ssims, seconds)
         results["models"][name] = entry
-        logger.info("%s: %s", name, json.dumps(entry))
+        logger.info("%s: %s", name, json.dumps({k: v for k, v in entry.items() if k != "per_pair"}))
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     keep = [i for i in PICTURE_CLIPS if i < count]
     arrays: dict[str, Any] = {name: clips[keep] for name, (clips, _) in generated.items()}

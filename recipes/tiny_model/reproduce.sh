@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
 # Rebuild qvgen-tiny end to end on one GPU: the FP base model, then RTN / LSQ / QVGen at W4A4
-# and W3A3 with `qvgen train` + `qvgen export`, then the comparison of all seven models.
+# and W3A3 with `qvgen train` + `qvgen export` (LSQ and QVGen with several QAT seeds), then the
+# comparison of every model.
 #
 #   recipes/tiny_model/reproduce.sh base WORK       # the FP model, ~8 min on an H200
-#   recipes/tiny_model/reproduce.sh quantize WORK   # QAT, export, comparison (needs WORK/base), ~4 min
+#   recipes/tiny_model/reproduce.sh quantize WORK   # QAT, export, comparison (needs WORK/base)
 #   recipes/tiny_model/reproduce.sh all WORK        # both, one after the other
+#   recipes/tiny_model/reproduce.sh figures WORK    # table and pictures of WORK/compare (CPU)
 #
-# WORK/base/pipeline is the FP model (models/qvgen-tiny); WORK/export/qvgen-w4a4 and
-# WORK/export/qvgen-w3a3 are models/qvgen-tiny-w4a4 and models/qvgen-tiny-w3a3;
-# WORK/compare/comparison.json holds the table of README.md. The stage budgets below are what
-# the shipped run used (a lent GPU machine allows 10 minutes a command); each stage's step
-# count was cut to its budget and logged (recipe_log.jsonl: "steps_cut_to"), and a stage that
-# runs slower than its probe stops at its deadline ("stopped_at_deadline"). QAT runs save a
-# checkpoint every 50 steps, so a run stopped by QAT_SECONDS still exports its latest Φ-free one.
+# WORK/base/pipeline is the FP model (models/qvgen-tiny); WORK/ship/qvgen-tiny-w4a4 and
+# WORK/ship/qvgen-tiny-w3a3 are models/qvgen-tiny-w4a4 and models/qvgen-tiny-w3a3: QVGen's
+# median seed by prompt accuracy (`qvgen tiny median`). WORK/compare/wBaB/comparison.json holds
+# one bit width's comparison (FP, RTN, and every seed of LSQ and QVGen, named
+# <method>-wBaB-seed<k>); `figures` merges them into WORK/figures/comparison.md (mean ± SD over
+# seeds, every run ± its standard error) and the gradient-norm plot (mean over seeds).
+#
+# `quantize` trains, for each width in BITS (default "4 3"), RTN once (deterministic: a seed
+# changes nothing it computes) and LSQ and QVGen once per seed in SEEDS (default "0 1 2"; the
+# seed orders the clips and draws the timesteps and noise), all side by side on the GPU as
+# separate processes, then compares and ships each width. On a machine lent 10 minutes a
+# command, run one width a command (BITS=4, then BITS=3: 7 runs and an 8-model comparison, as
+# many as the shipped 6-run step, 245 s) with QAT_SECONDS and COMPARE_SECONDS inside the
+# command's limit (models/README.md, "Runbook").
+#
+# The stage budgets below are what the shipped run used (a lent GPU machine allows 10 minutes a
+# command); each stage's step count was cut to its budget and logged (recipe_log.jsonl:
+# "steps_cut_to"), and a stage that runs slower than its probe stops at its deadline
+# ("stopped_at_deadline"). QAT runs save a checkpoint every 50 steps, so a run stopped by
+# QAT_SECONDS still exports its latest Φ-free one.
 #
 # The base model in pieces, for a transformer trained longer than one command allows:
 #
@@ -28,16 +43,19 @@
 # costs PIECE_SECONDS plus ~40 s (rendering the clips, encoding their latents, saving). The piece
 # that completes the plan writes its pipeline, copied to WORK/base, so `quantize` follows as usual.
 # A piece needs only the directory of the piece before it: on machines that keep nothing between
-# commands, bring that one back (its transformer_state is ~28 MB for the shipped spec).
+# commands, bring that one back (its transformer_state is ~28 MB for the shipped spec;
+# recipes/tiny_model/carry.sh packs it into parts that a lent machine returns).
 set -euo pipefail
-STAGE=${1:?usage: reproduce.sh all|base|quantize|vae|transformer WORK}
-WORK=${2:?usage: reproduce.sh all|base|quantize|vae|transformer WORK}
+STAGE=${1:?usage: reproduce.sh all|base|quantize|figures|vae|transformer WORK}
+WORK=${2:?usage: reproduce.sh all|base|quantize|figures|vae|transformer WORK}
 QVGEN=(python3 -m qvgen.cli)  # imports only the command it runs: no service stack needed
 WORKERS=${WORKERS:-14}
 DEVICE=${DEVICE:-cuda}
 COUNT=${COUNT:-200}
 QAT_BATCH=${QAT_BATCH:-16}
 QAT_STEPS=${QAT_STEPS:-300}
+BITS=${BITS:-4 3}
+SEEDS=${SEEDS:-0 1 2}
 
 data() {
   mkdir -p "$WORK/logs"
@@ -82,12 +100,13 @@ transformer() {
   fi
 }
 
-qat() {  # qat METHOD BITS
+qat() {  # qat METHOD BITS [SEED]: one run, exported; a QAT method's name ends in -seedSEED
   local name="$1-w$2a$2"
   local extra=()
   if [[ $1 != rtn ]]; then
+    name+="-seed$3"
     extra=(--data "$WORK/data" --steps "$QAT_STEPS" --batch-size "$QAT_BATCH" --lr 1e-4
-           --no-gradient-checkpointing --checkpoint-every 50 --cache-dir "$WORK/cache")
+           --no-gradient-checkpointing --checkpoint-every 50 --cache-dir "$WORK/cache" --seed "$3")
   fi
   [[ $1 == qvgen ]] && extra+=(--rank "${QVGEN_RANK:-32}")
   timeout "${QAT_SECONDS:-3000}" "${QVGEN[@]}" train --model "$WORK/base/pipeline" \
@@ -110,21 +129,50 @@ quantize() {
   mkdir -p "$WORK/logs" "$WORK/runs" "$WORK/export"
   data
   warm_cache
-  local pids=() failed=0
-  for method in qvgen lsq rtn; do
-    for bits in 4 3; do
-      qat "$method" "$bits" & pids+=($!)
+  local pids=() failed=0 bits seed method
+  for bits in $BITS; do
+    qat rtn "$bits" & pids+=($!)
+    for seed in $SEEDS; do
+      for method in qvgen lsq; do
+        qat "$method" "$bits" "$seed" & pids+=($!)
+      done
     done
   done
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  local models=(--model "fp=$WORK/base/pipeline")
-  for name in rtn-w4a4 lsq-w4a4 qvgen-w4a4 rtn-w3a3 lsq-w3a3 qvgen-w3a3; do
-    [[ -d $WORK/export/$name ]] && models+=(--model "$name=$WORK/export/$name")
+  for bits in $BITS; do
+    compare_width "$bits" || failed=1
+    ship "$bits" || failed=1
+  done
+  return $failed
+}
+
+compare_width() {  # compare_width BITS: FP and every export of that width
+  local width="w$1a$1" models=(--model "fp=$WORK/base/pipeline") dir
+  for dir in "$WORK"/export/*-"w$1a$1"*; do
+    [[ -d $dir ]] && models+=(--model "$(basename "$dir")=$dir")
   done
   timeout "${COMPARE_SECONDS:-3000}" "${QVGEN[@]}" tiny compare "${models[@]}" --reference fp \
-    --out "$WORK/compare" --device "$DEVICE" --workers "$WORKERS" --batch 270 \
-    --count "$COUNT" ${COMPARE_STEPS:+--steps "$COMPARE_STEPS"} || failed=1
-  return $failed
+    --out "$WORK/compare/$width" --device "$DEVICE" --workers "$WORKERS" --batch 270 \
+    --count "$COUNT" ${COMPARE_STEPS:+--steps "$COMPARE_STEPS"}
+}
+
+ship() {  # ship BITS: QVGen's median seed by prompt accuracy -> WORK/ship/qvgen-tiny-wBaB
+  local width="w$1a$1" name
+  name=$("${QVGEN[@]}" tiny median --comparison "$WORK/compare/$width" --group "qvgen-$width") \
+    && [[ -d $WORK/export/$name ]] || { echo "ship: no median QVGen run of $width"; return 1; }
+  mkdir -p "$WORK/ship"
+  rm -rf "$WORK/ship/qvgen-tiny-$width"
+  cp -r "$WORK/export/$name" "$WORK/ship/qvgen-tiny-$width"
+  echo "$name" > "$WORK/ship/qvgen-tiny-$width.from"
+  echo "ship: $name is $WORK/ship/qvgen-tiny-$width (QVGen's median seed by prompt accuracy)"
+}
+
+figures() {  # the table and pictures of every width compared, the gradient norms of every run
+  local comparisons=() runs=() dir
+  for dir in "$WORK"/compare/w*a*; do [[ -f $dir/comparison.json ]] && comparisons+=(--comparison "$dir"); done
+  for dir in "$WORK"/runs/{lsq,qvgen}-*; do [[ -f $dir/train_log.jsonl ]] && runs+=(--run "$(basename "$dir")=$dir"); done
+  "${QVGEN[@]}" tiny figures "${comparisons[@]}" "${runs[@]}" --out "$WORK/figures" \
+    --side-by-side fp rtn-w4a4 lsq-w4a4-seed0 qvgen-w4a4-seed0
 }
 
 all() {

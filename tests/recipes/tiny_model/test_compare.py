@@ -54,6 +54,13 @@ def test_comparison_scores_every_model_against_the_reference(comparison: Path) -
     assert models["same"]["psnr"] > 140.0 and models["same"]["ssim"] == pytest.approx(1.0)
     assert models["same"]["scores"] == models["fp"]["scores"]
     assert models["other"]["psnr"] < 60.0
+    # Per-pair values travel with the means, and the standard errors are theirs.
+    other = models["other"]
+    assert len(other["per_pair"]["prompt_accuracy"]) == 2
+    assert other["ssim"] == pytest.approx(np.mean(other["per_pair"]["ssim"]), abs=1e-6)
+    assert other["stderr"]["psnr"] == pytest.approx(
+        np.std(other["per_pair"]["psnr"], ddof=1) / np.sqrt(2), abs=1e-3
+    )
     frames = np.load(comparison / FRAMES_FILE)
     assert frames["fp"].shape[1:] == (SETTINGS.num_frames, SETTINGS.height, SETTINGS.width, 3)
 
@@ -72,11 +79,12 @@ def test_figures_and_table(comparison: Path, tmp_path: Path) -> None:
         (run / "train_log.jsonl").write_text("\n".join(lines) + "\n")
         runs[name] = run
     out = tmp_path / "figures"
-    write_figures(comparison, runs, ["fp", "other"], out)
+    write_figures([comparison], runs, ["fp", "other"], out)
     assert Image.open(out / GRAD_NORMS_PNG).size[0] > 100
     picture = Image.open(out / SIDE_BY_SIDE_PNG)
     assert picture.size[0] == 2 * (3 * SETTINGS.width * 2 + 4)  # 2 models × 3 frames, ×2 scale
-    table = (out / TABLE_MD).read_text().splitlines()
-    assert len(table) == 2 + 3 and table[2].startswith("| fp |")
+    rows = [line for line in (out / TABLE_MD).read_text().splitlines() if line.startswith("| ")]
+    # Two tables (seed groups, single runs) of a header and the three models each.
+    assert len(rows) == 2 * (1 + 3) and rows[1].startswith("| fp |")
     with pytest.raises(KeyError, match="missing-model"):
-        write_figures(comparison, {}, ["fp", "missing-model"], out)
+        write_figures([comparison], {}, ["fp", "missing-model"], out)
