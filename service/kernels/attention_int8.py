@@ -261,13 +261,13 @@ def _plan(q: torch.Tensor) -> tuple[str | None, bool]:
     return _device_plan(q.device.type, -1 if index is None else index)
 
 
-def refusal(q: torch.Tensor) -> str | None:
-    """Why the kernel cannot take ``q`` [B, S, H, D]; None when it can."""
+def input_refusal(q: torch.Tensor) -> str | None:
+    """Why the kernel cannot take ``q`` [B, S, H, D] whatever the device; None when it can."""
     if q.shape[-1] not in HEAD_DIMS:
         return f"head dim {q.shape[-1]} (supported: {HEAD_DIMS})"
     if q.dtype not in DTYPES:
         return f"dtype {q.dtype} (supported: bf16, fp16)"
-    return _plan(q)[0]
+    return None
 
 
 @functools.cache
@@ -294,9 +294,10 @@ def int8_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tiles: AttentionTiles | None = None
 ) -> torch.Tensor:
     """softmax(q kᵀ / √D) v for q [B, M, H, D], k and v [B, N, H, D] (no mask), in q's dtype;
-    SDPA where the kernel does not apply (``refusal``). ``tiles``: ``default_tiles()`` unless
-    given (the benchmark's sweep)."""
-    reason = refusal(q)
+    SDPA where the kernel does not apply (``input_refusal``, or the device: ``_device_plan``).
+    ``tiles``: ``default_tiles()`` unless given (the benchmark's sweep)."""
+    device_refusal, pv_fp8 = _plan(q)
+    reason = input_refusal(q) or device_refusal
     if reason is not None:
         _log_fallback(reason)
         out = F.scaled_dot_product_attention(
@@ -304,5 +305,5 @@ def int8_attention(
         )
         return out.transpose(1, 2)
     tiles = tiles or default_tiles()
-    operands = quantize_inputs(q, k, v, _plan(q)[1], tiles)
+    operands = quantize_inputs(q, k, v, pv_fp8, tiles)
     return run_kernel(operands, q.shape[1], k.shape[1], q.shape[2], q.dtype, tiles)

@@ -25,7 +25,7 @@ from service.kernels.fused_projections import (
 from service.kernels.lowbit_linear import KernelBackend, TritonLowBitLinear, build_lowbit_linear
 from service.kernels.packed_transformer import load_packed_transformer
 from tests.service.kernels.compare import assert_close_verbose
-from tests.service.kernels.test_lowbit_linear import packed_weights
+from tests.service.kernels.test_lowbit_linear import forbid_name_reads, packed_weights
 
 SHIPPED_TRANSFORMER = (
     Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4" / "transformer"
@@ -78,6 +78,17 @@ def test_fused_equals_separate_exactly(bias: bool, groups: list[int], device: to
         expected = torch.cat([m(x) for m in layers], dim=-1)
         got = fused(x)
     assert_close_verbose(got, expected, 0, 0, f"fused vs separate, groups {groups}")
+
+
+def test_fused_forward_does_not_read_the_layers_name(device: torch.device) -> None:
+    """As ``test_lowbit_linear.test_forward_does_not_read_the_layers_name``, for the fused
+    layer (its name is the joined names of its block's projections)."""
+    fused = FusedLowBitLinear(projections(device, bias=True))
+    fused.set_clip_group(torch.tensor([2]))
+    forbid_name_reads(fused)
+    x = torch.randn(1, 3, 200, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    with torch.no_grad():
+        assert fused(x.to(device)).shape == (1, 3, 3 * 128)
 
 
 def test_fusion_refuses_what_it_cannot_compute_as_one(device: torch.device) -> None:
