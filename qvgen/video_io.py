@@ -27,6 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.video.stream
 import numpy as np
 from PIL import Image
 
@@ -129,7 +130,7 @@ def write_mp4(
         av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out,
     ):
         stream = out.add_stream(CODEC, rate=rate)
-        if not isinstance(stream, av.VideoStream):
+        if not isinstance(stream, av.video.stream.VideoStream):  # av 12 has no av.VideoStream
             raise TypeError(f"{CODEC} opened a {type(stream).__name__}, expected a video stream")
         stream.width = width
         stream.height = height

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels the lent GPU machine lacks (it has torch, Triton, transformers, accelerate, safetensors;
-# no diffusers), downloaded for its Python 3.12 on x86-64 into .whl/ (ignored by git). A device
-# command then carries .whl and starts with:
+# no diffusers, av or torchao), downloaded for its Python 3.12 on x86-64 into .whl/ (ignored by
+# git). A device command then carries .whl and starts with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
@@ -15,6 +15,10 @@ done
 # diffusers pinned as pyproject.toml pins it; pure Python, so one wheel serves any platform.
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp "${platforms[@]}" -d .whl "diffusers==0.42.1" "${@}"
+# PyAV (with its own FFmpeg, ~36 MB) for the recipes that write MP4 clips on the GPU machine
+# (`qvgen data synthetic` in recipes/tiny_model/reproduce.sh); the version the dev venv runs.
+python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp "${platforms[@]}" -d .whl "av==18.1.0"
 # torchao for the FP8 rowwise peer of `qvgen bench e2e` (the benchmark falls back to its own
 # torch._scaled_mm layer where torchao does not import against the machine's torch).
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

@@ -119,7 +119,8 @@ qat() {  # qat METHOD BITS [SEED]: one run, exported; a QAT method's name ends i
 warm_cache() {
   # One process encodes the clips (the VAE encoder is launch-bound: parallel runs encoding at
   # once crawl); the QAT runs then share the finished cache. A one-step run builds it through
-  # the trainer's own cache code.
+  # the trainer's own cache code. A second width in the same WORK finds the cache built.
+  [[ -f $WORK/runs/cache/config.json ]] && return 0
   "${QVGEN[@]}" train --model "$WORK/base/pipeline" --data "$WORK/data" --out "$WORK/runs/cache" \
     --method lsq --steps 1 --frames 17 --height 64 --width 64 --device "$DEVICE" \
     --cache-dir "$WORK/cache" > "$WORK/logs/cache.log" 2>&1
