@@ -10,6 +10,11 @@ One run scores n evaluation pairs. Its standard error:
 - PSNR and SSIM against FP: the standard error of the mean over the pairs, s/√n with s the
   sample standard deviation (ddof 1).
 
+Two methods scored on the same n pairs are compared per pair: with d_i = a_i − b_i, the paired
+difference is d̄ = mean(d_i) and its standard error s_d/√n (s_d the sample standard deviation of
+the d_i, ddof 1) — smaller than √(SE_a² + SE_b²) when the methods succeed and fail on the same
+pairs. For a method with several seeds, a_i is the mean over its seeds of pair i's value.
+
 Several runs of one method differ only in their QAT seed: a model named ``<group>-seed<k>``
 belongs to ``<group>`` (``qvgen-w4a4-seed2`` to ``qvgen-w4a4``), any other name is a group of
 its own. Over the runs of a group: the mean and the sample standard deviation (ddof 1; none for
@@ -84,3 +89,33 @@ def median_run(values: dict[str, float]) -> str:
         raise ValueError("the median run of no runs")
     ranked = sorted(values, key=lambda name: (values[name], name))
     return ranked[(len(ranked) - 1) // 2]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean(a_i − b_i) over n pairs and its standard error s_d/√n (module docstring)."""
+
+    mean: float
+    stderr: float
+    pairs: int
+
+    @property
+    def in_stderrs(self) -> float:
+        """d̄ / SE: how many standard errors the difference is (±inf for an exact one, 0 for 0)."""
+        if self.stderr > 0:
+            return self.mean / self.stderr
+        return 0.0 if self.mean == 0 else math.copysign(math.inf, self.mean)
+
+    @classmethod
+    def of(cls, a: Sequence[float], b: Sequence[float]) -> PairedDifference:
+        if len(a) != len(b):
+            raise ValueError(f"paired values need the same pairs: {len(a)} against {len(b)}")
+        d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+        return cls(float(d.mean()), mean_stderr(list(d)), len(d))
+
+
+def mean_over_seeds(runs: Sequence[Sequence[float]]) -> list[float]:
+    """Per pair, the mean over the runs (seeds) of one method; every run scored the same pairs."""
+    if not runs or len({len(r) for r in runs}) != 1:
+        raise ValueError("the runs of a method must score the same, non-zero number of pairs")
+    return [float(v) for v in np.mean(np.asarray(runs, dtype=np.float64), axis=0)]

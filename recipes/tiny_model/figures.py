@@ -6,9 +6,11 @@
   log scale — the paper's argument that Φ keeps it small;
 - ``side_by_side.png``: the picture clips (``compare.PICTURE_CLIPS``), first, middle and last
   frame of each (0, 8, 16 of 17), one column group per model;
-- ``comparison.md``: two tables. Over seeds: every scorer dimension as mean ± SD over a
+- ``comparison.md``: three tables. Over seeds: every scorer dimension as mean ± SD over a
   method's seeds and its ratio to FP, PSNR and SSIM likewise. Single runs: every model's values
-  ± the standard error of one run over the n pairs (``error_bars``).
+  ± the standard error of one run over the n pairs (``error_bars``). Paired: at each bit width,
+  QVGen minus each other method on the same pairs (seeds averaged per pair), in values and in
+  paired standard errors — the error bar that decides whether one method is ahead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from recipes.tiny_model.compare import FRAMES_FILE, RESULTS_FILE
-from recipes.tiny_model.error_bars import Spread, binomial_stderr, group_by_seed
+from recipes.tiny_model.error_bars import (
+    PairedDifference,
+    Spread,
+    binomial_stderr,
+    group_by_seed,
+    mean_over_seeds,
+)
 from training.synthetic.scorer import SCORE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -182,15 +190,69 @@ def runs_table(results: dict[str, Any], reference: str = "fp") -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_differences(
+    results: dict[str, Any], lead: str = "qvgen", reference: str = "fp"
+) -> dict[tuple[str, str], dict[str, PairedDifference]]:
+    """For each group ``<lead>-<width>`` and each other group ``<method>-<width>`` of the same
+    width (the reference excluded): every dimension's ``PairedDifference`` of lead − other,
+    each group's per-pair values averaged over its seeds. Empty where a run stored no per-pair
+    values (comparisons written before ``compare`` kept them)."""
+    models = results["models"]
+    if not all("per_pair" in entry for entry in models.values()):
+        return {}
+    groups = group_by_seed(models)
+
+    def per_pair(group: str, key: str) -> list[float]:
+        return mean_over_seeds([models[name]["per_pair"][key] for name in groups[group]])
+
+    prefix = f"{lead}-"
+    differences: dict[tuple[str, str], dict[str, PairedDifference]] = {}
+    for group in (g for g in groups if g.startswith(prefix)):
+        width = group[len(prefix) :]
+        for other in groups:
+            if other in (group, reference) or not other.endswith(f"-{width}"):
+                continue
+            differences[(group, other)] = {
+                key: PairedDifference.of(per_pair(group, key), per_pair(other, key))
+                for key in _COLUMNS
+            }
+    return differences
+
+
+def paired_table(results: dict[str, Any], lead: str = "qvgen", reference: str = "fp") -> str:
+    """Markdown: one row per ``paired_differences`` contrast, each cell d̄ (d̄/SE); empty string
+    when there is none."""
+    differences = paired_differences(results, lead, reference)
+    if not differences:
+        return ""
+    lines = [_row(["contrast", *_HEADER[1:]]), "|" + "---|" * len(_HEADER)]
+    for (group, other), by_key in differences.items():
+        cells = [f"{group} − {other}"]
+        for key in _COLUMNS:
+            diff, d = by_key[key], _digits(key)
+            cells.append(f"{diff.mean:+.{d}f} ({diff.in_stderrs:+.1f} SE)")
+        lines.append(_row(cells))
+    return "\n".join(lines) + "\n"
+
+
 def comparison_table(results: dict[str, Any], reference: str = "fp") -> str:
-    """Markdown: ``seeds_table`` then ``runs_table``, each under a line saying what it shows."""
+    """Markdown: ``seeds_table``, ``runs_table`` and (with per-pair values) ``paired_table``,
+    each under a line saying what it shows."""
     n = int(results["settings"]["count"])
-    return (
+    text = (
         "Mean ± SD over seeds (runs `<method>-seed<k>`; no ± for a single run), × FP:\n\n"
         + seeds_table(results, reference)
         + f"\nEvery run ± the standard error of one run over its {n} pairs (scorer: binomial "
         "√(p(1−p)/n); PSNR/SSIM: of the mean):\n\n" + runs_table(results, reference)
     )
+    paired = paired_table(results, reference=reference)
+    if paired:
+        text += (
+            f"\nPaired over the same {n} pairs, each method's seeds averaged per pair: the mean "
+            "difference and, in brackets, that difference in paired standard errors "
+            "(s_d/√n):\n\n" + paired
+        )
+    return text
 
 
 def merge_comparisons(comparisons: Sequence[dict[str, Any]]) -> dict[str, Any]:

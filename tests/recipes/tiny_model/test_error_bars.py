@@ -12,9 +12,11 @@ import pytest
 
 from recipes.tiny_model.compare import model_entry
 from recipes.tiny_model.error_bars import (
+    PairedDifference,
     Spread,
     binomial_stderr,
     group_by_seed,
+    mean_over_seeds,
     mean_stderr,
     median_run,
     seed_group,
@@ -22,6 +24,8 @@ from recipes.tiny_model.error_bars import (
 from recipes.tiny_model.figures import (
     comparison_table,
     merge_comparisons,
+    paired_differences,
+    paired_table,
     run_stderr,
     seed_curves,
     seeds_table,
@@ -164,3 +168,66 @@ def test_median_command_names_the_run_to_ship(
     assert capsys.readouterr().out.strip() == "qvgen-w4a4-seed2"  # 0.45 < 0.47 < 0.52
     assert main([*args, "--group", "lsq-w4a4"]) == 2
     assert main([*args, "--group", "qvgen-w4a4", "--by", "sharpness"]) == 2
+
+
+def test_paired_difference_by_hand() -> None:
+    # d = a − b = [1, 0, 1, 0]: mean 0.5, s_d = √(1/3) = 0.57735, /√4 = 0.288675
+    diff = PairedDifference.of([1, 1, 1, 0], [0, 1, 0, 0])
+    assert diff.mean == 0.5 and diff.pairs == 4
+    assert diff.stderr == pytest.approx(0.2886751, abs=1e-7)
+    assert diff.in_stderrs == pytest.approx(0.5 / 0.2886751, rel=1e-6)
+    # The same pairs failing together: unpaired SEs would be √(2 · 0.25/4) = 0.354; paired 0.
+    same = PairedDifference.of([1, 0, 1, 0], [1, 0, 1, 0])
+    assert same.stderr == 0.0 and same.in_stderrs == 0.0
+    assert PairedDifference.of([1, 1], [0, 0]).in_stderrs == math.inf
+    with pytest.raises(ValueError, match="same pairs"):
+        PairedDifference.of([1, 0], [1])
+
+
+def test_mean_over_seeds_is_per_pair() -> None:
+    assert mean_over_seeds([[1, 0, 1], [0, 0, 1], [1, 0, 0]]) == pytest.approx([2 / 3, 0, 2 / 3])
+    with pytest.raises(ValueError, match="same"):
+        mean_over_seeds([[1, 0], [1]])
+
+
+def _paired_entry(accuracy: list[float]) -> dict[str, Any]:
+    per_pair = {key: [1.0] * len(accuracy) for key in (*SCORE_NAMES, "psnr", "ssim")}
+    per_pair["prompt_accuracy"] = accuracy
+    entry = _entry(float(np.mean(accuracy)), 20.0)
+    return entry | {"per_pair": per_pair}
+
+
+def test_paired_table_contrasts_qvgen_with_each_method_of_its_width() -> None:
+    results = _results(
+        {
+            "fp": _paired_entry([1, 1, 1, 1]),
+            "qvgen-w4a4-seed0": _paired_entry([1, 1, 1, 0]),
+            "qvgen-w4a4-seed1": _paired_entry([1, 1, 0, 0]),
+            "lsq-w4a4-seed0": _paired_entry([1, 0, 0, 0]),
+            "lsq-w4a4-seed1": _paired_entry([1, 0, 0, 0]),
+            "rtn-w3a3": _paired_entry([0, 0, 0, 0]),
+            "qvgen-w3a3-seed0": _paired_entry([1, 0, 0, 0]),
+        },
+        count=4,
+    )
+    differences = paired_differences(results)
+    assert list(differences) == [("qvgen-w4a4", "lsq-w4a4"), ("qvgen-w3a3", "rtn-w3a3")]
+    # qvgen per pair (seed mean) [1, 1, .5, 0], lsq [1, 0, 0, 0]: d = [0, 1, .5, 0], mean 0.375
+    w4 = differences[("qvgen-w4a4", "lsq-w4a4")]["prompt_accuracy"]
+    assert w4.mean == pytest.approx(0.375)
+    assert w4.stderr == pytest.approx(float(np.std([0, 1, 0.5, 0], ddof=1)) / 2)
+    table = paired_table(results)
+    assert "| qvgen-w4a4 − lsq-w4a4 |" in table and "+0.375 (+1.6 SE)" in table
+    assert "Paired over the same 4 pairs" in comparison_table(results)
+
+
+def test_no_paired_table_without_per_pair_values() -> None:
+    results = _results(
+        {
+            "fp": _entry(0.5, 0.0),
+            "qvgen-w4a4-seed0": _entry(0.4, 22.0),
+            "lsq-w4a4-seed0": _entry(0.3, 22.0),
+        }
+    )
+    assert paired_table(results) == ""
+    assert "Paired" not in comparison_table(results)
