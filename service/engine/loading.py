@@ -63,16 +63,16 @@ def load_pipeline_on(
     # A component passed to from_pretrained replaces the one model_index.json names.
     components: dict[str, Any] = {}
     if is_packed_dir(transformer_dir):
-        # Fused q/k/v is exact in Triton's interpreter (tests/service/kernels/
-        # test_fused_projections.py) and 0.8 % faster on an H200 (BENCHMARKS.md), but its
-        # tests have not run on a GPU: the engine serves separate launches until they have.
-        # Likewise the quantization fused into the norms and GELU (test_wan_block_prologues.py),
-        # which has not run on a GPU at all.
+        # Fused q/k/v: exact against separate layers (tests/service/kernels/
+        # test_fused_projections.py, on the H200 too) and 0.8 % faster there (BENCHMARKS.md);
+        # on the CPU's reference backend it saves nothing, so CUDA only. The quantization fused
+        # into the norms and GELU (test_wan_block_prologues.py) is exact on the H200 as well,
+        # but no end-to-end step has measured it yet: off until one shows it is faster.
         components["transformer"] = load_packed_transformer(
             transformer_dir,
             device=target.device,
             dtype=target.dtype,
-            fuse_projections=False,
+            fuse_projections=target.device.type == "cuda",
             fuse_prologues=False,
         )
     pipeline = pipeline_class.from_pretrained(model_dir, dtype=target.dtype, **components)
