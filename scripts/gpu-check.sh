@@ -21,7 +21,7 @@ if [ "${RUN_TESTS:-1}" = 1 ]; then
     # GPU_TESTS: other test paths (pytest arguments) instead of the CUDA ones.
     timeout "${TEST_TIMEOUT_S:-240}" python3 -m pytest -q -p no:cacheprovider \
         ${GPU_TESTS:-tests/service/kernels tests/service/engine/test_cuda_generation.py \
-        tests/training/quant/test_fused_fake_quant.py} 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+        tests/training/quant/test_fused_fake_quant.py tests/recipes/tiny_model/test_compare.py} 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
 fi
 if [ "${RUN_ATTENTION:-0}" = 1 ]; then
     timeout "${ATTENTION_TIMEOUT_S:-150}" python3 -m benchmarks.attention \

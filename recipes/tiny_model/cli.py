@@ -149,6 +149,13 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=d.num_inference_steps)
     p.add_argument("--guidance", type=float, default=d.guidance_scale)
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="clips per pipeline call")
+    p.add_argument(
+        "--int8-attention",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run this model's self-attention on the 8-bit kernel (a Triton device; repeatable)",
+    )
     p.set_defaults(handler=_run_compare)
 
 
@@ -156,6 +163,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from recipes.tiny_model.compare import TINY_EVAL, compare
+    from service.engine.types import AttentionKernel
 
     try:
         settings = replace(TINY_EVAL, num_inference_steps=args.steps, guidance_scale=args.guidance)
@@ -168,6 +176,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             args.workers,
             count=args.count,
             batch=args.batch,
+            attention=dict.fromkeys(args.int8_attention, AttentionKernel.INT8),
         )
     except ValueError as err:
         logger.error("qvgen tiny compare: %s", err)

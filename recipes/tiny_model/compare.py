@@ -13,6 +13,12 @@ this needs 7 batched passes, which is what fits a GPU lent by the minute. ``WanP
 draws each sample's initial noise from that sample's own generator, so clip i is the clip a
 single request with seed s_i gives (up to the batch's floating-point reduction order). Defaults are the service's: 17×64×64, 20 steps, guidance 5,
 negative prompt "".
+
+A model can run its self-attention on the 8-bit kernel (``AttentionKernel.INT8``,
+``service.kernels.wan_attention``), as a worker with ``QVGEN_ATTENTION_KERNEL=int8`` serves it:
+the same directory under two names, one per kernel, measures what the kernel costs. Where the
+kernel cannot run (no Triton device, a head dim it does not take) the comparison is refused
+rather than scoring SDPA under the kernel's name.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from tqdm.auto import tqdm
 
 from evaluation.metrics import psnr, ssim
 from evaluation.settings import EvalSettings
+from qvgen.triton_support import triton_unavailable_reason
 from recipes.tiny_model.error_bars import binomial_stderr, mean_stderr
 from service.engine.loading import load_pipeline
+from service.engine.types import AttentionKernel
 from training.synthetic.scorer import SCORE_NAMES, score_clip
 from training.synthetic.vocabulary import all_prompts
 
@@ -60,15 +68,50 @@ def evaluation_set(count: int) -> list[tuple[str, int]]:
     return [(p.text, EVAL_SEED_BASE + i) for i, p in enumerate(all_prompts()[:count])]
 
 
+def int8_attention_refusal(
+    transformer_config: dict[str, Any], dtype: torch.dtype, device: str
+) -> str | None:
+    """Why the 8-bit kernel cannot run a transformer of this config and dtype on ``device``
+    (the CPU runs pipelines in fp32, which the kernel does not take); None if it can."""
+    reason = triton_unavailable_reason(torch.device(device))
+    if reason is not None:
+        return reason
+    # Imported here: the kernel module needs Triton, which the check above found.
+    from service.kernels.attention_int8 import DTYPES, HEAD_DIMS
+
+    head_dim = transformer_config.get("attention_head_dim")
+    if head_dim not in HEAD_DIMS:
+        return f"head dim {head_dim} (the kernel takes {HEAD_DIMS})"
+    if dtype not in DTYPES:
+        return f"the pipeline runs in {dtype} (the kernel takes bf16, fp16)"
+    return None
+
+
 @torch.no_grad()
 def generate_set(
-    model_dir: Path, settings: EvalSettings, count: int, batch: int, device: str
+    model_dir: Path,
+    settings: EvalSettings,
+    count: int,
+    batch: int,
+    device: str,
+    attention: AttentionKernel = AttentionKernel.SDPA,
 ) -> tuple[np.ndarray, float]:
     """uint8 [N, T, H, W, 3] clips of the first ``count`` evaluation pairs, ``batch`` clips per
-    pipeline call, and the seconds generation took."""
+    pipeline call, and the seconds generation took; ``attention`` runs the self-attention."""
     if batch < 1:
         raise ValueError(f"--batch must be ≥ 1, got {batch}")
     pipeline = load_pipeline(model_dir, device)
+    if attention is AttentionKernel.INT8:
+        reason = int8_attention_refusal(
+            dict(pipeline.transformer.config), pipeline.transformer.dtype, device
+        )
+        if reason is not None:
+            raise ValueError(f"--int8-attention {model_dir}: the 8-bit kernel cannot run: {reason}")
+        # Imported here: the kernel module needs Triton.
+        from service.kernels.wan_attention import use_int8_self_attention
+
+        blocks = use_int8_self_attention(pipeline.transformer)
+        logger.info("%s: self-attention of %d blocks on the 8-bit kernel", model_dir, blocks)
     pairs = evaluation_set(count)
     length = int(pipeline.tokenizer.model_max_length)
     clips = []
@@ -159,9 +202,11 @@ def compare(
     workers: int,
     count: int = DEFAULT_COUNT,
     batch: int = DEFAULT_BATCH,
+    attention: dict[str, AttentionKernel] | None = None,
 ) -> dict[str, Any]:
     """Generate the first ``count`` evaluation pairs with every model and score them;
-    ``reference`` names the FP model of ``models``.
+    ``reference`` names the FP model of ``models``; ``attention`` the self-attention kernel of
+    a model by name (default SDPA).
 
     Writes ``comparison.json`` (settings, device, per model: ``model_entry``; runs of one method
     named ``<method>-seed<k>`` are grouped by ``figures``) and
@@ -171,10 +216,17 @@ def compare(
         raise ValueError(f"--count must be ≥ 2 for a standard error over pairs, got {count}")
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models {sorted(models)}")
+    attention = attention or {}
+    unknown = sorted(set(attention) - set(models))
+    if unknown:
+        raise ValueError(f"--int8-attention names no model: {unknown} (models: {sorted(models)})")
     out.mkdir(parents=True, exist_ok=True)
     prompts = [p for p, _ in evaluation_set(count)]
     generated = {
-        name: generate_set(path, settings, count, batch, device) for name, path in models.items()
+        name: generate_set(
+            path, settings, count, batch, device, attention.get(name, AttentionKernel.SDPA)
+        )
+        for name, path in models.items()
     }
     fp_clips = generated[reference][0]
     results: dict[str, Any] = {
@@ -189,6 +241,7 @@ def compare(
         psnrs = np.asarray([psnr(r, c) for r, c in pairs], dtype=np.float64)
         ssims = np.asarray([ssim(r, c) for r, c in pairs], dtype=np.float64)
         entry = model_entry(scores[name], psnrs, ssims, seconds)
+        entry["attention"] = attention.get(name, AttentionKernel.SDPA).value
         results["models"][name] = entry
         logger.info("%s: %s", name, json.dumps({k: v for k, v in entry.items() if k != "per_pair"}))
     (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")

@@ -42,7 +42,9 @@ from qvgen.triton_support import interpreting, triton_unavailable_reason
 
 logger = logging.getLogger(__name__)
 
-HEAD_DIMS = (64, 128)
+# 32: qvgen-tiny's heads (4 × 32), so its evaluation can measure what the kernel costs; 64, 128:
+# Wan 2.1's and CogVideoX's. The int8 dot's reduction and the FP8 dot's width take all three.
+HEAD_DIMS = (32, 64, 128)
 DTYPES = (torch.bfloat16, torch.float16)
 # (‖o − o_ref‖ / ‖o_ref‖, cosine) the tests allow against a float64 reference (Gaussian q, k,
 # v), for P·V in e4m3 and in fp16.
