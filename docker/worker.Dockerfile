@@ -37,9 +37,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 # The same uid in both images: the shared results volume is created owned by it.
+# A named volume mounted on one of these starts with the image's owner: qvgen's.
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin qvgen \
- && mkdir -p /data/results \
- && chown qvgen:qvgen /data/results
+ && mkdir -p /data/results /data/compile-cache \
+ && chown qvgen:qvgen /data/results /data/compile-cache
 COPY --from=build /opt/venv /opt/venv
 COPY docker/healthcheck.py /usr/local/bin/qvgen-healthcheck
 COPY models/qvgen-tiny-w4a4 /app/models/qvgen-tiny-w4a4
@@ -48,6 +49,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRITON_CACHE_DIR=/home/qvgen/.triton \
     QVGEN_RESULTS_DIR=/data/results \
+    QVGEN_COMPILE_CACHE_DIR=/data/compile-cache \
     QVGEN_WORKER_METRICS_PORT=9101
 USER qvgen
 WORKDIR /home/qvgen

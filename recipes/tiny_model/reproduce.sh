@@ -15,7 +15,8 @@
 # <method>-wBaB-seed<k>); `figures` merges them into WORK/figures/comparison.md (mean ± SD over
 # seeds, every run ± its standard error) and the gradient-norm plot (mean over seeds).
 #
-# `quantize` trains, for each width in BITS (default "4 3"), RTN once (deterministic: a seed
+# `quantize` trains, for each width in BITS (default "4 3"; an entry W means WxAx, W:A weights
+# of W bits and activations of A, e.g. "2:4" for W2A4, named w2a4), RTN once (deterministic: a seed
 # changes nothing it computes) and LSQ and QVGen once per seed in SEEDS (default "0 1 2"; the
 # seed orders the clips and draws the timesteps and noise), all side by side on the GPU as
 # separate processes, then compares and ships each width. On a machine lent 10 minutes a
@@ -100,8 +101,12 @@ transformer() {
   fi
 }
 
+w_bits() { echo "${1%%:*}"; }  # of a BITS entry: W, or W of W:A
+a_bits() { echo "${1##*:}"; }  # A of W:A, or W of W
+width() { echo "w$(w_bits "$1")a$(a_bits "$1")"; }
+
 qat() {  # qat METHOD BITS [SEED]: one run, exported; a QAT method's name ends in -seedSEED
-  local name="$1-w$2a$2"
+  local name="$1-$(width "$2")"
   local extra=()
   if [[ $1 != rtn ]]; then
     name+="-seed$3"
@@ -110,8 +115,8 @@ qat() {  # qat METHOD BITS [SEED]: one run, exported; a QAT method's name ends i
   fi
   [[ $1 == qvgen ]] && extra+=(--rank "${QVGEN_RANK:-32}")
   timeout "${QAT_SECONDS:-3000}" "${QVGEN[@]}" train --model "$WORK/base/pipeline" \
-    --out "$WORK/runs/$name" --method "$1" --w-bits "$2" --a-bits "$2" --frames 17 \
-    --height 64 --width 64 --device "$DEVICE" "${extra[@]}" > "$WORK/logs/train-$name.log" 2>&1
+    --out "$WORK/runs/$name" --method "$1" --w-bits "$(w_bits "$2")" --a-bits "$(a_bits "$2")" \
+    --frames 17 --height 64 --width 64 --device "$DEVICE" "${extra[@]}" > "$WORK/logs/train-$name.log" 2>&1
   "${QVGEN[@]}" export --checkpoint "$WORK/runs/$name" --out "$WORK/export/$name" \
     > "$WORK/logs/export-$name.log" 2>&1
 }
@@ -148,8 +153,9 @@ quantize() {
 }
 
 compare_width() {  # compare_width BITS: FP and every export of that width
-  local width="w$1a$1" models=(--model "fp=$WORK/base/pipeline") dir
-  for dir in "$WORK"/export/*-"w$1a$1"*; do
+  local width models=(--model "fp=$WORK/base/pipeline") dir
+  width=$(width "$1")
+  for dir in "$WORK"/export/*-"$width"*; do
     [[ -d $dir ]] && models+=(--model "$(basename "$dir")=$dir")
   done
   timeout "${COMPARE_SECONDS:-3000}" "${QVGEN[@]}" tiny compare "${models[@]}" --reference fp \
@@ -158,7 +164,8 @@ compare_width() {  # compare_width BITS: FP and every export of that width
 }
 
 ship() {  # ship BITS: QVGen's median seed by prompt accuracy -> WORK/ship/qvgen-tiny-wBaB
-  local width="w$1a$1" name
+  local width name
+  width=$(width "$1")
   name=$("${QVGEN[@]}" tiny median --comparison "$WORK/compare/$width" --group "qvgen-$width") \
     && [[ -d $WORK/export/$name ]] || { echo "ship: no median QVGen run of $width"; return 1; }
   mkdir -p "$WORK/ship"

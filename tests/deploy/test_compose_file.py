@@ -222,6 +222,14 @@ def test_volumes_exist_and_results_are_shared(compose: dict[str, Any]) -> None:
         results = services[name]["environment"]["QVGEN_RESULTS_DIR"]
         assert any(m.source == "results" and m.target == results for m in mounts(services[name]))
     assert any(m.source == "redis-data" and m.target == "/data" for m in mounts(services["redis"]))
+    # Each worker keeps torch.compile's code on a volume, at the directory its image names.
+    image = (REPO / "docker" / "worker.Dockerfile").read_text()
+    assert "QVGEN_COMPILE_CACHE_DIR=/data/compile-cache" in image
+    workers = [n for n in services if n.startswith("worker")]
+    assert workers
+    for name in workers:
+        targets = {m.target: m.source for m in mounts(services[name])}
+        assert targets.get("/data/compile-cache") == "compile-cache", f"{name}: {targets}"
 
 
 def test_redis_runs_the_queue_configuration(services: dict[str, dict[str, Any]]) -> None:

@@ -170,7 +170,21 @@ def test_results_go_to_the_object_store_and_no_pod_mounts_a_results_volume(
             if "secretRef" in ref
         }
         assert "qvgen-s3-credentials" in env_from, f"{name} lacks the bucket's credentials"
-        assert "volumeMounts" not in _container("Deployment", name)
+        mounts = {m["mountPath"] for m in _container("Deployment", name).get("volumeMounts", [])}
+        # The worker's only volume is its compile cache, no results directory.
+        assert mounts <= {"/data/compile-cache"}, f"{name} mounts {mounts}"
+
+
+def test_the_worker_keeps_its_compile_cache_across_container_restarts() -> None:
+    """The worker image's QVGEN_COMPILE_CACHE_DIR is a volume of the pod, not the container's
+    own file system, which a restart starts afresh."""
+    image = (Path(__file__).resolve().parents[2] / "docker" / "worker.Dockerfile").read_text()
+    assert "QVGEN_COMPILE_CACHE_DIR=/data/compile-cache" in image
+    deployment = _one("Deployment", "worker")["spec"]["template"]["spec"]
+    (mount,) = _container("Deployment", "worker")["volumeMounts"]
+    assert mount["mountPath"] == "/data/compile-cache"
+    (volume,) = [v for v in deployment["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume
 
 
 def test_one_gpu_per_worker_and_a_grace_period_longer_than_the_drain() -> None:
