@@ -11,6 +11,8 @@ import argparse
 import datetime
 import json
 import logging
+import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,13 +119,20 @@ def goal_lines(results: list[CaseResult]) -> list[str]:
     return lines
 
 
-def environment(commit: str) -> dict[str, Any]:
+def environment(commit: str, device: str = "cuda") -> dict[str, Any]:
+    """What a BENCHMARKS.md section names: the card (on a CPU ``device``: the processor and
+    its cores), torch and Triton versions, date and commit."""
     import triton
 
-    major, minor = torch.cuda.get_device_capability()
+    if torch.device(device).type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        card, capability = torch.cuda.get_device_name(device), f"sm_{major}{minor}"
+    else:
+        card = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+        capability = "cpu"
     return {
-        "card": torch.cuda.get_device_name(),
-        "capability": f"sm_{major}{minor}",
+        "card": card,
+        "capability": capability,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         "commit": commit,
         "torch": torch.__version__,

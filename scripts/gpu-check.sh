@@ -2,8 +2,9 @@
 # One call on a lent GPU machine (run from the repository root there, .whl carried; see
 # scripts/gpu-wheels.sh): the CUDA tests, then `python -m benchmarks.e2e` with the arguments
 # given. Everything it reports lands in $OUT. RUN_TESTS=0 skips the tests (GPU_TESTS picks
-# them); RUN_ATTENTION=1 runs `python -m benchmarks.attention` and PROLOGUE_BENCH=1
-# `python -m benchmarks.prologue_quant` before the end-to-end benchmark.
+# them); RUN_ATTENTION=1 runs `python -m benchmarks.attention`, PROLOGUE_BENCH=1
+# `python -m benchmarks.prologue_quant` and READY_BENCH=1 `python -m benchmarks.ready_time`
+# (READY_ARGS: its flags; READY_TIMEOUT_S, default 300) before the end-to-end benchmark.
 set -uo pipefail
 OUT=${OUT:-/tmp/qvgen-gpu}
 mkdir -p "$OUT"
@@ -31,6 +32,13 @@ if [ "${PROLOGUE_BENCH:-0}" = 1 ]; then
     # The quantization fused into norm / GELU against produced-then-quantized, at Wan shapes.
     timeout "${PROLOGUE_TIMEOUT_S:-240}" python3 -m benchmarks.prologue_quant \
         --benchmarks "$OUT/BENCHMARKS-prologue.md" 2>&1 | tee "$OUT/prologue.log" | tail -15
+fi
+if [ "${READY_BENCH:-0}" = 1 ]; then
+    # A worker's time to ready, each start a fresh process: eager, compiled with an empty
+    # compile cache, compiled again with that cache.
+    timeout "${READY_TIMEOUT_S:-300}" python3 -m benchmarks.ready_time ${READY_ARGS:-} \
+        --benchmarks "$OUT/BENCHMARKS-ready.md" --json "$OUT/ready.json" 2>&1 \
+        | tee "$OUT/ready.log" | tail -20
 fi
 if [ "$#" -gt 0 ]; then
     timeout "${BENCH_TIMEOUT_S:-420}" python3 -m benchmarks.e2e "$@" \

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from qvgen.cli import command_group
-from service.engine.types import CompilePolicy
+from service.engine.types import CompilePolicy, GenerationRequest
 from service.settings import ServiceSettings
 from service.worker.engines import (
     EngineKind,
@@ -175,16 +175,21 @@ def store_usable(settings: ServiceSettings) -> bool:
     return True
 
 
+def default_warm_up(settings: ServiceSettings) -> GenerationRequest:
+    """A worker's warm-up: the size, frames and guidance a request that names none gets."""
+    width, height = (int(v) for v in settings.default_size.split("x"))
+    return warm_up_request(
+        width, height, settings.default_num_frames, settings.default_guidance_scale
+    )
+
+
 def engine_start(args: argparse.Namespace, settings: ServiceSettings) -> EngineStart:
     """Compile choice (the flag over the setting) and a warm-up at the default request size."""
-    width, height = (int(v) for v in settings.default_size.split("x"))
     return EngineStart(
         compile=args.compile or settings.compile_transformer,
         compile_cache_dir=settings.compile_cache_dir,
         attention=settings.attention_kernel,
-        warm_up=warm_up_request(
-            width, height, settings.default_num_frames, settings.default_guidance_scale
-        ),
+        warm_up=default_warm_up(settings),
     )
 
 

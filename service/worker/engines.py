@@ -12,9 +12,13 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.engine.types import AttentionKernel, CompilePolicy, Engine, GenerationRequest
 from service.worker.noop_engine import NoopEngine
+
+if TYPE_CHECKING:  # imported where used: the diffusers stack takes seconds to import
+    from service.engine.diffusers_engine import DiffusersEngine
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class EngineStart:
 
     compile: whether to compile the transformer (``CompilePolicy``; AUTO: on CUDA).
     compile_cache_dir: inductor's and Triton's code cache (None: their defaults).
+    compile_backend: the ``torch.compile`` backend ("inductor" to serve; tests and CPU
+        benchmarks use "aot_eager", which skips inductor's slow CPU code generation).
     warm_up: the request of the warm-up generation (the size the worker will mostly serve),
         or None for no warm-up.
     attention: the self-attention kernel.
@@ -41,6 +47,7 @@ class EngineStart:
 
     compile: CompilePolicy = CompilePolicy.AUTO
     compile_cache_dir: Path | None = None
+    compile_backend: str = "inductor"
     warm_up: GenerationRequest | None = None
     attention: AttentionKernel = AttentionKernel.SDPA
 
@@ -74,23 +81,40 @@ def build_engine(
     step_delay_s: float = 0.0,
     start: EngineStart | None = None,
 ) -> Engine:
+    """What a worker runs before it says ready: ``load_diffusers_engine``, then
+    ``warm_up_engine`` (``benchmarks/ready_time.py`` times the two apart)."""
     if kind is EngineKind.NOOP:
         return NoopEngine(model_id, step_delay_s=step_delay_s)
+    start = start or EngineStart()
+    engine = load_diffusers_engine(model, device, model_id, start)
+    if start.warm_up is not None:
+        warm_up_engine(engine, start.warm_up)
+    return engine
+
+
+def load_diffusers_engine(
+    model: str, device: str, model_id: str, start: EngineStart
+) -> DiffusersEngine:
+    """The first half of ``build_engine``: the pipeline loaded, its transformer wrapped for
+    compilation (which happens at the first call: ``warm_up``)."""
     # Imported here: the diffusers stack takes seconds to import and the no-op worker needs none.
     from service.engine.compilation import CompileOptions
     from service.engine.diffusers_engine import DiffusersEngine
 
-    start = start or EngineStart()
     logger.info("loading %s on %s as model %r", model, device, model_id)
-    options = CompileOptions(policy=start.compile, cache_dir=start.compile_cache_dir)
-    engine = DiffusersEngine.from_pretrained(
+    options = CompileOptions(
+        policy=start.compile, cache_dir=start.compile_cache_dir, backend=start.compile_backend
+    )
+    return DiffusersEngine.from_pretrained(
         model, device=device, model_id=model_id, compile_options=options, attention=start.attention
     )
-    if start.warm_up is not None:
-        try:
-            engine.warm_up(start.warm_up)
-        except ValueError as error:
-            # The default size this model refuses: requests that leave the size out will be
-            # refused too, but the worker can still serve the others.
-            logger.warning("%s: no warm-up, the default request is refused: %s", model_id, error)
-    return engine
+
+
+def warm_up_engine(engine: DiffusersEngine, request: GenerationRequest) -> None:
+    """The second half of ``build_engine``: one generation of ``request``, which compiles."""
+    try:
+        engine.warm_up(request)
+    except ValueError as error:
+        # The default size this model refuses: requests that leave the size out will be
+        # refused too, but the worker can still serve the others.
+        logger.warning("%s: no warm-up, the default request is refused: %s", engine.model_id, error)

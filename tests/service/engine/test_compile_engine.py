@@ -9,7 +9,6 @@ rounds float ops differently, which moves a W4A4 model's codes (see
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -144,13 +143,13 @@ def test_failure_at_a_new_shape_runs_that_job_eagerly(eager_frames: dict[str, np
     np.testing.assert_array_equal(video.frames, eager_frames["other"])
 
 
-def test_worker_engine_is_compiled_and_warm_before_it_returns(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_worker_engine_is_compiled_and_warm_before_it_returns() -> None:
     """A worker registers only once ``build_engine`` returns: by then the warm-up compiled."""
-    counting = functools.partial(CompileOptions, backend="qvgen_test_counting")
-    monkeypatch.setattr("service.engine.compilation.CompileOptions", counting)
-    start = EngineStart(compile=CompilePolicy.ON, warm_up=warm_up_request(32, 32, 9, 4.0))
+    start = EngineStart(
+        compile=CompilePolicy.ON,
+        compile_backend="qvgen_test_counting",
+        warm_up=warm_up_request(32, 32, 9, 4.0),
+    )
     built = build_engine(EngineKind.DIFFUSERS, str(SHIPPED), "cpu", "tiny", start=start)
     assert built.compile_status is CompileStatus.COMPILED
     assert _compiles, "build_engine returned before the warm-up compiled anything"
