@@ -43,7 +43,13 @@ def check(out: torch.Tensor, ref: torch.Tensor, what: str, pv_fp8: bool = True) 
 
 @pytest.mark.parametrize(
     ("b", "m", "n", "h", "d"),
-    [(1, 37, 37, 2, 64), (2, 50, 50, 1, 128), (1, 20, 45, 2, 64), (1, 1, 17, 1, 64), (1, 33, 40, 4, 32)],
+    [
+        (1, 37, 37, 2, 64),
+        (2, 50, 50, 1, 128),
+        (1, 20, 45, 2, 64),
+        (1, 1, 17, 1, 64),
+        (1, 33, 40, 4, 32),
+    ],
 )
 def test_matches_float64_reference_on_odd_shapes(
     b: int, m: int, n: int, h: int, d: int, device: torch.device
