@@ -37,23 +37,14 @@ from benchmarks.random_models import (
     WAN_2_1_1_3B,
     WAN_2_1_14B,
     WAN_2_1_VAE,
-    VaeArchitecture,
     WanArchitecture,
     _meta_transformer,
 )
 from qvgen.layer_policy import LayerPolicy
 from qvgen.tiny_pipelines import TextEncoderSize
 from service.engine.environment import resolve_target
+from tests.benchmarks.tiny_architectures import TINY_VAE, TINY_WAN
 
-TINY_WAN = WanArchitecture(
-    "tiny-wan", num_layers=1, num_heads=2, head_dim=16, ffn_dim=32, text_dim=16, freq_dim=32,
-    latent_channels=4,
-)  # fmt: skip
-# Spatial ×4 and temporal ×4 in two stages, as qvgen.tiny_pipelines builds its Wan VAE.
-TINY_VAE = VaeArchitecture(
-    base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True),
-    spatial_factor=4, temporal_factor=4, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4,
-)  # fmt: skip
 TINY_VIDEO = VideoSize(frames=9, height=16, width=16)
 
 

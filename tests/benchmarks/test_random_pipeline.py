@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.random_models import VaeArchitecture, WanArchitecture, count_quantized
+from benchmarks.random_models import count_quantized
 from benchmarks.random_pipeline import write_random_wan
 from qvgen.checkpoint import read_packed
 from qvgen.tiny_pipelines import TextEncoderSize
 from service.engine.diffusers_engine import DiffusersEngine
 from service.worker.engines import warm_up_request
+from tests.benchmarks.tiny_architectures import TINY_VAE, tiny_wan
 
-TINY_WAN = WanArchitecture(
-    "tiny-wan", num_layers=2, num_heads=2, head_dim=16, ffn_dim=32, text_dim=16, freq_dim=32,
-    latent_channels=4,
-)  # fmt: skip
-TINY_VAE = VaeArchitecture(
-    base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, temporal_downsample=(True, True),
-    spatial_factor=4, temporal_factor=4, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4,
-)  # fmt: skip
+TINY_WAN = tiny_wan(num_layers=2)
 
 
 def test_random_wan_directory_loads_packed_and_generates(tmp_path: Path) -> None:
