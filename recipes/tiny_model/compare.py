@@ -39,6 +39,7 @@ from evaluation.metrics import psnr, ssim
 from evaluation.settings import EvalSettings
 from qvgen.triton_support import triton_unavailable_reason
 from recipes.tiny_model.error_bars import binomial_stderr, mean_stderr
+from service.engine.environment import resolve_target
 from service.engine.loading import load_pipeline
 from service.engine.types import AttentionKernel
 from training.synthetic.scorer import SCORE_NAMES, score_clip
@@ -68,22 +69,22 @@ def evaluation_set(count: int) -> list[tuple[str, int]]:
     return [(p.text, EVAL_SEED_BASE + i) for i, p in enumerate(all_prompts()[:count])]
 
 
-def int8_attention_refusal(
-    transformer_config: dict[str, Any], dtype: torch.dtype, device: str
-) -> str | None:
-    """Why the 8-bit kernel cannot run a transformer of this config and dtype on ``device``
-    (the CPU runs pipelines in fp32, which the kernel does not take); None if it can."""
+def int8_attention_refusal(model_dir: Path, device: str) -> str | None:
+    """Why the 8-bit kernel cannot run the transformer of ``model_dir`` on ``device`` (the CPU
+    runs pipelines in fp32, which the kernel does not take); None if it can."""
     reason = triton_unavailable_reason(torch.device(device))
     if reason is not None:
         return reason
     # Imported here: the kernel module needs Triton, which the check above found.
     from service.kernels.attention_int8 import DTYPES, HEAD_DIMS
 
-    head_dim = transformer_config.get("attention_head_dim")
+    config = json.loads((model_dir / "transformer" / "config.json").read_text())
+    head_dim = config.get("attention_head_dim")
     if head_dim not in HEAD_DIMS:
         return f"head dim {head_dim} (the kernel takes {HEAD_DIMS})"
+    dtype = resolve_target(device).dtype
     if dtype not in DTYPES:
-        return f"the pipeline runs in {dtype} (the kernel takes bf16, fp16)"
+        return f"the pipeline runs in {dtype} on {device} (the kernel takes bf16, fp16)"
     return None
 
 
@@ -102,12 +103,7 @@ def generate_set(
         raise ValueError(f"--batch must be ≥ 1, got {batch}")
     pipeline = load_pipeline(model_dir, device)
     if attention is AttentionKernel.INT8:
-        reason = int8_attention_refusal(
-            dict(pipeline.transformer.config), pipeline.transformer.dtype, device
-        )
-        if reason is not None:
-            raise ValueError(f"--int8-attention {model_dir}: the 8-bit kernel cannot run: {reason}")
-        # Imported here: the kernel module needs Triton.
+        # Imported here: the kernel module needs Triton (compare checked it is there).
         from service.kernels.wan_attention import use_int8_self_attention
 
         blocks = use_int8_self_attention(pipeline.transformer)
@@ -220,6 +216,13 @@ def compare(
     unknown = sorted(set(attention) - set(models))
     if unknown:
         raise ValueError(f"--int8-attention names no model: {unknown} (models: {sorted(models)})")
+    # Before any generation: a refusal after an hour of other models would waste the hour.
+    for name, kernel in attention.items():
+        reason = (
+            int8_attention_refusal(models[name], device) if kernel is AttentionKernel.INT8 else None
+        )
+        if reason is not None:
+            raise ValueError(f"--int8-attention {name}: the 8-bit kernel cannot run: {reason}")
     out.mkdir(parents=True, exist_ok=True)
     prompts = [p for p, _ in evaluation_set(count)]
     generated = {

@@ -94,7 +94,7 @@ def test_int8_attention_is_refused_where_the_kernel_cannot_run(
     with pytest.raises(ValueError, match="head dim 12"):
         compare({"fp": fp}, "fp", tmp_path / "b", SETTINGS, "cpu", 1, count=2, attention=attention)
     wide = build_tiny_wan(tmp_path / "wide", seed=0, spec=_head_dim_32())
-    with pytest.raises(ValueError, match=r"runs in torch\.float32"):
+    with pytest.raises(ValueError, match=r"--int8-attention w: .*runs in torch\.float32 on cpu"):
         compare({"w": wide}, "w", tmp_path / "c", SETTINGS, "cpu", 1, count=2,
                 attention={"w": AttentionKernel.INT8})  # fmt: skip
 
