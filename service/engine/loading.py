@@ -65,7 +65,7 @@ def load_pipeline_on(
     if is_packed_dir(transformer_dir):
         # Fused q/k/v: exact against separate layers (tests/service/kernels/
         # test_fused_projections.py, on the H200 too) and 0.8 % faster there (BENCHMARKS.md);
-        # on the CPU's reference backend it saves nothing, so CUDA only. The quantization fused
+        # CUDA only, since no CPU run has measured it. The quantization fused
         # into the norms and GELU (test_wan_block_prologues.py) is exact on the H200 as well,
         # but no end-to-end step has measured it yet: off until one shows it is faster.
         components["transformer"] = load_packed_transformer(

@@ -21,7 +21,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,7 @@ class S3ResultStore:
     # --- keys ------------------------------------------------------------------------------
 
     def key(self, job_id: str, attempt: int, variant: Variant) -> str:
-        if not is_job_id(job_id):
-            raise ValueError(f"not a job id: {job_id!r}")
-        return f"{self.prefix}{job_id}/{attempt_file_name(attempt, variant)}"
+        return self._job_prefix(job_id) + attempt_file_name(attempt, variant)
 
     def _job_prefix(self, job_id: str) -> str:
         if not is_job_id(job_id):
@@ -224,14 +222,9 @@ class S3ResultStore:
     def stat(self, ref: str | None) -> StoredObject | None:
         if ref is None or not self._is_ours(ref):
             return None
-        try:
-            head = self._s3.head_object(Bucket=self.bucket, Key=ref)
-        except ClientError as error:
-            if _status(error) == 404:
-                return None
-            raise self._unavailable(error, f"reading {ref}") from error
-        except BotoCoreError as error:
-            raise self._unavailable(error, f"reading {ref}") from error
+        head = self._unless_missing(ref, lambda: self._s3.head_object(Bucket=self.bucket, Key=ref))
+        if head is None:
+            return None
         return StoredObject(
             ref=ref,
             size=int(head["ContentLength"]),
@@ -242,15 +235,25 @@ class S3ResultStore:
     def read(self, ref: str, first: int, last: int) -> Iterator[bytes] | None:
         if not self._is_ours(ref):
             return None
+        got = self._unless_missing(
+            ref,
+            lambda: self._s3.get_object(Bucket=self.bucket, Key=ref, Range=f"bytes={first}-{last}"),
+        )
+        return None if got is None else _chunks(got["Body"])
+
+    def _unless_missing(
+        self, ref: str, call: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """``call``'s answer about object ``ref``; None when the object does not exist, and
+        ``StoreUnavailable`` for any other failure."""
         try:
-            got = self._s3.get_object(Bucket=self.bucket, Key=ref, Range=f"bytes={first}-{last}")
+            return call()
         except ClientError as error:
             if _status(error) == 404:
                 return None
             raise self._unavailable(error, f"reading {ref}") from error
         except BotoCoreError as error:
             raise self._unavailable(error, f"reading {ref}") from error
-        return _chunks(got["Body"])
 
     def presigned_url(
         self, ref: str, variant: Variant, filename: str, expires_s: int
