@@ -23,4 +23,10 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3
 # torch._scaled_mm layer where torchao does not import against the machine's torch).
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp "${platforms[@]}" -d .whl "torchao==0.18.0" || echo "no torchao wheel"
+# The worker's settings (pydantic-settings) for `python -m benchmarks.ready_time`, whose children
+# start the engine as a worker does; the versions the dev venv runs.
+python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp "${platforms[@]}" -d .whl "pydantic==2.14.4" "pydantic-core==2.50.5" \
+    "pydantic-settings==2.16.3" "annotated-types==0.8.0" "typing-inspection==0.4.5" \
+    "python-dotenv==1.2.4" "typing-extensions==4.16.0"
 ls -la .whl

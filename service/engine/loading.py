@@ -67,7 +67,8 @@ def load_pipeline_on(
         # test_fused_projections.py, on the H200 too) and 0.8 % faster there (BENCHMARKS.md);
         # CUDA only, since no CPU run has measured it. The quantization fused
         # into the norms and GELU (test_wan_block_prologues.py) is exact on the H200 as well,
-        # but no end-to-end step has measured it yet: off until one shows it is faster.
+        # but under torch.compile it made the Wan 1.3B step 0.6 % slower there (BENCHMARKS.md,
+        # the end-to-end section of commit 874ec03): off.
         components["transformer"] = load_packed_transformer(
             transformer_dir,
             device=target.device,
