@@ -10,6 +10,7 @@ import enum
 import logging
 import reprlib
 import time
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,6 +57,16 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# What every route that reads a job by id can answer besides its own errors (OpenAPI).
+UNAUTHORIZED = (401, "Missing or wrong API key")
+UNKNOWN_ID = (404, "Unknown id")
+
+
+def error_responses(*entries: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for (status, description) pairs, each with the error body."""
+    return {status: {"model": ErrorBody, "description": text} for status, text in entries}
 
 
 class APIError(Exception):

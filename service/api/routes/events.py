@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from starlette.background import BackgroundTask
 
 from service.api.auth import Caller
-from service.api.errors import APIError, ErrorBody, ErrorType
+from service.api.errors import UNAUTHORIZED, UNKNOWN_ID, APIError, ErrorType, error_responses
 from service.api.routes.videos import _record_or_404 as record_or_404
 from service.api.schemas import QUEUE_POSITION_CAP, VideoDeleted, VideoObject
 from service.api.state import ApiState, api_state, current_caller
@@ -95,10 +95,12 @@ async def _events(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}},
-        400: {"model": ErrorBody, "description": "Invalid header (Last-Event-ID over 64 chars)"},
-        401: {"model": ErrorBody, "description": "Missing or wrong API key"},
-        404: {"model": ErrorBody, "description": "Unknown id"},
-        429: {"model": ErrorBody, "description": "Too many open streams; see Retry-After"},
+        **error_responses(
+            (400, "Invalid header (Last-Event-ID over 64 chars)"),
+            UNAUTHORIZED,
+            UNKNOWN_ID,
+            (429, "Too many open streams; see Retry-After"),
+        ),
     },
 )
 async def video_events(

@@ -15,7 +15,14 @@ from starlette.datastructures import UploadFile
 
 from service.api.auth import Caller
 from service.api.content import content_response
-from service.api.errors import APIError, ErrorBody, ErrorType, from_validation_error
+from service.api.errors import (
+    UNAUTHORIZED,
+    UNKNOWN_ID,
+    APIError,
+    ErrorType,
+    error_responses,
+    from_validation_error,
+)
 from service.api.schemas import (
     QUEUE_POSITION_CAP,
     GenerationLimits,
@@ -46,15 +53,12 @@ router = APIRouter(tags=["videos"])
 
 POLL_HEADER = "openai-poll-after-ms"
 _MAX_FORM_FIELDS = 32
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in (
-        (400, "Invalid field (the message names it and the allowed range)"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown id"),
-        (503, "Job store unreachable or full; see Retry-After and the error code"),
-    )
-}
+_ERRORS = error_responses(
+    (400, "Invalid field (the message names it and the allowed range)"),
+    UNAUTHORIZED,
+    UNKNOWN_ID,
+    (503, "Job store unreachable or full; see Retry-After and the error code"),
+)
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -65,13 +69,12 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 _CREATE_BODY = _body(VideoCreateParams.model_json_schema())
 _REMIX_BODY = _body(VideoRemixParams.model_json_schema())
-_CREATE_ERRORS = {
-    **_ERRORS,
-    413: {"model": ErrorBody, "description": "Body over the size cap"},
-    415: {"model": ErrorBody, "description": "Body neither JSON nor a form"},
-    409: {"model": ErrorBody, "description": "Idempotency-Key reused with another request"},
-    429: {"model": ErrorBody, "description": "Queue full; see Retry-After"},
-}
+_CREATE_ERRORS = _ERRORS | error_responses(
+    (413, "Body over the size cap"),
+    (415, "Body neither JSON nor a form"),
+    (409, "Idempotency-Key reused with another request"),
+    (429, "Queue full; see Retry-After"),
+)
 
 
 async def _read_body(request: Request) -> dict[str, Any]:
@@ -277,7 +280,7 @@ async def _submit(
     "/v1/videos/{video_id}/remix",
     response_model=VideoObject,
     openapi_extra=_REMIX_BODY,
-    responses={**_CREATE_ERRORS, 409: {"model": ErrorBody, "description": "Source not completed"}},
+    responses=_CREATE_ERRORS | error_responses((409, "Source not completed")),
 )
 async def remix_video(
     video_id: str,
@@ -365,8 +368,7 @@ async def retrieve_video(
         200: {"content": {variant.media_type: {} for variant in Variant}},
         206: {"description": "The byte range the Range header asked for"},
         307: {"description": "Redirect to the object store (QVGEN_CONTENT_DELIVERY=redirect)"},
-        409: {"model": ErrorBody, "description": "Not completed yet"},
-        416: {"model": ErrorBody, "description": "Range outside the file"},
+        **error_responses((409, "Not completed yet"), (416, "Range outside the file")),
     },
 )
 async def download_video(

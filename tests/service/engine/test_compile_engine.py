@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,12 +47,12 @@ OTHER_SHAPE = GenerationRequest(**{**REQUEST.__dict__, "width": 48, "num_inferen
 _compiles: list[int] = []
 
 
-def _failing(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., object]:
+def _failing(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., Any]:
     _compiles.append(1)
     raise RuntimeError("forced compile failure")
 
 
-def _failing_after_first(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., object]:
+def _failing_after_first(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., Any]:
     """Compiles (eagerly) the first graph, fails every later one (a new shape)."""
     _compiles.append(1)
     if len(_compiles) > 1:
@@ -59,7 +60,7 @@ def _failing_after_first(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Call
     return gm.forward
 
 
-def _counting(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., object]:
+def _counting(gm: fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., Any]:
     _compiles.append(1)
     return gm.forward
 
