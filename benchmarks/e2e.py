@@ -29,7 +29,6 @@ commit, and can write the raw numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import logging
@@ -54,6 +53,7 @@ from benchmarks.e2e_report import (
     section_text,
 )
 from benchmarks.peers import CompileSettings, ModelVariant, Peer, PeerModel
+from benchmarks.plain_json import dataclasses_to_json
 from benchmarks.random_models import (
     UMT5_STAND_IN,
     WAN_2_1_VAE,
@@ -483,17 +483,7 @@ def run_benchmark(settings: E2ESettings, device: str = "cuda") -> list[ModelResu
 
 def to_json(results: list[ModelResult]) -> list[dict[str, Any]]:
     """Plain data (enums as their values) for ``--json``."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, ModelVariant | Peer):
-            return value.value
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [plain(v) for v in value]
-        return value
-
-    return [plain(dataclasses.asdict(r)) for r in results]
+    return dataclasses_to_json(results)
 
 
 def settings_from_args(args: argparse.Namespace) -> E2ESettings:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.plain_json import dataclasses_to_json
 from benchmarks.ready_runs import Phases, ReadyRun, RunKind, median_warm
 
 if TYPE_CHECKING:
@@ -104,12 +103,4 @@ def section_text(runs: list[ReadyRun], settings: ReadySettings, env: dict[str, A
 
 def to_json(runs: list[ReadyRun]) -> list[dict[str, Any]]:
     """The runs as plain JSON values (enums by value)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, enum.Enum):
-            return value.value
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return [plain(dataclasses.asdict(r)) for r in runs]
+    return dataclasses_to_json(runs)

@@ -18,8 +18,9 @@ The warm-up request is the worker's own (``service/cli.py`` ``default_warm_up``:
 steps), as are the attention kernel and CPU threads. The operating system's file cache is warm
 for every run (this process has imported torch and diffusers, and the runs read the same model
 files): the cache compared is the compile cache. ``--random-wan`` adds a real-size model with
-random weights (``benchmarks/random_pipeline.py``), written before the runs. Prints a table, appends a section to BENCHMARKS.md with card, date and commit, and can
-write the raw numbers as JSON.
+random weights (``benchmarks/random_pipeline.py``), written before the runs. Prints a table,
+appends a section to BENCHMARKS.md with card, date and commit, and can write the raw numbers as
+JSON.
 """
 
 from __future__ import annotations

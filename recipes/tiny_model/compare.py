@@ -76,16 +76,16 @@ def int8_attention_refusal(model_dir: Path, device: str) -> str | None:
     if reason is not None:
         return reason
     # Imported here: the kernel module needs Triton, which the check above found.
-    from service.kernels.attention_int8 import DTYPES, HEAD_DIMS
+    from service.kernels.attention_int8 import input_refusal
 
     config = json.loads((model_dir / "transformer" / "config.json").read_text())
-    head_dim = config.get("attention_head_dim")
-    if head_dim not in HEAD_DIMS:
-        return f"head dim {head_dim} (the kernel takes {HEAD_DIMS})"
+    head_dim = int(config["attention_head_dim"])
     dtype = resolve_target(device).dtype
-    if dtype not in DTYPES:
-        return f"the pipeline runs in {dtype} on {device} (the kernel takes bf16, fp16)"
-    return None
+    # The kernel's own check, on a query of this model's head dim and dtype (no data).
+    reason = input_refusal(torch.empty((1, 1, 1, head_dim), dtype=dtype, device="meta"))
+    if reason is None:
+        return None
+    return f"{reason}; the pipeline runs in {dtype} on {device}, head dim {head_dim}"
 
 
 @torch.no_grad()
