@@ -107,6 +107,13 @@ class CallCountdown:
         self.calls = 0
         self._last_timestep = None
 
+    def skip(self, calls: int) -> None:
+        """Count ``calls`` calls that did not happen (a guidance pass left out), so that the
+        calls after them get the groups they get in the generation that runs them all."""
+        if calls < 0:
+            raise ValueError(f"calls must be ≥ 0, got {calls}")
+        self.calls += calls
+
     def next_groups(self, timestep: torch.Tensor) -> torch.Tensor:
         """int64 [B] for a call with per-sample timesteps ``timestep`` [B]."""
         top = float(timestep.max())
@@ -165,6 +172,16 @@ def restart_timestep_groups(transformer: nn.Module) -> None:
     countdown = getattr(module, _COUNTDOWN_ATTRIBUTE, None)
     if isinstance(countdown, CallCountdown):
         countdown.restart()
+
+
+def skip_timestep_group_calls(transformer: nn.Module, calls: int) -> None:
+    """For a transformer bound with ``CALL_COUNTDOWN``, count ``calls`` transformer calls that a
+    policy left out (``CallCountdown.skip``); a no-op for the timestep mapping, whose group
+    follows the timestep alone."""
+    module = getattr(transformer, "_orig_mod", transformer)
+    countdown = getattr(module, _COUNTDOWN_ATTRIBUTE, None)
+    if isinstance(countdown, CallCountdown):
+        countdown.skip(calls)
 
 
 def check_groups(groups: torch.Tensor, n_groups: int) -> None:

@@ -13,8 +13,14 @@ Two scopes:
   at nearly the same run time, since the blocks hold all but a few percent of the work;
 * ``CompileScope.WHOLE`` compiles the transformer's whole forward call as one graph.
 
-Both compile in place (``nn.Module.compile``): the pipeline keeps its own transformer object
-with its config and methods, and state-dict names do not change.
+Both compile in place: the pipeline keeps its own transformer object with its config and
+methods, and state-dict names do not change. A block's compiled code is its own ``forward``
+(``torch.compile`` of the bound method, set on the instance), not its whole ``__call__``
+(``nn.Module.compile``): hooks that wrap a block's ``forward`` afterwards — diffusers' cache
+hooks, ``service.engine.caching`` — then run eagerly around the compiled code instead of being
+traced into it, and switching a policy on or off never invalidates a graph. The whole
+transformer is compiled with ``nn.Module.compile``, so block hooks would be traced there:
+the engine offers no cache policy with that scope.
 
 The cache: inductor's FX-graph and AOT caches and Triton's kernel cache live under
 ``TORCHINDUCTOR_CACHE_DIR`` and ``TRITON_CACHE_DIR``; ``use_cache_dir`` points both into one
@@ -70,13 +76,24 @@ class CompiledModules:
     """The modules compiled in place, so that ``undo`` can return them to eager execution."""
 
     modules: list[nn.Module] = field(default_factory=list)
+    scope: CompileScope = CompileScope.BLOCKS
 
     def undo(self) -> None:
-        # nn.Module.compile stores the compiled call in _compiled_call_impl; without it the
-        # module's __call__ runs the eager _call_impl again.
         for module in self.modules:
-            module._compiled_call_impl = None
+            if self.scope is CompileScope.BLOCKS:
+                # The instance's compiled forward hides the class's eager one.
+                module.__dict__.pop("forward", None)
+            else:
+                # nn.Module.compile stores the compiled call in _compiled_call_impl; without it
+                # the module's __call__ runs the eager _call_impl again.
+                module._compiled_call_impl = None
         self.modules.clear()
+
+
+def is_compiled(module: nn.Module) -> bool:
+    """Whether ``compile_transformer`` compiled ``module`` (either scope)."""
+    forward = module.__dict__.get("forward")
+    return module._compiled_call_impl is not None or hasattr(forward, "_torchdynamo_orig_callable")
 
 
 def use_cache_dir(cache_dir: Path) -> None:
@@ -111,7 +128,10 @@ def compile_transformer(transformer: nn.Module, options: CompileOptions) -> Comp
         repeated_blocks(transformer) if options.scope is CompileScope.BLOCKS else [transformer]
     )
     for module in targets:
-        module.compile(backend=options.backend)
+        if options.scope is CompileScope.BLOCKS:
+            module.forward = torch.compile(module.forward, backend=options.backend)
+        else:
+            module.compile(backend=options.backend)
     logger.info(
         "torch.compile (%s backend): %d %s of %s; code cache %s",
         options.backend,
@@ -120,4 +140,4 @@ def compile_transformer(transformer: nn.Module, options: CompileOptions) -> Comp
         type(transformer).__name__,
         os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default"),
     )
-    return CompiledModules(targets)
+    return CompiledModules(targets, options.scope)

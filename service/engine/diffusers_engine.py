@@ -6,6 +6,10 @@ cancellation check run in its ``callback_on_step_end``), and VAE decoding. Cance
 ``GenerationCancelled`` out of the pipeline call, so no partially denoised video is ever decoded
 or returned.
 
+A request may save transformer passes (``service.engine.caching``): a cache policy on diffusers'
+hooks, enabled for that generation only, and an early stop of the unconditional guidance pass
+(in the step callback). ``GenerationStats`` reports the full passes run and those saved.
+
 The transformer is compiled per ``CompileOptions`` (``service.engine.compilation``: on CUDA by
 default). Compilation happens at the first call, so ``warm_up`` runs one short generation at
 the size the caller expects to serve; if compiling fails there — or later, at the first call of
@@ -26,9 +30,19 @@ import numpy as np
 import torch
 from torch._dynamo.exc import TorchDynamoException
 
+from qvgen.checkpoint.cache_calibration import CacheCalibration, read_calibration
 from qvgen.family import ModelFamily, detect_family
 from qvgen.timestep_groups import restart_timestep_groups
-from service.engine.compilation import CompiledModules, CompileOptions, compile_transformer
+from service.engine.caching.guidance import GuidanceStop
+from service.engine.caching.offer import CacheDefaults, offered_caching
+from service.engine.caching.session import CachePlan, PassCount, cache_session
+from service.engine.compilation import (
+    CompiledModules,
+    CompileOptions,
+    CompileScope,
+    compile_transformer,
+    repeated_blocks,
+)
 from service.engine.environment import RuntimeTarget, resolve_target
 from service.engine.loading import (
     MemoryOptions,
@@ -37,6 +51,7 @@ from service.engine.loading import (
     pipeline_geometry,
 )
 from service.engine.rules import (
+    CachingRules,
     EngineRules,
     ModelGeometry,
     ModelLimits,
@@ -45,6 +60,7 @@ from service.engine.rules import (
 )
 from service.engine.types import (
     AttentionKernel,
+    CachePolicy,
     CancelCheck,
     CompileStatus,
     GeneratedVideo,
@@ -64,13 +80,16 @@ class _StepClock:
     total_steps: int
     on_step: StepCallback | None
     should_cancel: CancelCheck | None
+    guidance: GuidanceStop | None = None
     started: float = field(default_factory=time.perf_counter)
     step_ends: list[float] = field(default_factory=list)
 
     def __call__(
-        self, _pipeline: VideoPipeline, index: int, _timestep: Any, kwargs: dict[str, Any]
+        self, pipeline: VideoPipeline, index: int, _timestep: Any, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         self.step_ends.append(time.perf_counter())
+        if self.guidance is not None:
+            self.guidance.after_step(pipeline, index)
         done = index + 1
         if self.on_step is not None:
             self.on_step(done, self.total_steps)
@@ -106,6 +125,8 @@ class DiffusersEngine:
         limits: ModelLimits | None = None,
         compile_options: CompileOptions | None = None,
         attention: AttentionKernel = AttentionKernel.SDPA,
+        calibration: CacheCalibration | None = None,
+        cache_defaults: CacheDefaults | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.family = family
@@ -125,9 +146,16 @@ class DiffusersEngine:
         self.compile_options = compile_options or CompileOptions()
         self._compiled: CompiledModules | None = None
         self.compile_status = CompileStatus.EAGER
+        whole_graph = False
         if self.compile_options.wanted(target.is_cuda):
             self._compiled = compile_transformer(pipeline.transformer, self.compile_options)
             self.compile_status = CompileStatus.COMPILED
+            whole_graph = self.compile_options.scope is CompileScope.WHOLE
+        self.calibration = calibration or CacheCalibration()
+        self.caching: CachingRules = offered_caching(
+            family, self.calibration, whole_graph, cache_defaults or CacheDefaults()
+        )
+        self._blocks = repeated_blocks(pipeline.transformer)
 
     def _use_int8_attention(self) -> None:
         if self.family is not ModelFamily.WAN:
@@ -141,7 +169,7 @@ class DiffusersEngine:
 
     @property
     def rules(self) -> EngineRules:
-        return EngineRules(geometry=self.geometry, limits=self.limits)
+        return EngineRules(geometry=self.geometry, limits=self.limits, caching=self.caching)
 
     @property
     def _offloads_text_encoder(self) -> bool:
@@ -157,14 +185,27 @@ class DiffusersEngine:
         model_id: str | None = None,
         compile_options: CompileOptions | None = None,
         attention: AttentionKernel = AttentionKernel.SDPA,
+        cache_defaults: CacheDefaults | None = None,
     ) -> DiffusersEngine:
-        """Check the environment, load ``model_dir`` and wrap it; ``model_id`` defaults to the
-        directory name."""
+        """Check the environment, load ``model_dir`` (and its cache calibration, if any) and
+        wrap it; ``model_id`` defaults to the directory name."""
         target = resolve_target(device)
         family = detect_family(model_dir)
+        calibration = read_calibration(model_dir)
         pipeline = load_pipeline_on(model_dir, target, options)
         model_id = model_id or Path(model_dir).name
-        return cls(pipeline, family, target, model_id, options, limits, compile_options, attention)
+        return cls(
+            pipeline,
+            family,
+            target,
+            model_id,
+            options,
+            limits,
+            compile_options,
+            attention,
+            calibration,
+            cache_defaults,
+        )
 
     def warm_up(self, request: GenerationRequest) -> float:
         """Run ``request`` once and discard the video, so that compilation (and the kernels'
@@ -204,7 +245,7 @@ class DiffusersEngine:
 
     def check(self, request: GenerationRequest) -> None:
         """Raise ``InvalidRequest`` (a ``ValueError``) naming the field and its allowed range."""
-        check_request(request, self.geometry, self.limits)
+        check_request(request, self.geometry, self.limits, self.caching)
 
     def _encode(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt (and, with guidance, negative prompt) embeddings on the target device."""
@@ -229,28 +270,86 @@ class DiffusersEngine:
                 torch.cuda.empty_cache()
         return positive, negative
 
+    def cache_plan(self, request: GenerationRequest, calibrate: bool = False) -> CachePlan:
+        """The request's policy with its threshold resolved (the model's default when left
+        out); ``calibrate`` measures MagCache's ratios instead (``calibrate_magcache``)."""
+        if calibrate:
+            return CachePlan(
+                CachePolicy.MAGCACHE, steps=request.num_inference_steps, calibrate=True
+            )
+        policy = request.cache
+        if policy is CachePolicy.NONE:
+            return CachePlan(policy)
+        threshold = request.cache_threshold
+        if threshold is None:
+            default = self.caching.default_cache_threshold
+            use_default = policy is self.caching.default_cache and default is not None
+            threshold = default if use_default else self.caching.thresholds[policy].default
+        return CachePlan(
+            policy,
+            threshold,
+            request.num_inference_steps,
+            self.calibration.magcache.get(request.num_inference_steps),
+        )
+
     def _denoise_and_decode(
         self,
         request: GenerationRequest,
         embeddings: tuple[torch.Tensor, torch.Tensor | None],
         clock: _StepClock,
-    ) -> np.ndarray:
+        plan: CachePlan,
+    ) -> tuple[np.ndarray, PassCount]:
         generator = torch.Generator(device=self.target.device).manual_seed(request.seed)
+        transformer = self.pipeline.transformer
         # A checkpoint served in the release's call order counts this generation's calls anew.
-        restart_timestep_groups(self.pipeline.transformer)
-        output = self.pipeline(
-            prompt_embeds=embeddings[0],
-            negative_prompt_embeds=embeddings[1],
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=generator,
-            output_type="np",
-            callback_on_step_end=clock,
+        restart_timestep_groups(transformer)
+        guidance = GuidanceStop(
+            transformer, request.guidance_scale, request.guidance_stop, request.num_inference_steps
         )
-        return _to_uint8(np.asarray(output.frames))
+        clock.guidance = guidance
+        with cache_session(transformer, self._blocks, plan) as passes:
+            output = self.pipeline(
+                prompt_embeds=embeddings[0],
+                negative_prompt_embeds=embeddings[1],
+                height=request.height,
+                width=request.width,
+                num_frames=request.num_frames,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=guidance.pipeline_scale,
+                generator=generator,
+                output_type="np",
+                callback_on_step_end=clock,
+            )
+        return _to_uint8(np.asarray(output.frames)), passes
+
+    def _run(
+        self,
+        request: GenerationRequest,
+        embeddings: tuple[torch.Tensor, torch.Tensor | None],
+        on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+        calibrate: bool,
+    ) -> tuple[np.ndarray, PassCount, _StepClock]:
+        plan = self.cache_plan(request, calibrate)
+        clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
+        try:
+            frames, passes = self._denoise_and_decode(request, embeddings, clock, plan)
+        except TorchDynamoException as error:
+            # Compiling (dynamo's trace or the backend) failed before the first step finished:
+            # nothing was reported yet, so the job can start over on the eager transformer.
+            if self._compiled is None or clock.step_ends:
+                raise
+            self._fall_back_to_eager(error)
+            clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
+            frames, passes = self._denoise_and_decode(request, embeddings, clock, plan)
+        return frames, passes, clock
+
+    def measure_magnitude_ratios(self, request: GenerationRequest) -> dict[str, list[float]]:
+        """Generate ``request`` with diffusers' MagCache in calibration mode (nothing skipped)
+        and return each guidance branch's magnitude ratios, one per step
+        (``qvgen/checkpoint/cache_calibration.py``)."""
+        _, passes = self._generate(request, None, None, calibrate=True)
+        return passes.ratios
 
     def generate(
         self,
@@ -264,6 +363,16 @@ class DiffusersEngine:
         The initial noise comes from a ``torch.Generator`` on the target device seeded with
         ``request.seed``: a fixed seed on a fixed device and dtype gives the same frames.
         """
+        video, _ = self._generate(request, on_step, should_cancel, calibrate=False)
+        return video
+
+    def _generate(
+        self,
+        request: GenerationRequest,
+        on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+        calibrate: bool,
+    ) -> tuple[GeneratedVideo, PassCount]:
         self.check(request)
         if should_cancel is not None and should_cancel():
             raise GenerationCancelled(0)
@@ -271,21 +380,12 @@ class DiffusersEngine:
             torch.cuda.reset_peak_memory_stats(self.target.device)
         started = time.perf_counter()
         embeddings = self._encode(request)
-        clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
-        try:
-            frames = self._denoise_and_decode(request, embeddings, clock)
-        except TorchDynamoException as error:
-            # Compiling (dynamo's trace or the backend) failed before the first step finished:
-            # nothing was reported yet, so the job can start over on the eager transformer.
-            if self._compiled is None or clock.step_ends:
-                raise
-            self._fall_back_to_eager(error)
-            clock = _StepClock(request.num_inference_steps, on_step, should_cancel)
-            frames = self._denoise_and_decode(request, embeddings, clock)
+        frames, passes, clock = self._run(request, embeddings, on_step, should_cancel, calibrate)
         finished = time.perf_counter()
         expected = (request.num_frames, request.height, request.width, 3)
         if frames.shape != expected:
             raise RuntimeError(f"pipeline returned frames {frames.shape}, expected {expected}")
+        guided = 2 if request.guidance_scale > 1.0 else 1
         stats = GenerationStats(
             total_seconds=finished - started,
             seconds_per_step=(clock.step_ends[-1] - clock.started) / len(clock.step_ends),
@@ -293,9 +393,12 @@ class DiffusersEngine:
             peak_vram_bytes=(
                 torch.cuda.max_memory_allocated(self.target.device) if self.target.is_cuda else 0
             ),
+            transformer_passes=passes.full,
+            transformer_passes_saved=guided * len(clock.step_ends) - passes.full,
         )
         logger.info(
-            "%s: %d×%d×%d, %d steps in %.2f s (%.3f s/step), peak VRAM %.2f GiB",
+            "%s: %d×%d×%d, %d steps in %.2f s (%.3f s/step), %d transformer passes (%d saved, "
+            "cache %s, guidance_stop %g), peak VRAM %.2f GiB",
             self.model_id,
             request.num_frames,
             request.height,
@@ -303,10 +406,15 @@ class DiffusersEngine:
             stats.steps,
             stats.total_seconds,
             stats.seconds_per_step,
+            stats.transformer_passes,
+            stats.transformer_passes_saved,
+            request.cache.value,
+            request.guidance_stop,
             stats.peak_vram_bytes / 2**30,
         )
         extras = {
             "encode_seconds": clock.started - started,
             "decode_seconds": finished - clock.step_ends[-1],
         }
-        return GeneratedVideo(frames=frames, fps=request.fps, stats=stats, extras=extras)
+        video = GeneratedVideo(frames=frames, fps=request.fps, stats=stats, extras=extras)
+        return video, passes

@@ -6,6 +6,9 @@ Two kinds of rule decide whether a ``GenerationRequest`` can run:
   multiple and frame step of the model's VAE and patch, and the prompt length.
 * **Limits**, chosen by the operator (``ModelLimits``): maximum size, frames, steps, the
   guidance range and the prompt length. They bound the memory and time a single job may take.
+* **Caching** (``CachingRules``): which pass-saving policies this model runs, each policy's
+  threshold range, the step counts MagCache is calibrated for, whether guidance may stop early,
+  and the model's defaults for all of them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qvgen.family import ModelFamily
-from service.engine.types import GenerationRequest, InvalidRequest
+from service.engine.types import CachePolicy, GenerationRequest, InvalidRequest
 
 MAX_SEED = 2**63 - 1
 
@@ -62,23 +65,104 @@ class ModelLimits:
 
 
 @dataclass(frozen=True)
+class ThresholdRange:
+    """The thresholds one cache policy accepts on a model, low ≤ default ≤ high."""
+
+    low: float
+    high: float
+    default: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.default <= self.high:
+            raise ValueError(f"threshold range {self} is not 0 ≤ low ≤ default ≤ high")
+
+
+@dataclass(frozen=True)
+class CachingRules:
+    """What a model accepts for ``cache``, ``cache_threshold`` and ``guidance_stop``.
+
+    ``thresholds``: the policies this model runs besides ``none`` (always allowed), each with
+    its threshold range; ``magcache_steps``: the step counts MagCache has ratios for (its
+    calibration, ``qvgen/checkpoint/cache_calibration.py``); ``guidance_stop``: whether the
+    unconditional pass may stop before the last step (Wan's pipeline; CogVideoX batches both
+    passes into one call and cannot). ``default_*``: what a request that leaves them out gets.
+    """
+
+    thresholds: dict[CachePolicy, ThresholdRange] = dataclasses.field(default_factory=dict)
+    magcache_steps: tuple[int, ...] = ()
+    guidance_stop: bool = False
+    default_cache: CachePolicy = CachePolicy.NONE
+    default_cache_threshold: float | None = None
+    default_guidance_stop: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.default_cache is not CachePolicy.NONE:
+            if self.default_cache not in self.thresholds:
+                raise ValueError(f"default cache {self.default_cache.value!r} is not offered")
+            rule = self.thresholds[self.default_cache]
+            threshold = self.default_cache_threshold
+            if threshold is not None and not rule.low <= threshold <= rule.high:
+                raise ValueError(
+                    f"default cache threshold {threshold} is outside [{rule.low}, {rule.high}]"
+                )
+        if not 0 <= self.default_guidance_stop <= 1:
+            raise ValueError(f"default guidance_stop {self.default_guidance_stop} is not in [0, 1]")
+        if self.default_guidance_stop < 1 and not self.guidance_stop:
+            raise ValueError("a default guidance_stop below 1 on a model that cannot stop early")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": {
+                policy.value: dataclasses.asdict(rule) for policy, rule in self.thresholds.items()
+            },
+            "magcache_steps": list(self.magcache_steps),
+            "guidance_stop": self.guidance_stop,
+            "default_cache": self.default_cache.value,
+            "default_cache_threshold": self.default_cache_threshold,
+            "default_guidance_stop": self.default_guidance_stop,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CachingRules:
+        thresholds = {
+            CachePolicy(name): ThresholdRange(**rule) for name, rule in data["thresholds"].items()
+        }
+        return cls(
+            thresholds=thresholds,
+            magcache_steps=tuple(data["magcache_steps"]),
+            guidance_stop=data["guidance_stop"],
+            default_cache=CachePolicy(data["default_cache"]),
+            default_cache_threshold=data["default_cache_threshold"],
+            default_guidance_stop=data["default_guidance_stop"],
+        )
+
+
+@dataclass(frozen=True)
 class EngineRules:
     """Everything ``check_request`` holds a request to on one loaded model. Workers publish it
     (``to_dict``) so that clients can offer only requests that will run."""
 
     geometry: ModelGeometry
     limits: ModelLimits
+    caching: CachingRules = dataclasses.field(default_factory=CachingRules)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {
             "geometry": dataclasses.asdict(self.geometry),
             "limits": dataclasses.asdict(self.limits),
+            "caching": self.caching.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineRules:
-        """Inverse of ``to_dict``; a missing or unknown field raises ``TypeError``/``KeyError``."""
-        return cls(geometry=ModelGeometry(**data["geometry"]), limits=ModelLimits(**data["limits"]))
+        """Inverse of ``to_dict``; a missing or unknown field raises ``TypeError``/``KeyError``.
+        Rules without ``caching`` (published by a worker of an earlier version) offer none."""
+        caching = CachingRules.from_dict(data["caching"]) if "caching" in data else CachingRules()
+        return cls(
+            geometry=ModelGeometry(**data["geometry"]),
+            limits=ModelLimits(**data["limits"]),
+            caching=caching,
+        )
 
 
 def default_limits(family: ModelFamily) -> ModelLimits:
@@ -139,8 +223,55 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise InvalidRequest(name, f"{value} is out of range [{low}, {high}]")
 
 
-def check_request(request: GenerationRequest, geometry: ModelGeometry, limits: ModelLimits) -> None:
-    """Raise ``InvalidRequest`` (a ``ValueError``) naming the first field the model can't run."""
+def _or_values(values: list[str]) -> str:
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+def check_caching(request: GenerationRequest, caching: CachingRules) -> None:
+    """Raise ``InvalidRequest`` naming ``cache``, ``cache_threshold`` or ``guidance_stop`` when
+    the model cannot run them as asked (the allowed values in the message)."""
+    policy = request.cache
+    if policy is not CachePolicy.NONE:
+        offered = [CachePolicy.NONE.value, *(p.value for p in caching.thresholds)]
+        if policy not in caching.thresholds:
+            raise InvalidRequest(
+                "cache", f"{policy.value!r} is not offered by this model; use {_or_values(offered)}"
+            )
+        if policy is CachePolicy.MAGCACHE and request.num_inference_steps not in (
+            caching.magcache_steps
+        ):
+            steps = ", ".join(map(str, caching.magcache_steps)) or "none"
+            raise InvalidRequest(
+                "cache",
+                f"magcache is calibrated for num_inference_steps in ({steps}) on this model, "
+                f"not {request.num_inference_steps}; use one of those step counts or another "
+                f"policy ({_or_values([v for v in offered if v != policy.value])})",
+            )
+    threshold = request.cache_threshold
+    if threshold is not None:
+        if policy is CachePolicy.NONE:
+            raise InvalidRequest(
+                "cache_threshold", "only applies with a cache policy other than none"
+            )
+        rule = caching.thresholds[policy]
+        _check_range("cache_threshold", threshold, rule.low, rule.high)
+    _check_range("guidance_stop", request.guidance_stop, 0.0, 1.0)
+    if request.guidance_stop < 1 and not caching.guidance_stop:
+        raise InvalidRequest(
+            "guidance_stop",
+            f"{request.guidance_stop} is not allowed: this model runs guidance in every step "
+            "(its pipeline batches both passes); use 1",
+        )
+
+
+def check_request(
+    request: GenerationRequest,
+    geometry: ModelGeometry,
+    limits: ModelLimits,
+    caching: CachingRules | None = None,
+) -> None:
+    """Raise ``InvalidRequest`` (a ``ValueError``) naming the first field the model can't run;
+    ``caching`` None offers no cache policy and no early guidance stop."""
     if not request.prompt.strip():
         raise InvalidRequest("prompt", "must not be empty")
     for name in ("prompt", "negative_prompt"):
@@ -158,3 +289,4 @@ def check_request(request: GenerationRequest, geometry: ModelGeometry, limits: M
     _check_range("guidance_scale", request.guidance_scale, limits.min_guidance, limits.max_guidance)
     _check_range("seed", request.seed, 0, MAX_SEED)
     _check_range("fps", request.fps, limits.min_fps, limits.max_fps)
+    check_caching(request, caching or CachingRules())

@@ -38,6 +38,16 @@ class AttentionKernel(enum.StrEnum):
     INT8 = "int8"  # service.kernels.attention_int8 (Wan only; where it is faster: measure)
 
 
+class CachePolicy(enum.StrEnum):
+    """How a generation may reuse earlier transformer passes instead of running all of them
+    (``service.engine.caching``)."""
+
+    NONE = "none"  # every pass runs: the plain generation
+    FIRST_BLOCK = "first-block"  # diffusers' FirstBlockCache
+    FIRST_BLOCK_POOLED = "first-block-pooled"  # ours: its criterion on token-pooled residuals
+    MAGCACHE = "magcache"  # diffusers' MagCache, with ratios calibrated for the model
+
+
 class CompileStatus(enum.StrEnum):
     """How an engine's transformer runs: eager by choice, compiled, or eager after a failure."""
 
@@ -75,6 +85,23 @@ class GenerationRequest:
     guidance_scale: float = 5.0
     seed: int = 0
     fps: int = 8
+    # Fewer transformer passes (``service.engine.caching``): the cache policy, its threshold
+    # (None: the model's default for that policy) and the fraction of the steps, from the
+    # first, that run the unconditional guidance pass (1.0: all of them).
+    cache: CachePolicy = CachePolicy.NONE
+    cache_threshold: float | None = None
+    guidance_stop: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Job records store the policy as its string; read back, it becomes the enum again.
+        if not isinstance(self.cache, CachePolicy):
+            try:
+                object.__setattr__(self, "cache", CachePolicy(self.cache))
+            except ValueError:
+                allowed = ", ".join(policy.value for policy in CachePolicy)
+                raise InvalidRequest(
+                    "cache", f"{self.cache!r} is not a cache policy; use one of {allowed}"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,10 @@ class GenerationStats:
     seconds_per_step: float
     steps: int
     peak_vram_bytes: int  # 0 on CPU
+    # Full transformer passes run (one per sample of a call that ran every block), and those
+    # the cache and guidance policies avoided against the plain run (steps × guidance passes).
+    transformer_passes: int = 0
+    transformer_passes_saved: int = 0
 
 
 @dataclass(frozen=True)

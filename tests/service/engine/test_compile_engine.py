@@ -22,6 +22,7 @@ from torch import fx
 from service.engine.compilation import (
     CompileOptions,
     CompileScope,
+    is_compiled,
     repeated_blocks,
 )
 from service.engine.diffusers_engine import DiffusersEngine
@@ -82,7 +83,7 @@ def engine(policy: CompilePolicy, backend: str = "aot_eager", **kw: object) -> D
 
 def compiled_modules(e: DiffusersEngine) -> list[torch.nn.Module]:
     transformer = e.pipeline.transformer
-    return [m for m in transformer.modules() if m._compiled_call_impl is not None]
+    return [m for m in transformer.modules() if is_compiled(m)]
 
 
 @pytest.fixture(scope="module")
