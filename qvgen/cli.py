@@ -18,6 +18,10 @@ from typing import Any
 # ``qvgen serve`` never pays for diffusers and ``qvgen --help`` imports nothing heavy.
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "generate": ("generate a video from a text prompt", ("service.engine.cli",)),
+    "calibrate-cache": (
+        "measure a model's MagCache ratios into its directory",
+        ("service.engine.caching.calibration",),
+    ),
     "serve": ("run the video-generation service", ("service.cli",)),
     "train": ("QVGen quantization-aware training of a pipeline's transformer", ("training.cli",)),
     "export": ("write a trained run as a pipeline with a packed transformer", ("training.cli",)),

@@ -62,17 +62,38 @@ def register(subparsers: Any) -> None:
         default=AttentionKernel.SDPA,
         help="self-attention kernel (int8: the 8-bit kernel, Wan only)",
     )
+    parser.add_argument(
+        "--cache",
+        default="none",
+        metavar="NAME[:THRESHOLD]",
+        help=(
+            "skip transformer passes: none, first-block, first-block-pooled or magcache "
+            "(calibrated models: qvgen calibrate-cache), with an optional threshold"
+        ),
+    )
+    parser.add_argument(
+        "--guidance-stop",
+        type=float,
+        default=_DEFAULTS.guidance_stop,
+        help="fraction of the steps, from the first, that run the unconditional pass (Wan)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load, check, generate, write; returns the exit status (2 for a request the model refuses)."""
     # Imported here: diffusers takes seconds to import, and every other qvgen command would pay.
+    from service.engine.caching.offer import CacheDefaults
     from service.engine.compilation import CompileOptions
     from service.engine.diffusers_engine import DiffusersEngine
     from service.engine.loading import MemoryOptions
     from service.engine.output import write_video_files
 
+    try:
+        cache = CacheDefaults.parse(args.cache, args.guidance_stop)
+    except ValueError as err:
+        logger.error("--cache: %s", err)
+        return 2
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -83,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         seed=args.seed,
         fps=args.fps,
+        cache=cache.cache,
+        cache_threshold=cache.cache_threshold,
+        guidance_stop=cache.guidance_stop,
     )
     options = MemoryOptions(
         offload_text_encoder=args.offload_text_encoder, vae_tiling=args.vae_tiling
@@ -109,11 +133,14 @@ def run(args: argparse.Namespace) -> int:
     files = write_video_files(video, args.out, args.thumbnail)
     stats = video.stats
     logger.info(
-        "wrote %s and %s: %.2f s total, %.3f s/step, peak VRAM %.2f GiB",
+        "wrote %s and %s: %.2f s total, %.3f s/step, %d transformer passes (%d saved), "
+        "peak VRAM %.2f GiB",
         files.video,
         files.thumbnail,
         stats.total_seconds,
         stats.seconds_per_step,
+        stats.transformer_passes,
+        stats.transformer_passes_saved,
         stats.peak_vram_bytes / 2**30,
     )
     return 0
