@@ -184,12 +184,14 @@ def default_warm_up(settings: ServiceSettings) -> GenerationRequest:
 
 
 def engine_start(args: argparse.Namespace, settings: ServiceSettings) -> EngineStart:
-    """Compile choice (the flag over the setting) and a warm-up at the default request size."""
+    """Compile choice (the flag over the setting), a warm-up at the default request size, and
+    the model's cache defaults."""
     return EngineStart(
         compile=args.compile or settings.compile_transformer,
         compile_cache_dir=settings.compile_cache_dir,
         attention=settings.attention_kernel,
         warm_up=default_warm_up(settings),
+        cache_defaults=settings.cache_defaults(),
     )
 
 

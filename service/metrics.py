@@ -119,6 +119,20 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.transformer_passes = Counter(
+            "qvgen_transformer_passes_total",
+            "Full transformer passes run by the jobs this worker completed (one per sample of a "
+            "call that ran every block: two per step with guidance in the plain run).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.transformer_passes_saved = Counter(
+            "qvgen_transformer_passes_saved_total",
+            "Transformer passes the cache and guidance-stop policies of the jobs this worker "
+            "completed avoided, against the plain run of the same requests.",
+            ["model"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "qvgen_job_queue_wait_seconds",
             "From submission to the first start of a job.",

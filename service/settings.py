@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.engine.caching.offer import THRESHOLDS, CacheDefaults
 from service.engine.types import AttentionKernel, CompilePolicy
 
 
@@ -180,6 +181,14 @@ class ServiceSettings(BaseSettings):
     # CPU threads of a worker's torch operations; 0: the cores given to this process, divided
     # by the workers that `qvgen serve all` starts beside it (all of them for a worker alone).
     worker_threads: int = Field(default=0, ge=0, le=1024)
+    # What a request that leaves out ``cache`` / ``cache_threshold`` / ``guidance_stop`` gets on
+    # this worker's model (``service.engine.caching``): a policy, NAME or NAME:THRESHOLD (none,
+    # first-block, first-block-pooled, magcache), and the fraction of the steps that run the
+    # unconditional guidance pass. Per model, as each worker serves one: the worker publishes
+    # them with its rules and the API fills them in; a model that does not offer them (MagCache
+    # without calibration, an early guidance stop on CogVideoX) refuses to start.
+    default_cache: str = Field(default="none", max_length=64)
+    default_guidance_stop: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
     @field_validator("models", "api_keys", "admin_api_keys", "webhook_allowed_hosts", mode="before")
     @classmethod
@@ -194,6 +203,23 @@ class ServiceSettings(BaseSettings):
         for name in value:
             if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
                 raise ValueError(f"model id {name!r} may hold only letters, digits, '-', '_', '.'")
+        return value
+
+    @field_validator("default_cache")
+    @classmethod
+    def _cache_spec(cls, value: str) -> str:
+        try:
+            defaults = CacheDefaults.parse(value)
+        except ValueError as error:
+            raise ValueError(f"QVGEN_DEFAULT_CACHE={value!r}: {error}") from None
+        threshold = defaults.cache_threshold
+        if threshold is not None:  # parse refuses one with none
+            allowed = THRESHOLDS[defaults.cache]
+            if not allowed.low <= threshold <= allowed.high:  # NaN included
+                raise ValueError(
+                    f"QVGEN_DEFAULT_CACHE={value!r}: the threshold of {defaults.cache.value} "
+                    f"must lie in [{allowed.low:g}, {allowed.high:g}]"
+                )
         return value
 
     @field_validator("webhook_secret")
@@ -256,6 +282,10 @@ class ServiceSettings(BaseSettings):
                 "QVGEN_CONTENT_DELIVERY=redirect needs QVGEN_RESULT_STORE=s3 (a presigned URL "
                 f"of the object store); the {self.result_store.value} store streams"
             )
+
+    def cache_defaults(self) -> CacheDefaults:
+        """``default_cache`` and ``default_guidance_stop``, as the worker's engine takes them."""
+        return CacheDefaults.parse(self.default_cache, self.default_guidance_stop)
 
     @property
     def default_model(self) -> str:

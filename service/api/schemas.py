@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.engine.rules import EngineRules
+from service.engine.caching.offer import THRESHOLDS
+from service.engine.rules import CachingRules, EngineRules, ThresholdRange
+from service.engine.types import CachePolicy
 from service.queue.records import JobRecord
 from service.settings import ServiceSettings
 
@@ -18,6 +20,9 @@ MAX_STEPS = 500
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 50.0
 MIN_FPS, MAX_FPS = 1, 60
 MAX_SEED = 2**63 - 1
+# The widest threshold range any policy offers (``service.engine.caching.offer``: [0, 1]).
+MIN_CACHE_THRESHOLD = min(rule.low for rule in THRESHOLDS.values())
+MAX_CACHE_THRESHOLD = max(rule.high for rule in THRESHOLDS.values())
 # ``queue_position`` counts at most this many jobs ahead (one bounded XRANGE per poll).
 QUEUE_POSITION_CAP = 100
 MAX_WEBHOOK_URL_CHARS = 2048
@@ -48,6 +53,36 @@ class VideoCreateParams(BaseModel):
         default=None,
         max_length=MAX_WEBHOOK_URL_CHARS,
         description="Where video.completed / video.failed are posted (a host the server allows)",
+    )
+    cache: CachePolicy | None = Field(
+        default=None,
+        description=(
+            "How the generation may reuse earlier transformer passes instead of running all of "
+            "them; one of the model's cache_policies (GET /v1/models). Left out: the model's "
+            "default_cache"
+        ),
+    )
+    cache_threshold: float | None = Field(
+        default=None,
+        ge=MIN_CACHE_THRESHOLD,
+        le=MAX_CACHE_THRESHOLD,
+        allow_inf_nan=False,
+        description=(
+            "The cache policy's threshold (higher skips more passes), within the policy's range "
+            "in the model's cache_policies; not with cache none. Left out: the model's default "
+            "for that policy, stored in the job as the value it ran with"
+        ),
+    )
+    guidance_stop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description=(
+            "The fraction of the steps, from the first, that run the unconditional guidance "
+            "pass (1: all of them); at least the model's min_guidance_stop. Left out: the "
+            "model's default_guidance_stop"
+        ),
     )
 
 
@@ -98,6 +133,28 @@ class VideoObject(BaseModel):
             "and in listings."
         ),
     )
+    cache: CachePolicy = Field(
+        description="The cache policy the job runs with (the model's default when left out)"
+    )
+    cache_threshold: float | None = Field(
+        description="Its threshold, as resolved at submission; null with cache none"
+    )
+    guidance_stop: float = Field(
+        description="The fraction of the steps that run the unconditional guidance pass"
+    )
+    transformer_passes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Full transformer passes the generation ran; null until completed",
+    )
+    transformer_passes_saved: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Passes the cache and guidance_stop policies avoided against the plain run (one per "
+            "step, two with guidance_scale above 1); null until completed"
+        ),
+    )
 
     @classmethod
     def from_record(cls, record: JobRecord, now_ms: int) -> VideoObject:
@@ -132,6 +189,11 @@ class VideoObject(BaseModel):
             attempt=record.attempt,
             queue_wait_seconds=queue_wait,
             run_seconds=run,
+            cache=request.cache,
+            cache_threshold=request.cache_threshold,
+            guidance_stop=request.guidance_stop,
+            transformer_passes=record.transformer_passes,
+            transformer_passes_saved=record.transformer_passes_saved,
         )
 
 
@@ -158,10 +220,13 @@ class GenerationLimits(BaseModel):
 
     width ∈ [min_side, max_width], height ∈ [min_side, max_height], each a multiple of
     ``size_multiple``; num_frames = 1 + frame_step · k ≤ max_frames; guidance_scale ∈
-    [min_guidance_scale, max_guidance_scale]. ``from_worker``: the API's own bounds narrowed by
-    the rules the model's workers published; without them (no worker has started yet), only the
-    API's bounds (frame_step 1). ``POST /v1/videos`` refuses with 400 whatever lies outside
-    (``service.api.validation``).
+    [min_guidance_scale, max_guidance_scale]; cache one of ``cache_policies`` (each with its
+    threshold range; none, which takes no threshold, with null), magcache only at
+    num_inference_steps in ``magcache_steps``; guidance_stop ∈ [min_guidance_stop, 1].
+    ``from_worker``: the API's own bounds narrowed by the rules the model's workers published;
+    without them (no worker has started yet), only the API's bounds (frame_step 1, every cache
+    policy at any step count, magcache_steps null, guidance_stop down to 0).
+    ``POST /v1/videos`` refuses with 400 whatever lies outside (``service.api.validation``).
     """
 
     from_worker: bool
@@ -183,6 +248,12 @@ class GenerationLimits(BaseModel):
     default_num_inference_steps: int
     default_guidance_scale: float
     default_fps: int
+    cache_policies: dict[CachePolicy, ThresholdRange | None]
+    magcache_steps: list[int] | None
+    min_guidance_stop: float
+    default_cache: CachePolicy
+    default_cache_threshold: float | None
+    default_guidance_stop: float
 
     @classmethod
     def for_model(cls, settings: ServiceSettings, rules: EngineRules | None) -> GenerationLimits:
@@ -212,6 +283,13 @@ class GenerationLimits(BaseModel):
             default_num_inference_steps=settings.default_num_inference_steps,
             default_guidance_scale=settings.default_guidance_scale,
             default_fps=settings.default_fps,
+            cache_policies={CachePolicy.NONE: None, **THRESHOLDS},
+            magcache_steps=None,
+            min_guidance_stop=0.0,
+            # The cache defaults are the model's (its workers' settings): none until published.
+            default_cache=CachePolicy.NONE,
+            default_cache_threshold=None,
+            default_guidance_stop=1.0,
         )
 
     def _narrowed(self, rules: EngineRules) -> GenerationLimits:
@@ -235,8 +313,38 @@ class GenerationLimits(BaseModel):
                 "min_fps": max(self.min_fps, caps.min_fps),
                 "max_fps": min(self.max_fps, caps.max_fps),
                 "max_prompt_chars": min(self.max_prompt_chars, caps.max_prompt_chars),
+                **_caching_fields(rules.caching),
             }
         )
+
+    def caching_rules(self) -> CachingRules:
+        """What ``service.engine.rules.check_caching`` holds a request to under these limits:
+        the published fields read back (``magcache_steps`` null: every step count)."""
+        steps = self.magcache_steps
+        if steps is None:
+            steps = list(range(1, self.max_inference_steps + 1))
+        return CachingRules(
+            thresholds={
+                policy: rule for policy, rule in self.cache_policies.items() if rule is not None
+            },
+            magcache_steps=tuple(steps),
+            guidance_stop=self.min_guidance_stop < 1,
+            default_cache=self.default_cache,
+            default_cache_threshold=self.default_cache_threshold,
+            default_guidance_stop=self.default_guidance_stop,
+        )
+
+
+def _caching_fields(caching: CachingRules) -> dict[str, object]:
+    """``GenerationLimits``' cache fields: exactly what the model offers."""
+    return {
+        "cache_policies": {CachePolicy.NONE: None, **caching.thresholds},
+        "magcache_steps": list(caching.magcache_steps),
+        "min_guidance_stop": 0.0 if caching.guidance_stop else 1.0,
+        "default_cache": caching.default_cache,
+        "default_cache_threshold": caching.default_cache_threshold,
+        "default_guidance_stop": caching.default_guidance_stop,
+    }
 
 
 class ModelObject(BaseModel):

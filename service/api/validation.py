@@ -4,6 +4,9 @@
 narrowed by the ``EngineRules`` the model's workers publish. Every rule is checked here, so a
 request the API accepts is one the worker's engine runs; an error names the field the client
 sent (``seconds``, not the ``num_frames`` it became) and the nearest values that would pass.
+The cache fields are checked by the engine's own ``check_caching`` on the rules the limits
+publish, and filled in first from the model's defaults, the threshold included: a job's request
+says what ran.
 
 The worker's engine still checks the request once (``service.engine.rules.check_request``), as a
 guard: when a worker with other rules starts between submit and run (or less than
@@ -14,12 +17,13 @@ engine's message.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
 from service.api.schemas import GenerationLimits, VideoCreateParams
-from service.engine.rules import nearest_allowed
-from service.engine.types import GenerationRequest
+from service.engine.rules import CachingRules, check_caching, nearest_allowed
+from service.engine.types import CachePolicy, GenerationRequest, InvalidRequest
 from service.settings import ServiceSettings
 
 _SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -147,12 +151,50 @@ def _check_prompt(param: str, text: str, limits: GenerationLimits, model: str) -
         )
 
 
+def _cache_threshold(policy: CachePolicy, caching: CachingRules) -> float | None:
+    """The threshold a request of ``policy`` that names none runs with on this model: the
+    model's own default where ``policy`` is its default policy, else the policy's range default
+    (None for none, and for a policy the model does not offer, which the check refuses)."""
+    if policy not in caching.thresholds:
+        return None
+    if policy is caching.default_cache and caching.default_cache_threshold is not None:
+        return caching.default_cache_threshold
+    return caching.thresholds[policy].default
+
+
+def _with_caching(
+    request: GenerationRequest, params: VideoCreateParams, limits: GenerationLimits, model: str
+) -> GenerationRequest:
+    """``request`` with the cache fields the client sent, the model's defaults for the others,
+    checked by the engine's rules (``check_caching``)."""
+    caching = limits.caching_rules()
+    policy = caching.default_cache if params.cache is None else params.cache
+    threshold = params.cache_threshold
+    if threshold is None:
+        threshold = _cache_threshold(policy, caching)
+    guidance_stop = params.guidance_stop
+    filled = dataclasses.replace(
+        request,
+        cache=policy,
+        cache_threshold=threshold,
+        guidance_stop=caching.default_guidance_stop if guidance_stop is None else guidance_stop,
+    )
+    try:
+        check_caching(filled, caching)
+    except InvalidRequest as error:
+        message = str(error).removeprefix(f"{error.field}: ")
+        if getattr(params, error.field) is None:
+            message += f" (left out, {error.field} is the default of model {model!r})"
+        raise ParamError(error.field, message) from None
+    return filled
+
+
 def to_generation(
     params: VideoCreateParams, model: str, settings: ServiceSettings, limits: GenerationLimits
 ) -> tuple[GenerationRequest, str]:
-    """The engine request for ``params`` with the settings' defaults filled in, and ``seconds``
-    as the video object reports it; raise ``ParamError`` naming the first field ``limits``
-    refuses."""
+    """The engine request for ``params`` with the settings' defaults filled in (the model's for
+    the cache fields), and ``seconds`` as the video object reports it; raise ``ParamError``
+    naming the first field ``limits`` refuses."""
     if params.seconds is not None and params.num_frames is not None:
         raise ParamError("seconds", "give seconds or num_frames, not both")
     if not params.prompt.strip():
@@ -190,4 +232,4 @@ def to_generation(
         seed=params.seed if params.seed is not None else 0,
         fps=fps,
     )
-    return request, seconds_of(num_frames, fps)
+    return _with_caching(request, params, limits, model), seconds_of(num_frames, fps)

@@ -21,6 +21,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from service.engine.rules import EngineRules
+from service.engine.types import GenerationStats
 from service.queue import scripts
 from service.queue.keys import DEADLETTER_MAXLEN, ENTRY_JOB_FIELD, GROUP, Keys
 from service.queue.records import (
@@ -244,12 +245,17 @@ class Consumer:
         video_path: str,
         thumbnail_path: str,
         spritesheet_path: str | None = None,
+        stats: GenerationStats | None = None,
     ) -> bool:
-        """Mark completed with the result files; False when fenced (delete the files then)."""
-        files = {JobField.VIDEO_PATH: video_path, JobField.THUMBNAIL_PATH: thumbnail_path}
+        """Mark completed with the result files and the generation's transformer passes (run
+        and saved, from ``stats``); False when fenced (delete the files then)."""
+        fields = {JobField.VIDEO_PATH: video_path, JobField.THUMBNAIL_PATH: thumbnail_path}
         if spritesheet_path is not None:
-            files[JobField.SPRITESHEET_PATH] = spritesheet_path
-        return self._end(claim, JobStatus.COMPLETED, files)
+            fields[JobField.SPRITESHEET_PATH] = spritesheet_path
+        if stats is not None:
+            fields[JobField.TRANSFORMER_PASSES] = str(stats.transformer_passes)
+            fields[JobField.TRANSFORMER_PASSES_SAVED] = str(stats.transformer_passes_saved)
+        return self._end(claim, JobStatus.COMPLETED, fields)
 
     def fail(self, claim: Claim, code: ErrorCode, message: str) -> bool:
         return self._end(

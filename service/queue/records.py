@@ -106,6 +106,10 @@ class JobField(enum.StrEnum):
     WEBHOOK_URL = "webhook_url"  # where video.completed / video.failed go ("" for nowhere)
     IDEMPOTENCY_KEY = "idempotency_key"  # the Redis key naming this job, deleted with it
     SPRITESHEET_PATH = "spritesheet_path"
+    # Written at completion: the generation's full transformer passes, and those its cache and
+    # guidance policies saved (``service.engine.types.GenerationStats``).
+    TRANSFORMER_PASSES = "transformer_passes"
+    TRANSFORMER_PASSES_SAVED = "transformer_passes_saved"
 
 
 # The request's field names, sorted: its JSON is the same text whatever order they are declared.
@@ -152,6 +156,9 @@ class JobRecord:
     remixed_from: str | None = None
     webhook_url: str | None = None
     spritesheet_path: str | None = None  # None for jobs completed before spritesheets
+    # None until completed (and for jobs completed before the counts were stored).
+    transformer_passes: int | None = None
+    transformer_passes_saved: int | None = None
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> JobRecord:
@@ -189,6 +196,8 @@ class JobRecord:
             remixed_from=opt_str(JobField.REMIXED_FROM),
             webhook_url=opt_str(JobField.WEBHOOK_URL),
             spritesheet_path=opt_str(JobField.SPRITESHEET_PATH),
+            transformer_passes=opt_int(JobField.TRANSFORMER_PASSES),
+            transformer_passes_saved=opt_int(JobField.TRANSFORMER_PASSES_SAVED),
         )
 
     @property

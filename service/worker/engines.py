@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.engine.caching.offer import CacheDefaults
 from service.engine.types import AttentionKernel, CompilePolicy, Engine, GenerationRequest
 from service.worker.noop_engine import NoopEngine
 
@@ -43,6 +44,9 @@ class EngineStart:
     warm_up: the request of the warm-up generation (the size the worker will mostly serve),
         or None for no warm-up.
     attention: the self-attention kernel.
+    cache_defaults: what requests that leave out the cache and guidance-stop fields get on this
+        model (the settings' ``default_cache`` and ``default_guidance_stop``); published with
+        its rules, so that the API fills them in.
     """
 
     compile: CompilePolicy = CompilePolicy.AUTO
@@ -50,6 +54,7 @@ class EngineStart:
     compile_backend: str = "inductor"
     warm_up: GenerationRequest | None = None
     attention: AttentionKernel = AttentionKernel.SDPA
+    cache_defaults: CacheDefaults = field(default_factory=CacheDefaults)
 
 
 def warm_up_request(
@@ -106,7 +111,12 @@ def load_diffusers_engine(
         policy=start.compile, cache_dir=start.compile_cache_dir, backend=start.compile_backend
     )
     return DiffusersEngine.from_pretrained(
-        model, device=device, model_id=model_id, compile_options=options, attention=start.attention
+        model,
+        device=device,
+        model_id=model_id,
+        compile_options=options,
+        attention=start.attention,
+        cache_defaults=start.cache_defaults,
     )
 
 

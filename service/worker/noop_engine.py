@@ -41,7 +41,9 @@ NOOP_RULES = EngineRules(
 
 class NoopEngine:
     """Sleeps ``step_delay_s`` per step, then returns frame t filled with a seed-dependent
-    gradient: pixel (t, y, x) = ((seed + 16 t) mod 256, 255 · y / H, 255 · x / W)."""
+    gradient: pixel (t, y, x) = ((seed + 16 t) mod 256, 255 · y / H, 255 · x / W). Its stats
+    count the transformer passes a plain run of a model would make (steps × 2 with guidance,
+    steps without), none saved: whatever cache policy its rules let through changes nothing."""
 
     compile_status = CompileStatus.EAGER
 
@@ -59,7 +61,7 @@ class NoopEngine:
         self.rules = rules
 
     def check(self, request: GenerationRequest) -> None:
-        check_request(request, self.rules.geometry, self.rules.limits)
+        check_request(request, self.rules.geometry, self.rules.limits, self.rules.caching)
 
     def generate(
         self,
@@ -79,8 +81,15 @@ class NoopEngine:
                 on_step(step + 1, total)
         frames = self._frames(request)
         elapsed = time.perf_counter() - start
+        # A model's count of a plain run (it saves none: it has no transformer to skip).
+        guided = 2 if request.guidance_scale > 1.0 else 1
         stats = GenerationStats(
-            total_seconds=elapsed, seconds_per_step=elapsed / total, steps=total, peak_vram_bytes=0
+            total_seconds=elapsed,
+            seconds_per_step=elapsed / total,
+            steps=total,
+            peak_vram_bytes=0,
+            transformer_passes=guided * total,
+            transformer_passes_saved=0,
         )
         return GeneratedVideo(frames=frames, fps=request.fps, stats=stats)
 

@@ -281,7 +281,11 @@ class Worker:
             return
         written = self._retrying(
             lambda: self.consumer.complete(
-                claim, stored.video, stored.thumbnail, spritesheet_path=stored.spritesheet
+                claim,
+                stored.video,
+                stored.thumbnail,
+                spritesheet_path=stored.spritesheet,
+                stats=video.stats,
             )
         )
         if not written:
@@ -296,6 +300,10 @@ class Worker:
             return
         logger.info("job %s attempt %d completed", claim.job.id, claim.attempt)
         self._count_finished(JobStatus.COMPLETED, None)
+        self.metrics.transformer_passes.labels(self.model).inc(video.stats.transformer_passes)
+        self.metrics.transformer_passes_saved.labels(self.model).inc(
+            video.stats.transformer_passes_saved
+        )
         self._observe_durations(claim.job)
 
     def _fail(self, claim: Claim, code: ErrorCode, message: str) -> None:

@@ -288,12 +288,12 @@ async def remix_video(
     caller: Annotated[Caller, Depends(current_caller)],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> Response:
-    """A new job with the source's model, size, frames, fps, steps, guidance, negative prompt
-    and seed, and the new prompt; ``remixed_from_video_id`` names the source. The source must be
-    one of the caller's (404 otherwise) and completed (409 otherwise: as the SDK documents it,
-    a remix is "of a completed video"). The new prompt is checked against the model's limits as
-    a create's is (400 naming ``prompt``). Its ``webhook_url`` is its own or the deployment's,
-    never the source's."""
+    """A new job with the source's model, size, frames, fps, steps, guidance, negative prompt,
+    seed, cache policy, cache threshold and guidance stop, and the new prompt;
+    ``remixed_from_video_id`` names the source. The source must be one of the caller's (404
+    otherwise) and completed (409 otherwise: as the SDK documents it, a remix is "of a completed
+    video"). The new prompt is checked against the model's limits as a create's is (400 naming
+    ``prompt``). Its ``webhook_url`` is its own or the deployment's, never the source's."""
     state = api_state(request)
     try:
         params = VideoRemixParams.model_validate(await _read_body(request))
@@ -322,6 +322,9 @@ def _remix_params(source: JobRecord, prompt: str) -> VideoCreateParams:
         num_inference_steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale,
         seed=request.seed,
+        cache=request.cache,
+        cache_threshold=request.cache_threshold,
+        guidance_stop=request.guidance_stop,
     )
 
 

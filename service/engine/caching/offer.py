@@ -8,11 +8,14 @@ default 0.06). Both are offered on [0, 1]; 0 never skips a pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from qvgen.checkpoint.cache_calibration import CacheCalibration
 from qvgen.family import ModelFamily
 from service.engine.rules import CachingRules, ThresholdRange
 from service.engine.types import CachePolicy
+
+if TYPE_CHECKING:  # qvgen.checkpoint imports torch; the API reads CacheDefaults from settings
+    from qvgen.checkpoint.cache_calibration import CacheCalibration
 
 THRESHOLDS: dict[CachePolicy, ThresholdRange] = {
     CachePolicy.FIRST_BLOCK: ThresholdRange(low=0.0, high=1.0, default=0.05),

@@ -24,6 +24,9 @@ SOURCE = {
     "guidance_scale": 2.5,
     "negative_prompt": "blur",
     "seed": 1234,
+    "cache": "first-block",
+    "cache_threshold": 0.2,
+    "guidance_stop": 0.5,
 }
 
 
@@ -65,7 +68,8 @@ def test_a_remix_is_the_source_again_with_the_new_prompt(
     made = request_from_json(str(sync_redis.hget(keys.job(remix["id"]), JobField.REQUEST)))
     was = request_from_json(str(sync_redis.hget(keys.job(source["id"]), JobField.REQUEST)))
     assert made.prompt == "a blue ball"
-    assert {**vars(made), "prompt": was.prompt} == vars(was)  # seed, frames, guidance, …
+    assert {**vars(made), "prompt": was.prompt} == vars(was)  # seed, frames, guidance, cache, …
+    assert (made.cache.value, made.cache_threshold, made.guidance_stop) == ("first-block", 0.2, 0.5)
     # Every video object carries the field: retrieve, list.
     assert client.get(f"/v1/videos/{remix['id']}").json()["remixed_from_video_id"] == source["id"]
     listed = {v["id"]: v["remixed_from_video_id"] for v in client.get("/v1/videos").json()["data"]}

@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from service.engine.types import GenerationStats
 from service.queue.consumer import Claim, Consumer, StartOutcome
 from service.queue.keys import GROUP, Keys
 from service.queue.records import ErrorCode, JobStatus
@@ -66,6 +67,28 @@ def test_heartbeat_keeps_the_job_and_silence_loses_it_to_a_peer(
         "good.mp4",
     )
     assert record.expires_at_ms is not None and record.completed_at_ms is not None
+
+
+def test_completion_stores_the_transformer_passes_of_its_stats(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    counted, uncounted = submit(settings).job_id, submit(settings).job_id
+    worker = consumer(sync_redis, settings, "w1")
+    stats = GenerationStats(
+        total_seconds=1.0,
+        seconds_per_step=0.25,
+        steps=4,
+        peak_vram_bytes=0,
+        transformer_passes=5,
+        transformer_passes_saved=3,
+    )
+    assert worker.complete(_take(worker), "v.mp4", "t.png", stats=stats)
+    assert worker.complete(_take(worker), "w.mp4", "u.png")  # a caller without stats
+    records = [produce(settings, lambda q, i=i: q.get(i)) for i in (counted, uncounted)]
+    assert [(r.transformer_passes, r.transformer_passes_saved) for r in records if r] == [
+        (5, 3),
+        (None, None),
+    ]
 
 
 def test_progress_is_an_integer_percent(settings: ServiceSettings, sync_redis: redis.Redis) -> None:

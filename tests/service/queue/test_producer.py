@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from itertools import chain
 
 import pytest
 import redis
 
+from service.engine.types import CachePolicy
 from service.queue.keys import ENTRY_JOB_FIELD, Keys
 from service.queue.producer import DeleteOutcome, Page, QueueFull, UnknownCursor
 from service.queue.records import JobField, JobStatus, is_job_id, new_job_id, now_ms
@@ -30,6 +33,28 @@ def test_submit_writes_record_and_stream_entry_together(
         (sync_redis.hget(keys.job(submitted.job_id), JobField.STREAM_ID), submitted.job_id)
     ]
     assert sync_redis.zscore(keys.jobs, submitted.job_id) == record.created_at_ms
+
+
+def test_the_cache_fields_are_stored_as_strings_and_read_back_as_sent(
+    settings: ServiceSettings, sync_redis: redis.Redis
+) -> None:
+    request = dataclasses.replace(
+        REQUEST, cache=CachePolicy.MAGCACHE, cache_threshold=0.3, guidance_stop=0.5
+    )
+    job_id = produce(settings, lambda q: q.submit("tiny", request, seconds="2")).job_id
+    stored = json.loads(
+        str(sync_redis.hget(Keys(settings.key_prefix).job(job_id), JobField.REQUEST))
+    )
+    assert (stored["cache"], stored["cache_threshold"], stored["guidance_stop"]) == (
+        "magcache",
+        0.3,
+        0.5,
+    )
+    record = produce(settings, lambda q: q.get(job_id))
+    assert record is not None and record.request == request
+    assert record.request.cache is CachePolicy.MAGCACHE
+    # Not completed: no pass counts yet.
+    assert (record.transformer_passes, record.transformer_passes_saved) == (None, None)
 
 
 def test_job_ids_differ_and_are_unguessable_format(settings: ServiceSettings) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from service.engine.types import GenerationCancelled, GenerationRequest, InvalidRequest
-from service.worker.noop_engine import NoopEngine
+from service.engine.caching.offer import THRESHOLDS
+from service.engine.rules import CachingRules
+from service.engine.types import (
+    CachePolicy,
+    GenerationCancelled,
+    GenerationRequest,
+    InvalidRequest,
+)
+from service.worker.noop_engine import NOOP_RULES, NoopEngine
 
 REQUEST = GenerationRequest(prompt="p", width=8, height=4, num_frames=3, num_inference_steps=5)
 
@@ -35,3 +44,24 @@ def test_check_names_the_field_and_quotes_the_range() -> None:
     ) as caught:
         NoopEngine("m").check(GenerationRequest(prompt="p", width=7))
     assert caught.value.field == "width"
+
+
+def test_stats_count_the_passes_of_a_plain_run() -> None:
+    guided = NoopEngine("m").generate(REQUEST).stats  # guidance 5.0: two passes a step
+    assert (guided.transformer_passes, guided.transformer_passes_saved) == (10, 0)
+    unguided = NoopEngine("m").generate(dataclasses.replace(REQUEST, guidance_scale=1.0)).stats
+    assert (unguided.transformer_passes, unguided.transformer_passes_saved) == (5, 0)
+
+
+def test_it_offers_no_cache_policy_unless_its_rules_do() -> None:
+    cached = dataclasses.replace(REQUEST, cache=CachePolicy.FIRST_BLOCK)
+    with pytest.raises(InvalidRequest, match="not offered by this model; use none") as caught:
+        NoopEngine("m").check(cached)
+    assert caught.value.field == "cache"
+    offering = dataclasses.replace(
+        NOOP_RULES,
+        caching=CachingRules(
+            thresholds={CachePolicy.FIRST_BLOCK: THRESHOLDS[CachePolicy.FIRST_BLOCK]}
+        ),
+    )
+    NoopEngine("m", rules=offering).check(cached)

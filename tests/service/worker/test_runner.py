@@ -72,8 +72,13 @@ def test_worker_runs_a_job_to_an_mp4_and_exports_metrics(
     assert fields[JobField.VIDEO_PATH].endswith(f"{job_id}/attempt-1.mp4")
     info = probe_video(fields[JobField.VIDEO_PATH])
     assert (info.frame_count, info.width, info.height) == (3, 16, 16)
+    # 4 steps with guidance (5.0): two passes a step; the no-op engine saves none.
+    passes = (fields[JobField.TRANSFORMER_PASSES], fields[JobField.TRANSFORMER_PASSES_SAVED])
+    assert passes == ("8", "0")
     metrics = httpx.get(f"http://127.0.0.1:{run.worker.metrics_port}/metrics").text
     assert 'qvgen_jobs_finished_total{code="none",model="tiny",status="completed"} 1.0' in metrics
+    assert 'qvgen_transformer_passes_total{model="tiny"} 8.0' in metrics
+    assert 'qvgen_transformer_passes_saved_total{model="tiny"} 0.0' in metrics
     assert 'qvgen_step_duration_seconds_count{model="tiny"} 4.0' in metrics
     assert "qvgen_job_queue_wait_seconds_bucket" in metrics
     run.stop()
