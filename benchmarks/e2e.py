@@ -29,12 +29,15 @@ commit, and can write the raw numbers as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,10 +337,19 @@ def _reset_peak(target: RuntimeTarget) -> None:
         torch.cuda.reset_peak_memory_stats(target.device)
 
 
+# A pass-saving policy around a generation (``benchmarks.pass_saving``): given the pipeline, a
+# context manager that holds the policy for the call and yields its step-end callback, if any.
+GenerationPolicy = Callable[[Any], AbstractContextManager[Callable[..., Any] | None]]
+
+
 def measure_generation(
-    transformer: nn.Module, settings: E2ESettings, target: RuntimeTarget
+    transformer: nn.Module,
+    settings: E2ESettings,
+    target: RuntimeTarget,
+    policy: GenerationPolicy | None = None,
 ) -> GenerationResult:
-    """Peak GPU memory and wall time of one whole ``WanPipeline`` generation (module doc)."""
+    """Peak GPU memory and wall time of one whole ``WanPipeline`` generation (module doc),
+    under ``policy`` when given."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     tokenizer, text_encoder = stand_in_text_encoder(settings.text_encoder, settings.seed)
@@ -365,7 +377,10 @@ def measure_generation(
         )
     began = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            (policy(pipeline) if policy else contextlib.nullcontext()) as callback,
+        ):
             output = pipeline(
                 prompt=_PROMPT,
                 negative_prompt=_NEGATIVE_PROMPT,
@@ -377,6 +392,7 @@ def measure_generation(
                 generator=torch.Generator(device=target.device).manual_seed(settings.seed),
                 output_type="np",
                 max_sequence_length=settings.text_encoder.max_tokens,
+                callback_on_step_end=callback,
             )
     except torch.OutOfMemoryError as err:
         peak = torch.cuda.max_memory_allocated(target.device)

@@ -6,6 +6,8 @@ qvgen tiny compare --model fp=DIR --model rtn-w4a4=DIR --model qvgen-w4a4-seed0=
     --reference fp --out DIR
 qvgen tiny figures --comparison DIR [--comparison DIR …] --run lsq-w4a4-seed0=RUN … --out DIR
 qvgen tiny median --comparison DIR --group qvgen-w4a4
+qvgen tiny frontier --model DIR --out DIR [--count 200 --setting NAME …]
+qvgen tiny frontier-table --run NAME=OUT …
 
 Names ``<method>-seed<k>`` are runs of one method that differ in their QAT seed: the table shows
 their mean ± SD, the gradient-norm plot their mean (``recipes.tiny_model.error_bars``).
@@ -244,6 +246,55 @@ def _run_median(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_frontier(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "frontier",
+        help="the evaluation set under every pass-saving setting, one request at a time",
+    )
+    p.add_argument("--model", type=Path, required=True, help="pipeline directory")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--count", type=int, default=200, help="evaluation pairs (≤ 270)")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        help="only these settings (names as in the table; the plain run always runs)",
+    )
+    p.set_defaults(handler=_run_frontier)
+
+
+def _run_frontier(args: argparse.Namespace) -> int:
+    from recipes.tiny_model.frontier import PLAIN, SETTINGS, run_settings, write_run
+
+    known = {s.name: s for s in SETTINGS}
+    unknown = sorted(set(args.setting) - set(known))
+    if unknown:
+        logger.error("qvgen tiny frontier: unknown --setting %s; known: %s", unknown, list(known))
+        return 2
+    chosen = tuple(s for s in SETTINGS if s is PLAIN or not args.setting or s.name in args.setting)
+    run = run_settings(args.model, chosen, args.count, args.device)
+    logger.info("wrote %s", write_run(args.out, run))
+    return 0
+
+
+def _add_frontier_table(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("frontier-table", help="the Markdown table of frontier runs")
+    p.add_argument("--run", type=_named_path, action="append", required=True, help="NAME=OUT")
+    p.set_defaults(handler=_run_frontier_table)
+
+
+def _run_frontier_table(args: argparse.Namespace) -> int:
+    import json
+
+    from recipes.tiny_model.frontier import RESULTS_FILE, frontier_table
+
+    runs = {name: json.loads((out / RESULTS_FILE).read_text()) for name, out in args.run}
+    # The table is the command's output, for BENCHMARKS.md.
+    print(frontier_table(runs))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``tiny`` with its subcommands."""
     tiny = subparsers.add_parser("tiny", help="the embedded qvgen-tiny model: recipe, comparison")
@@ -253,3 +304,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_compare(commands)
     _add_figures(commands)
     _add_median(commands)
+    _add_frontier(commands)
+    _add_frontier_table(commands)

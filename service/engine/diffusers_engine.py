@@ -152,10 +152,14 @@ class DiffusersEngine:
             self.compile_status = CompileStatus.COMPILED
             whole_graph = self.compile_options.scope is CompileScope.WHOLE
         self.calibration = calibration or CacheCalibration()
-        self.caching: CachingRules = offered_caching(
-            family, self.calibration, whole_graph, cache_defaults or CacheDefaults()
-        )
         self._blocks = repeated_blocks(pipeline.transformer)
+        self.caching: CachingRules = offered_caching(
+            family,
+            self.calibration,
+            whole_graph,
+            cache_defaults or CacheDefaults(),
+            len(self._blocks),
+        )
 
     def _use_int8_attention(self) -> None:
         if self.family is not ModelFamily.WAN:
