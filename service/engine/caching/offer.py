@@ -57,13 +57,15 @@ def offered_caching(
     calibration: CacheCalibration,
     whole_graph_compiled: bool,
     defaults: CacheDefaults,
+    blocks: int = 2,
 ) -> CachingRules:
     """The model's ``CachingRules``: first-block policies on every family, MagCache where the
     model directory holds ratios, none of them where the whole transformer is one compiled
-    graph (``service.engine.compilation``); an early guidance stop on Wan. Raises
+    graph (``service.engine.compilation``) or on a model of one block (diffusers' first-block
+    cache needs a head and a tail); an early guidance stop on Wan. Raises
     ``ValueError`` when ``defaults`` name what the model does not offer."""
     thresholds: dict[CachePolicy, ThresholdRange] = {}
-    if not whole_graph_compiled:
+    if not whole_graph_compiled and blocks >= 2:
         thresholds[CachePolicy.FIRST_BLOCK] = THRESHOLDS[CachePolicy.FIRST_BLOCK]
         thresholds[CachePolicy.FIRST_BLOCK_POOLED] = THRESHOLDS[CachePolicy.FIRST_BLOCK_POOLED]
         if calibration.magcache:
