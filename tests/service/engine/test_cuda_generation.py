@@ -68,3 +68,41 @@ def test_packed_w4a4_pipeline_generates_on_cuda(pipeline_dir: Path, tmp_path: Pa
     assert video.frames.shape == (9, 16, 32, 3)
     assert video.stats.peak_vram_bytes > 0
     assert np.array_equal(video.frames, engine.generate(REQUEST).frames)
+
+
+def test_cache_policies_compose_with_compile_and_8bit_attention_on_cuda() -> None:
+    """The shipped W4A4 pipeline on the card as a worker serves it with everything on: Triton
+    W4A4 layers, compiled blocks (inductor), the 8-bit self-attention, and each cache policy with
+    the early guidance stop: passes saved, one video per seed, and no recompilation."""
+    from service.engine.caching.offer import CacheDefaults
+    from service.engine.compilation import CompileOptions
+    from service.engine.types import AttentionKernel, CachePolicy, CompilePolicy
+
+    shipped = Path(__file__).resolve().parents[3] / "models" / "qvgen-tiny-w4a4"
+    torch._dynamo.reset()
+    engine = DiffusersEngine.from_pretrained(
+        shipped,
+        device="cuda",
+        compile_options=CompileOptions(policy=CompilePolicy.ON),
+        attention=AttentionKernel.INT8,
+        cache_defaults=CacheDefaults(),
+    )
+    request = GenerationRequest(
+        prompt="a red circle moving left on a black background", seed=11, guidance_scale=5.0
+    )
+    engine.warm_up(request)
+    plain = engine.generate(request)
+    assert plain.stats.transformer_passes == 40
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for policy, threshold in (
+            (CachePolicy.FIRST_BLOCK, 0.3),
+            (CachePolicy.FIRST_BLOCK_POOLED, 0.3),
+            (CachePolicy.MAGCACHE, 0.5),
+        ):
+            cached = dataclasses.replace(
+                request, cache=policy, cache_threshold=threshold, guidance_stop=0.5
+            )
+            first, second = engine.generate(cached), engine.generate(cached)
+            assert first.stats.transformer_passes < 30, (policy, first.stats)
+            assert np.array_equal(first.frames, second.frames), policy
+    torch._dynamo.reset()
