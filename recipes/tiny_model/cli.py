@@ -8,6 +8,7 @@ qvgen tiny figures --comparison DIR [--comparison DIR …] --run lsq-w4a4-seed0=
 qvgen tiny median --comparison DIR --group qvgen-w4a4
 qvgen tiny frontier --model DIR --out DIR [--count 200 --setting NAME …]
 qvgen tiny frontier-table --run NAME=OUT …
+qvgen tiny residual-noise --model NAME=DIR … [--count 8]
 
 Names ``<method>-seed<k>`` are runs of one method that differ in their QAT seed: the table shows
 their mean ± SD, the gradient-norm plot their mean (``recipes.tiny_model.error_bars``).
@@ -295,6 +296,26 @@ def _run_frontier_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_residual_noise(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "residual-noise",
+        help="the first block's step-to-step residual change by pooling window, per model",
+    )
+    p.add_argument("--model", type=_named_path, action="append", required=True, help="NAME=DIR")
+    p.add_argument("--count", type=int, default=8, help="evaluation pairs")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=_run_residual_noise)
+
+
+def _run_residual_noise(args: argparse.Namespace) -> int:
+    from recipes.tiny_model.residual_noise import noise_table, residual_changes
+
+    rows = {name: residual_changes(path, args.count, args.device) for name, path in args.model}
+    # The table is the command's output, for BENCHMARKS.md.
+    print(noise_table(rows))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``tiny`` with its subcommands."""
     tiny = subparsers.add_parser("tiny", help="the embedded qvgen-tiny model: recipe, comparison")
@@ -306,3 +327,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_median(commands)
     _add_frontier(commands)
     _add_frontier_table(commands)
+    _add_residual_noise(commands)

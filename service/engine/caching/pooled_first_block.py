@@ -8,9 +8,10 @@ when its residual r = block₀(x) − x has barely changed since the last call t
 A W4A4 model quantizes activations per token: each token's rounding error is its own, and it
 changes from one call to the next whenever the token's values cross a rounding boundary (the
 model's output is discontinuous in its input). That error is noise in r, independent across
-tokens, and d measures it as change: on qvgen-tiny's W4A4 model d stays near 0.10 in the middle
-of a 20-step generation where the full-precision model's is 0.045 (BENCHMARKS.md), so the same
-threshold skips far fewer passes and a threshold that does skip passes lets real change through.
+tokens, and d measures it as change: on qvgen-tiny's W4A4 model d is 0.099 in the middle of a
+20-step generation where the full-precision model's is 0.049 (``qvgen tiny residual-noise``,
+docs/caching.md), so the same threshold skips far fewer passes and a threshold that does skip
+passes lets real change through.
 
 Averaging r over windows of P consecutive tokens before comparing divides the noise's size by
 √P and keeps the signal, which is smooth across neighbouring tokens (Wan orders tokens frame,
@@ -18,8 +19,8 @@ row, column: a window is a run of patches along a row)::
 
     r̄_w = mean of r over tokens [wP, (w+1)P)       d̄ = mean|r̄ − r̄_prev| / mean|r̄_prev|
 
-With P = 16 the W4A4 model's d̄ falls to 0.050–0.055 against the full-precision model's 0.043;
-the full-precision model's own d barely moves. The cost is one pooling of the residual,
+With P = 16 the W4A4 model's d̄ falls to 0.055 against the full-precision model's 0.045; the
+full-precision model's own d barely moves (0.049 at P = 1). The cost is one pooling of the residual,
 O(tokens × width), against the block's O(tokens × width²) — as cheap as diffusers' criterion.
 
 Everything else (which blocks are skipped, the cached residuals, the guidance branches' separate
