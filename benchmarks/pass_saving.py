@@ -165,6 +165,7 @@ class PassSettings:
     repeats: int = 5
     schedule: Schedule = field(default_factory=Schedule)
     video: VideoSize = field(default_factory=VideoSize)
+    pass_times: bool = True
     vae: VaeArchitecture = WAN_2_1_VAE
     text_encoder: TextEncoderSize = UMT5_STAND_IN
     compile: CompileSettings = field(default_factory=CompileSettings)
@@ -293,7 +294,11 @@ def _build(peer: Peer, arch: WanArchitecture, target: RuntimeTarget, seed: int) 
     return random_packed_transformer(arch, target.device, target.dtype, seed, fuse_projections=True)
 
 
-def run_benchmark(settings: PassSettings, device: str = "cuda") -> list[PeerPasses]:
+def run_benchmark(
+    settings: PassSettings, device: str = "cuda", progress: Path | None = None
+) -> list[PeerPasses]:
+    """Every peer of every architecture; each result is also appended to ``progress`` (JSON
+    lines) as it finishes, so that a run stopped at its time limit keeps what it measured."""
     target = resolve_target(device)
     results = []
     for arch in settings.architectures:
@@ -308,7 +313,10 @@ def run_benchmark(settings: PassSettings, device: str = "cuda") -> list[PeerPass
                     began = time.perf_counter()
                     try:
                         model.prepare(peer, settings.compile)
-                        result.passes = measure_passes(model.transformer, arch, settings, target)
+                        if settings.pass_times:
+                            result.passes = measure_passes(
+                                model.transformer, arch, settings, target
+                            )
                         if peer in settings.generation_peers:
                             result.generation = measure_generations(
                                 model.transformer, arch, settings, target
@@ -321,6 +329,9 @@ def run_benchmark(settings: PassSettings, device: str = "cuda") -> list[PeerPass
                         time.perf_counter() - began, result,
                     )  # fmt: skip
                     results.append(result)
+                    if progress is not None:
+                        with progress.open("a", encoding="utf-8") as f:
+                            f.write(json.dumps(asdict(result)) + "\n")
             finally:
                 model.release()
                 del model
@@ -336,7 +347,8 @@ def report(results: list[PeerPasses], settings: PassSettings) -> str:
     ]
     for r in results:
         if r.passes is None:
-            lines.append(f"| {r.model} | {r.peer} | failed: {r.error} | | | |")
+            if r.error is not None:
+                lines.append(f"| {r.model} | {r.peer} | failed: {r.error} | | | |")
             continue
         p = r.passes
         over = " / ".join(
@@ -388,7 +400,10 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=Schedule.every)
     parser.add_argument("--guidance-stop", type=float, default=Schedule.guidance_stop)
     parser.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="JSON lines, one per peer")
+    parser.add_argument(
+        "--skip-pass-times", action="store_true", help="only the generations (long 14B calls)"
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -400,8 +415,9 @@ def main() -> int:
         steps=args.steps,
         repeats=args.repeats,
         schedule=Schedule(args.keep_first, args.every, args.guidance_stop),
+        pass_times=not args.skip_pass_times,
     )
-    results = run_benchmark(settings)
+    results = run_benchmark(settings, progress=args.json)
     table = report(results, settings)
     print(table)
     env = environment(git_commit())
@@ -415,8 +431,6 @@ def main() -> int:
             f"{settings.video.height}×{settings.video.width}, median of {settings.repeats} "
             f"calls (CUDA events).\n\n{table}\n"
         )
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     return 0
 
 
