@@ -16,6 +16,15 @@ logger = logging.getLogger(__name__)
 _DEFAULTS = GenerationRequest(prompt="")
 
 
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """--width, --height, --frames, --steps and --guidance, with the request's defaults."""
+    parser.add_argument("--width", type=int, default=_DEFAULTS.width)
+    parser.add_argument("--height", type=int, default=_DEFAULTS.height)
+    parser.add_argument("--frames", type=int, default=_DEFAULTS.num_frames)
+    parser.add_argument("--steps", type=int, default=_DEFAULTS.num_inference_steps)
+    parser.add_argument("--guidance", type=float, default=_DEFAULTS.guidance_scale)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``generate`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -31,11 +40,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="MP4 file to write")
     parser.add_argument("--thumbnail", default=None, help="PNG to write (default: beside --out)")
     parser.add_argument("--negative-prompt", default=_DEFAULTS.negative_prompt)
-    parser.add_argument("--width", type=int, default=_DEFAULTS.width)
-    parser.add_argument("--height", type=int, default=_DEFAULTS.height)
-    parser.add_argument("--frames", type=int, default=_DEFAULTS.num_frames)
-    parser.add_argument("--steps", type=int, default=_DEFAULTS.num_inference_steps)
-    parser.add_argument("--guidance", type=float, default=_DEFAULTS.guidance_scale)
+    add_shape_arguments(parser)
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     parser.add_argument("--fps", type=int, default=_DEFAULTS.fps)
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N'")

@@ -22,15 +22,13 @@ from qvgen.checkpoint.cache_calibration import (
     read_calibration,
     write_calibration,
 )
+from service.engine.cli import add_shape_arguments
 from service.engine.types import GenerationRequest
 
 if TYPE_CHECKING:  # imported where used: the diffusers stack takes seconds to import
     from service.engine.diffusers_engine import DiffusersEngine
 
 logger = logging.getLogger(__name__)
-
-_DEFAULTS = GenerationRequest(prompt="")
-
 
 def measure_magcache(
     engine: DiffusersEngine, requests: Sequence[GenerationRequest]
@@ -84,11 +82,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--prompt", action="append", required=True, help="a calibration prompt (repeat it)"
     )
-    parser.add_argument("--width", type=int, default=_DEFAULTS.width)
-    parser.add_argument("--height", type=int, default=_DEFAULTS.height)
-    parser.add_argument("--frames", type=int, default=_DEFAULTS.num_frames)
-    parser.add_argument("--steps", type=int, default=_DEFAULTS.num_inference_steps)
-    parser.add_argument("--guidance", type=float, default=_DEFAULTS.guidance_scale)
+    add_shape_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N'")
     parser.set_defaults(handler=run)
