@@ -375,12 +375,10 @@ def measure_generation(
             start_bytes / GIB,
             (start_bytes - model_bytes) / GIB,
         )
+    around = policy(pipeline) if policy is not None else contextlib.nullcontext()
     began = time.perf_counter()
     try:
-        with (
-            torch.inference_mode(),
-            (policy(pipeline) if policy else contextlib.nullcontext()) as callback,
-        ):
+        with torch.inference_mode(), around as callback:
             output = pipeline(
                 prompt=_PROMPT,
                 negative_prompt=_NEGATIVE_PROMPT,

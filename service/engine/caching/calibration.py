@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # imported where used: the diffusers stack takes seconds to i
 
 logger = logging.getLogger(__name__)
 
+
 def measure_magcache(
     engine: DiffusersEngine, requests: Sequence[GenerationRequest]
 ) -> MagCacheEntry:
