@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.engine.caching.offer import THRESHOLDS, CacheDefaults
 from service.engine.types import AttentionKernel, CompilePolicy
+from service.webhooks.urls import PortRange, WebhookPolicy
 
 
 class Environment(enum.StrEnum):
@@ -157,8 +158,18 @@ class ServiceSettings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_retry_base_s: float = Field(default=5.0, gt=0.0, le=3600.0)
     webhook_retry_max_s: float = Field(default=3600.0, gt=0.0, le=86400.0)
-    # One attempt's HTTP timeout (connect and read).
+    # One attempt's deadline, all of it: resolving, connecting, sending, and reading the answer
+    # (a receiver answering a byte at a time cannot stretch it).
     webhook_timeout_s: float = Field(default=10.0, gt=0.0, le=300.0)
+    # Ports a webhook URL may name ("443", "8000-8999"); the deployment's webhook_url is exempt.
+    webhook_allowed_ports: Annotated[tuple[str, ...], NoDecode] = ("80", "443")
+    # Let webhooks reach loopback, private, link-local... addresses (``service.webhooks.urls``):
+    # development and tests only (their receivers listen on 127.0.0.1); production refuses it.
+    webhook_allow_private_addresses: bool = False
+    # Attempts one deliverer runs at once, and at once to any one receiver host: a slow host
+    # holds at most its share, and the others' events go on.
+    webhook_concurrency: int = Field(default=16, ge=1, le=1024)
+    webhook_concurrency_per_host: int = Field(default=4, ge=1, le=1024)
     # Where a webhook deliverer's /metrics listens (0: any free port, as for workers); its host
     # is worker_metrics_host. Apart from the workers' ports (worker_metrics_port + i) that
     # `qvgen serve all` starts beside it.
@@ -190,10 +201,27 @@ class ServiceSettings(BaseSettings):
     default_cache: str = Field(default="none", max_length=64)
     default_guidance_stop: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
-    @field_validator("models", "api_keys", "admin_api_keys", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "models",
+        "api_keys",
+        "admin_api_keys",
+        "webhook_allowed_hosts",
+        "webhook_allowed_ports",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("webhook_allowed_ports")
+    @classmethod
+    def _ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            try:
+                PortRange.parse(text)
+            except ValueError as error:
+                raise ValueError(f"QVGEN_WEBHOOK_ALLOWED_PORTS: {error}") from None
+        return value
 
     @field_validator("models")
     @classmethod
@@ -259,6 +287,11 @@ class ServiceSettings(BaseSettings):
                 f"claim_timeout_s ({self.claim_timeout_s}), or a live worker loses its job"
             )
         self._check_result_store()
+        if self.environment is Environment.PRODUCTION and self.webhook_allow_private_addresses:
+            raise ValueError(
+                "QVGEN_WEBHOOK_ALLOW_PRIVATE_ADDRESSES is on: production refuses webhooks to "
+                "loopback and private addresses (a client could reach internal services)"
+            )
         if self.environment is Environment.PRODUCTION and not self.api_keys:
             raise ValueError(
                 "QVGEN_API_KEYS is empty: production refuses unauthenticated access "
@@ -298,6 +331,14 @@ class ServiceSettings(BaseSettings):
     @property
     def webhooks_enabled(self) -> bool:
         return bool(self.webhook_url or self.webhook_allowed_hosts)
+
+    def webhook_policy(self) -> WebhookPolicy:
+        """What per-request webhook URLs and the addresses they resolve to must satisfy."""
+        return WebhookPolicy.build(
+            https_only=self.environment is not Environment.DEVELOPMENT,
+            ports=self.webhook_allowed_ports,
+            allow_private=self.webhook_allow_private_addresses,
+        )
 
     def admin_key_secrets(self) -> tuple[bytes, ...]:
         return tuple(key.get_secret_value().encode() for key in self.admin_api_keys)

@@ -11,7 +11,8 @@ one's due time a lease into the future and counts the attempt: a deliverer that 
 leaves the event to be claimed again once the lease ends, and two deliverers never hold one
 event at once (unless an attempt outlives its lease, which is longer than the HTTP timeout).
 Then ``done`` removes it, ``retry`` sets its next due time, or ``give_up`` moves it to the
-dead-letter stream ``P:webhooks:dead`` after the last attempt.
+dead-letter stream ``P:webhooks:dead`` after the last attempt; ``postpone`` hands back one the
+deliverer claimed but did not attempt (its receiver's host was busy), uncounting the attempt.
 
 The backoff between attempts n and n + 1 (n ≥ 1): d = min(cap, base · 2^(n−1)), waited as
 d/2 + U(0, d/2) ("equal jitter": never less than half the step, so retries keep backing off,
@@ -71,6 +72,15 @@ redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
 return 1
 """
 
+# KEYS: due zset, event
+# ARGV: id, next due ms
+_POSTPONE = """#!lua flags=allow-oom
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'attempts', -1)
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+return 1
+"""
+
 # KEYS: due zset, event, dead stream
 # ARGV: id, last error, dead maxlen, now ms
 _GIVE_UP = """#!lua flags=allow-oom
@@ -126,6 +136,7 @@ class Outbox:
         self._done = client.register_script(_DONE)
         self._retry = client.register_script(_RETRY)
         self._give_up = client.register_script(_GIVE_UP)
+        self._postpone = client.register_script(_POSTPONE)
 
     def claim(self, now_ms: int, lease_ms: int, limit: int) -> list[WebhookEvent]:
         reply: Any = self._claim(
@@ -162,6 +173,12 @@ class Outbox:
         self._retry(
             keys=[self.keys.webhooks_due, self.keys.webhook(event.id)],
             args=[event.id, due_ms, error[:500]],
+        )
+
+    def postpone(self, event: WebhookEvent, due_ms: int) -> None:
+        """Hand a claimed event back unattempted (its attempt uncounted), due at ``due_ms``."""
+        self._postpone(
+            keys=[self.keys.webhooks_due, self.keys.webhook(event.id)], args=[event.id, due_ms]
         )
 
     def give_up(self, event: WebhookEvent, error: str, now_ms: int) -> None:

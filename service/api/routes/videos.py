@@ -44,7 +44,6 @@ from service.queue.producer import (
     UnknownCursor,
 )
 from service.queue.records import JobRecord, JobStatus, is_job_id, new_job_id, now_ms
-from service.settings import Environment
 from service.storage import Variant
 from service.webhooks.urls import WebhookUrlError, check_webhook_url
 
@@ -211,9 +210,7 @@ def _webhook_url(state: ApiState, requested: str | None) -> str | None:
     settings = state.settings
     try:
         return check_webhook_url(
-            requested,
-            settings.webhook_allowed_hosts,
-            https_only=settings.environment is not Environment.DEVELOPMENT,
+            requested, settings.webhook_allowed_hosts, settings.webhook_policy()
         )
     except WebhookUrlError as error:
         raise APIError(

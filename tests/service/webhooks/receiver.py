@@ -56,6 +56,10 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
     port: int = 0
+    # Set: every request waits (at most WAIT_S) until it is set again before it is answered.
+    hold: threading.Event | None = None
+    in_flight: int = 0
+    most_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -71,12 +75,22 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver(statuses: list[int] | None = None) -> Iterator[Receiver]:
-    receiver = Receiver(statuses=list(statuses or []))
+def running_receiver(
+    statuses: list[int] | None = None, hold: threading.Event | None = None
+) -> Iterator[Receiver]:
+    """``hold``: answer nothing until it is set (bounded by WAIT_S)."""
+    receiver = Receiver(statuses=list(statuses or []), hold=hold)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            if receiver.hold is not None:
+                with receiver._lock:
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
+                receiver.hold.wait(WAIT_S)
+                with receiver._lock:
+                    receiver.in_flight -= 1
             with receiver._lock:
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 headers = {name.lower(): value for name, value in self.headers.items()}

@@ -7,9 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import openai
 import pytest
@@ -24,7 +23,7 @@ from service.queue.records import ErrorCode, now_ms, webhook_event_id
 from service.settings import ServiceSettings
 from service.webhooks.deliverer import WebhookDeliverer
 from service.webhooks.outbox import Outbox, retry_delay_s
-from service.webhooks.urls import WebhookUrlError, check_webhook_url
+from service.webhooks.urls import WebhookPolicy, WebhookUrlError, check_webhook_url
 from tests.service.webhooks.receiver import WAIT_S, InvalidSignature, running_receiver, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -36,28 +35,13 @@ def hooked(settings: ServiceSettings) -> ServiceSettings:
         update={
             "webhook_secret": SecretStr(SECRET),
             "webhook_allowed_hosts": ("127.0.0.1",),
+            # The receivers listen on 127.0.0.1, on a free port.
+            "webhook_allow_private_addresses": True,
+            "webhook_allowed_ports": ("1024-65535",),
             "webhook_retry_base_s": 0.05,
             "webhook_retry_max_s": 0.2,
         }
     )
-
-
-@pytest.fixture
-def start_deliverer() -> Iterator[Callable[[ServiceSettings], WebhookDeliverer]]:
-    started: list[tuple[WebhookDeliverer, threading.Thread]] = []
-
-    def start(settings: ServiceSettings) -> WebhookDeliverer:
-        deliverer = WebhookDeliverer(settings, rng=random.Random(0))
-        thread = threading.Thread(target=deliverer.run, daemon=True)
-        thread.start()
-        started.append((deliverer, thread))
-        return deliverer
-
-    yield start
-    for deliverer, thread in started:
-        deliverer.request_stop()
-        thread.join(timeout=WAIT_S)
-        assert not thread.is_alive()
 
 
 def _submit(client: TestClient, **fields: object) -> str:
@@ -229,7 +213,7 @@ def test_the_deployment_url_hears_of_jobs_that_name_none(
         ("ftp://127.0.0.1/hook", "scheme must be http or https"),
         ("http://[::1/hook", "not a URL"),
         ("http://127.0.0.1:99999/hook", "not a URL"),
-        ("not a url", "scheme must be"),
+        ("not-a-url", "scheme must be"),
         ("http://user:pw@127.0.0.1/hook", "no credentials"),
     ],
 )
@@ -256,12 +240,13 @@ def test_no_allowed_hosts_means_no_request_may_name_a_url(settings: ServiceSetti
 
 def test_outside_development_only_https_urls_pass() -> None:
     allowed = ("127.0.0.1", "*.hooks.example")
+    policy = WebhookPolicy.build(https_only=True, ports=("443",), allow_private=True)
     with pytest.raises(WebhookUrlError, match="scheme must be https"):
-        check_webhook_url("http://127.0.0.1/h", allowed, https_only=True)
-    assert check_webhook_url("https://127.0.0.1/h", allowed, https_only=True)
-    assert check_webhook_url("https://a.hooks.example/h", allowed, https_only=True)
+        check_webhook_url("http://127.0.0.1/h", allowed, policy)
+    assert check_webhook_url("https://127.0.0.1/h", allowed, policy)
+    assert check_webhook_url("https://a.hooks.example/h", allowed, policy)
     with pytest.raises(WebhookUrlError, match="not allowed"):
-        check_webhook_url("https://hooks.example/h", allowed, https_only=True)
+        check_webhook_url("https://hooks.example/h", allowed, policy)
 
 
 @pytest.mark.parametrize(
@@ -292,7 +277,7 @@ def test_a_job_expired_in_the_queue_is_announced_as_failed_and_a_deleted_one_not
     hooked: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
     short = hooked.model_copy(update={"queued_ttl_s": 1})
-    url = "http://127.0.0.1:9/hooks"
+    url = "http://127.0.0.1:1024/hooks"
     with TestClient(create_app(short)) as client:
         expiring = _submit(client, webhook_url=url)
         deleted = _submit(client, webhook_url=url)

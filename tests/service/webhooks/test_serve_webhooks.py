@@ -34,6 +34,8 @@ def test_the_deliverer_process_sends_the_outbox_and_stops_on_sigterm(
         update={
             "webhook_secret": SecretStr(SECRET),
             "webhook_allowed_hosts": ("127.0.0.1",),
+            "webhook_allow_private_addresses": True,
+            "webhook_allowed_ports": ("1024-65535",),
             "webhook_metrics_port": port,
         }
     )
