@@ -19,7 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.engine.caching.offer import THRESHOLDS, CacheDefaults
 from service.engine.types import AttentionKernel, CompilePolicy
-from service.webhooks.urls import PortRange, WebhookPolicy
+from service.webhooks.urls import PortRange, WebhookPolicy, WebhookUrlError, check_host_pattern
+
+MASTER_SECRET_BYTES = 32
 
 
 class Environment(enum.StrEnum):
@@ -150,9 +152,15 @@ class ServiceSettings(BaseSettings):
     # subdomains); empty: requests may not name one. The API checks, so that a client cannot
     # make the deliverer call into the deployment's own network.
     webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
-    # Standard Webhooks signing secret, "whsec_" + base64 of the key (``service.webhooks.signing``);
-    # required once any webhook can be sent.
+    # The single-tenant signing secret, "whsec_" + base64 of the key (``service.webhooks.signing``):
+    # signs the events to webhook_url (the operator's receiver) and every event without an
+    # owner (no API keys, or written before per-key secrets). With API keys, tenants get secrets
+    # of their own from webhook_master_secret instead (``service.webhooks.tenants``).
     webhook_secret: SecretStr = SecretStr("")
+    # Base64 of at least 32 random bytes (`openssl rand -base64 32`): each API key's signing
+    # secret is derived from it (``service.webhooks.tenants``); an admin creates and rotates
+    # them (POST /v1/admin/webhooks/{owner}/secret). Empty: no per-key secrets.
+    webhook_master_secret: SecretStr = SecretStr("")
     # Delivery attempts per event; between them, exponential backoff with jitter from
     # webhook_retry_base_s up to webhook_retry_max_s (``service.webhooks.outbox.retry_delay_s``).
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
@@ -267,6 +275,32 @@ class ServiceSettings(BaseSettings):
             )
         return value
 
+    @field_validator("webhook_master_secret")
+    @classmethod
+    def _master(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text:
+            return value
+        try:
+            key = base64.b64decode(text, validate=True)
+        except ValueError:
+            key = b""
+        if len(key) < MASTER_SECRET_BYTES:
+            # The message never quotes the value: it is a secret.
+            raise ValueError(
+                f"QVGEN_WEBHOOK_MASTER_SECRET must be base64 of at least {MASTER_SECRET_BYTES} "
+                "bytes, e.g. `openssl rand -base64 32`"
+            )
+        return value
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            return tuple(check_host_pattern(pattern) for pattern in value)
+        except WebhookUrlError as error:
+            raise ValueError(f"QVGEN_WEBHOOK_ALLOWED_HOSTS: {error}") from None
+
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, value: str) -> str:
@@ -276,11 +310,7 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
-        if self.webhooks_enabled and not self.webhook_secret.get_secret_value():
-            raise ValueError(
-                "webhooks are configured (QVGEN_WEBHOOK_URL or QVGEN_WEBHOOK_ALLOWED_HOSTS) but "
-                "QVGEN_WEBHOOK_SECRET is not set: receivers could not verify them"
-            )
+        self._check_webhook_secrets()
         if self.heartbeat_interval_s * 2 > self.claim_timeout_s:
             raise ValueError(
                 f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most half of "
@@ -298,6 +328,28 @@ class ServiceSettings(BaseSettings):
                 "(set keys, or QVGEN_ENVIRONMENT=development on a trusted machine)"
             )
         return self
+
+    def _check_webhook_secrets(self) -> None:
+        """Every event that can be written has a secret to sign it with; in production, tenants
+        that name their own URLs never share one."""
+        single = bool(self.webhook_secret.get_secret_value())
+        if self.webhook_url and not single:
+            raise ValueError(
+                "QVGEN_WEBHOOK_URL is set but QVGEN_WEBHOOK_SECRET is not set: its receiver "
+                "could not verify the events"
+            )
+        if self.webhook_allowed_hosts and not (single or self.per_key_webhook_secrets):
+            raise ValueError(
+                "QVGEN_WEBHOOK_ALLOWED_HOSTS is set but QVGEN_WEBHOOK_SECRET is not set, nor "
+                "QVGEN_WEBHOOK_MASTER_SECRET with API keys: nothing would sign the events"
+            )
+        shared = self.api_keys and self.webhook_allowed_hosts and not self.per_key_webhook_secrets
+        if shared and self.environment is Environment.PRODUCTION:
+            raise ValueError(
+                "QVGEN_API_KEYS and QVGEN_WEBHOOK_ALLOWED_HOSTS are set without "
+                "QVGEN_WEBHOOK_MASTER_SECRET: every key would verify its webhooks with the one "
+                "secret that signs every other key's events; production refuses it"
+            )
 
     def _check_result_store(self) -> None:
         s3 = self.result_store is ResultStoreKind.S3
@@ -329,8 +381,15 @@ class ServiceSettings(BaseSettings):
         return tuple(key.get_secret_value().encode() for key in self.api_keys)
 
     @property
+    def per_key_webhook_secrets(self) -> bool:
+        """Each API key's events are signed with a secret of its own (``service.webhooks.tenants``)."""
+        return bool(self.webhook_master_secret.get_secret_value() and self.api_keys)
+
+    @property
     def webhooks_enabled(self) -> bool:
-        return bool(self.webhook_url or self.webhook_allowed_hosts)
+        """Some event can be written: to the deployment's URL, or to one a request names (on
+        the global host list, or on a key's own, which per-key secrets make possible)."""
+        return bool(self.webhook_url or self.webhook_allowed_hosts or self.per_key_webhook_secrets)
 
     def webhook_policy(self) -> WebhookPolicy:
         """What per-request webhook URLs and the addresses they resolve to must satisfy."""

@@ -46,6 +46,10 @@ class KeyRing:
         self._keys = tuple(key_digest(secret) for secret in settings.key_secrets())
         self._admins = tuple(key_digest(secret) for secret in settings.admin_key_secrets())
 
+    def owners(self) -> frozenset[str]:
+        """The owner ids (digests, hex) of every configured key, admin keys included."""
+        return frozenset(digest.hex() for digest in self._keys + self._admins)
+
     @property
     def enabled(self) -> bool:
         return bool(self._keys or self._admins)
@@ -71,6 +75,17 @@ class KeyRing:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return Caller(owner=digest.hex(), admin=admin)
+
+
+def require_admin(caller: Caller) -> None:
+    """403 unless ``caller`` holds an admin key (its key is valid: ``authenticate`` passed)."""
+    if not caller.admin:
+        raise APIError(
+            403,
+            "this route needs an admin API key (QVGEN_ADMIN_API_KEYS)",
+            type=ErrorType.PERMISSION,
+            code="admin_key_required",
+        )
 
 
 def _presented_key(request: Request) -> bytes | None:

@@ -42,6 +42,7 @@ def _quoted(value: object) -> str:
 class ErrorType(enum.StrEnum):
     INVALID_REQUEST = "invalid_request_error"
     AUTHENTICATION = "authentication_error"
+    PERMISSION = "permission_error"
     NOT_FOUND = "not_found_error"
     RATE_LIMIT = "rate_limit_error"
     SERVICE_UNAVAILABLE = "service_unavailable_error"

@@ -13,7 +13,7 @@ from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
 from service.api.request_limits import BodySizeLimit, ConcurrencyLimit
-from service.api.routes import events, playground, system, videos
+from service.api.routes import events, playground, system, videos, webhook_keys
 from service.api.state import ApiState
 from service.api.streams import StreamSlots
 from service.metrics import ApiMetrics
@@ -23,6 +23,7 @@ from service.queue.producer import JobQueue
 from service.queue.redis_config import check_redis_async
 from service.settings import ServiceSettings
 from service.storage import open_store
+from service.webhooks.tenants import KeyWebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             started_at=int(time.time()),
             events=JobEvents(events_client(settings, events.RUNNING_WAIT_S), queue.keys),
             stream_slots=StreamSlots(settings.max_event_streams),
+            webhook_keys=KeyWebhookStore(client, queue.keys),
         )
+        shared = settings.api_keys and not settings.per_key_webhook_secrets
+        if shared and settings.webhook_allowed_hosts:  # production refuses it (settings)
+            logger.warning(
+                "API keys share one webhook secret (QVGEN_WEBHOOK_SECRET): each key that "
+                "verifies its webhooks could forge another's; set QVGEN_WEBHOOK_MASTER_SECRET"
+            )
         logger.info(
             "API ready: models %s, redis %s, %d API keys, %d admin keys",
             list(settings.models),
@@ -71,6 +79,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(events.router)
     app.include_router(system.router)
+    app.include_router(webhook_keys.router)
     app.include_router(playground.router)
     # Added last = outermost: the timer sees every answer, the body cap runs before any route
     # and bounds what the in-flight cap reads of a request it refuses.

@@ -14,6 +14,7 @@ from service.queue.events import JobEvents
 from service.queue.producer import JobQueue
 from service.settings import ServiceSettings
 from service.storage import ResultStore
+from service.webhooks.tenants import KeyWebhookStore
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class ApiState:
     started_at: int  # unix s, reported as the models' ``created``
     events: JobEvents  # the jobs' event streams, on a pool of their own
     stream_slots: StreamSlots  # open /events streams of this process
+    webhook_keys: KeyWebhookStore  # each API key's webhook secret generation and hosts
 
 
 def api_state(request: Request) -> ApiState:

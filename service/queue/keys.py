@@ -19,6 +19,8 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:webhooks:due``         sorted set: event ids scored by their next delivery attempt (ms)
 - ``P:webhooks:wake``        list: a token per new event, so that a deliverer blocks, not polls
 - ``P:webhooks:dead``        stream: events whose deliveries all failed
+- ``P:webhook-key:<owner>``  hash: one API key's webhook settings: its secret's generation and
+                             its allowed hosts (``service.webhooks.tenants``)
 - ``P:rules:<model>``        string (JSON): the model's request rules, as its last started worker
                              published them (``service.engine.rules.EngineRules.to_dict``)
 """
@@ -88,6 +90,13 @@ class Keys:
 
     def webhook(self, event_id: str) -> str:
         return f"{self.prefix}:webhook:{event_id}"
+
+    @property
+    def webhook_key_prefix(self) -> str:
+        return f"{self.prefix}:webhook-key:"
+
+    def webhook_key(self, owner: str) -> str:
+        return self.webhook_key_prefix + owner
 
     @property
     def webhooks_due(self) -> str:

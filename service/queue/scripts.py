@@ -44,15 +44,16 @@ end
 """
 
 # emit_webhook(job, event key, due zset, wake list, type, now ms): the job's webhook event, once
-# (its id is the job's: 'evt_' + the job id's hex), when the job names a URL.
+# (its id is the job's: 'evt_' + the job id's hex), when the job names a URL. It carries the
+# job's owner, whose secret signs it (``service.webhooks.tenants``).
 _WEBHOOK = """
 local function emit_webhook(job, event, due, wake, kind, now)
-  local f = redis.call('HMGET', job, 'id', 'webhook_url')
+  local f = redis.call('HMGET', job, 'id', 'webhook_url', 'owner')
   if not f[2] or f[2] == '' then return end
   if redis.call('EXISTS', event) == 1 then return end
   local id = 'evt_' .. string.sub(f[1], 7)
   redis.call('HSET', event, 'id', id, 'type', kind, 'video_id', f[1], 'url', f[2],
-             'created_at', math.floor(now / 1000), 'attempts', 0)
+             'created_at', math.floor(now / 1000), 'attempts', 0, 'owner', f[3] or '')
   redis.call('ZADD', due, now, id)
   redis.call('LPUSH', wake, '1')
   redis.call('LTRIM', wake, 0, 0)

@@ -17,7 +17,9 @@ status, the deadline, a refused connection or address) → retry after the backo
 dead-letter after ``webhook_max_attempts``; a URL the deliverer cannot parse is dead-lettered at
 once. An attempt has one deadline for all of it (``webhook_timeout_s``), connects only to the
 addresses its host resolves to that ``service.webhooks.urls`` allows, reads at most
-``MAX_RESPONSE_BYTES`` of the answer and drops them. Redirects are not followed (a receiver
+``MAX_RESPONSE_BYTES`` of the answer and drops them. It is signed with its job owner's secret
+(``service.webhooks.tenants``), or the single-tenant ``webhook_secret`` for the operator's own
+``webhook_url`` and for an event without an owner. Redirects are not followed (a receiver
 could point them anywhere). With nothing due it blocks on Redis until an event is written or
 the next retry is due.
 """
@@ -45,6 +47,7 @@ from service.queue.records import now_ms
 from service.settings import ServiceSettings
 from service.webhooks.outbox import Outbox, WebhookEvent, retry_delay_s
 from service.webhooks.signing import secret_key, signed_headers
+from service.webhooks.tenants import derive_secret, master_key
 from service.webhooks.urls import (
     PinnedBackend,
     Resolver,
@@ -66,6 +69,7 @@ RETRY_PAUSE_S, MAX_RETRY_PAUSE_S = 0.05, 2.0
 MAX_RESPONSE_BYTES = 64 << 10
 # An event whose host has every one of its slots busy is due again this much later.
 HOST_BUSY_PAUSE_MS = 200
+_UNSIGNABLE = "an event without an owner needs QVGEN_WEBHOOK_SECRET"
 _HTTP_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError)
 
 
@@ -87,10 +91,16 @@ class WebhookDeliverer:
         rng: random.Random | None = None,
         resolver: Resolver = resolve,
     ) -> None:
-        if not settings.webhook_secret.get_secret_value():
-            raise ValueError("QVGEN_WEBHOOK_SECRET is not set: there is nothing to sign with")
+        single = settings.webhook_secret.get_secret_value()
+        if not single and not settings.per_key_webhook_secrets:
+            raise ValueError(
+                "QVGEN_WEBHOOK_SECRET is not set (nor QVGEN_WEBHOOK_MASTER_SECRET with API keys): "
+                "there is nothing to sign with"
+            )
         self.settings = settings
-        self._key = secret_key(settings.webhook_secret.get_secret_value())
+        self._key = secret_key(single) if single else None
+        master = settings.webhook_master_secret.get_secret_value()
+        self._master = master_key(master) if settings.per_key_webhook_secrets else None
         self.redis = worker_client(settings)
         self.outbox = Outbox(self.redis, Keys(settings.key_prefix))
         self._resolver = resolver
@@ -193,12 +203,15 @@ class WebhookDeliverer:
             target = parse_webhook_url(event.url)
         except WebhookUrlError as error:
             return Outcome(f"unusable URL: {error}", final=True)
+        key = self._key_for(event)
+        if key is None:
+            return Outcome("no secret signs it: " + _UNSIGNABLE, final=True)
         body = event.body()
         headers = [
             ("host", target.host_header),
             ("user-agent", USER_AGENT),
             ("content-type", "application/json"),
-            *signed_headers(self._key, event.id, int(time.time()), body).items(),
+            *signed_headers(key, event.id, int(time.time()), body).items(),
         ]
         deadline = time.monotonic() + self.settings.webhook_timeout_s
         backend = PinnedBackend(self._resolver, self._policy_for(event), deadline)
@@ -208,6 +221,16 @@ class WebhookDeliverer:
         except _HTTP_ERRORS as error:
             return Outcome(f"{type(error).__name__}: {error}")
         return Outcome(None if 200 <= status < 300 else f"HTTP {status}")
+
+    def _key_for(self, event: WebhookEvent) -> bytes | None:
+        """The HMAC key that signs ``event``: its owner's (at the generation read when it was
+        claimed) with per-key secrets on; the single-tenant secret for the operator's own
+        ``webhook_url`` and for events without an owner (written before per-key secrets, or
+        with no API keys); None when that secret is not set."""
+        operators = bool(self.settings.webhook_url) and event.url == self.settings.webhook_url
+        if self._master is None or not event.owner or operators:
+            return self._key
+        return secret_key(derive_secret(self._master, event.owner, event.generation))
 
     def _policy_for(self, event: WebhookEvent) -> WebhookPolicy:
         if self.settings.webhook_url and event.url == self.settings.webhook_url:

@@ -2,8 +2,8 @@
 
 An event is written by the queue's scripts in the same step that ends its job
 (``service.queue.scripts``: ``emit_webhook``), as the hash ``P:webhook:<event id>`` (id, type,
-video id, URL, creation time, attempts) and its id in the sorted set ``P:webhooks:due`` scored
-by when its next attempt is due (ms). It is durable as the job queue is (AOF): an API, worker or
+video id, URL, creation time, attempts, and the job's owner, whose secret signs it) and its id
+in the sorted set ``P:webhooks:due`` scored by when its next attempt is due (ms). It is durable as the job queue is (AOF): an API, worker or
 deliverer restart loses none.
 
 Delivery is at least once. ``claim`` takes the due events and, in the same step, pushes each
@@ -33,21 +33,27 @@ from service.queue.keys import Keys
 DEAD_MAXLEN = 10_000
 
 # KEYS: due zset
-# ARGV: now ms, lease ms, most events, webhook key prefix
-# → {id, attempts, type, video id, url, created at, ...} for each event claimed
+# ARGV: now ms, lease ms, most events, webhook key prefix, per-key settings key prefix
+# → {id, attempts, type, video id, url, created at, owner, owner's secret generation} for each
+# event claimed (owner "" for an event written without one: before per-key secrets, no keys)
 _CLAIM = """#!lua flags=allow-oom
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local out = {}
 local until_ms = tonumber(ARGV[1]) + tonumber(ARGV[2])
 for _, id in ipairs(due) do
   local key = ARGV[4] .. id
-  local f = redis.call('HMGET', key, 'type', 'video_id', 'url', 'created_at')
+  local f = redis.call('HMGET', key, 'type', 'video_id', 'url', 'created_at', 'owner')
   if not f[1] then
     redis.call('ZREM', KEYS[1], id)
   else
     local attempts = redis.call('HINCRBY', key, 'attempts', 1)
     redis.call('ZADD', KEYS[1], 'XX', until_ms, id)
-    for _, value in ipairs({id, tostring(attempts), f[1], f[2], f[3], f[4]}) do
+    local owner = f[5] or ''
+    local generation = '0'
+    if owner ~= '' then
+      generation = redis.call('HGET', ARGV[5] .. owner, 'generation') or '0'
+    end
+    for _, value in ipairs({id, tostring(attempts), f[1], f[2], f[3], f[4], owner, generation}) do
       table.insert(out, value)
     end
   end
@@ -105,6 +111,8 @@ class WebhookEvent:
     url: str
     created_at: int  # unix s
     attempt: int
+    owner: str = ""  # the job's owner (its key's digest); "" for an event without one
+    generation: int = 0  # the owner's secret generation as the event was claimed
 
     def body(self) -> bytes:
         """The payload, the same bytes on every attempt (the signature covers them): the shape
@@ -140,11 +148,12 @@ class Outbox:
 
     def claim(self, now_ms: int, lease_ms: int, limit: int) -> list[WebhookEvent]:
         reply: Any = self._claim(
-            keys=[self.keys.webhooks_due], args=[now_ms, lease_ms, limit, self.keys.webhook("")]
+            keys=[self.keys.webhooks_due],
+            args=[now_ms, lease_ms, limit, self.keys.webhook(""), self.keys.webhook_key_prefix],
         )
         events = []
-        for i in range(0, len(reply), 6):
-            event_id, attempts, kind, video_id, url, created = reply[i : i + 6]
+        for i in range(0, len(reply), 8):
+            event_id, attempts, kind, video_id, url, created, owner, generation = reply[i : i + 8]
             events.append(
                 WebhookEvent(
                     id=event_id,
@@ -153,6 +162,8 @@ class Outbox:
                     url=url,
                     created_at=int(created),
                     attempt=int(attempts),
+                    owner=owner,
+                    generation=int(generation),
                 )
             )
         return events

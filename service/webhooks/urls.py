@@ -7,8 +7,8 @@ client could choose would let it reach internal services (SSRF). Three checks st
    parser the deliverer also uses, strictly (no control characters, spaces, backslashes,
    percent-escapes or credentials in the authority; a host is a DNS name of letters, digits
    and hyphens, a canonical dotted IPv4 address or a bracketed IPv6 address), its host must be
-   one the operator allowed (``QVGEN_WEBHOOK_ALLOWED_HOSTS``: exact names, or ``*.example.com``
-   for the subdomains of example.com), its port one of ``QVGEN_WEBHOOK_ALLOWED_PORTS`` and,
+   one the operator allowed (the key's own list, else ``QVGEN_WEBHOOK_ALLOWED_HOSTS``:
+   ``service.webhooks.tenants``; exact names, or ``*.example.com`` for the subdomains), its port one of ``QVGEN_WEBHOOK_ALLOWED_PORTS`` and,
    outside development, its scheme https. An IP literal must also pass the address check.
 2. At connect time (``PinnedBackend``): the deliverer resolves the host itself (``resolve``,
    the seam tests replace), drops every address that is not globally routable
@@ -184,6 +184,30 @@ def _checked_host(host: str, bracketed: bool, url: str) -> str:
         return host
     # 127.1, 0x7f.0.0.1, 2130706433: names to a DNS check, loopback to the C library.
     raise WebhookUrlError(f"host {host!r:.100} is an IPv4 address not written as a.b.c.d")
+
+
+def check_host_pattern(pattern: str) -> str:
+    """An entry of an allowed-host list, normalised (lower case, no trailing dot or brackets):
+    a host as ``parse_webhook_url`` reads one, or ``*.`` and a DNS name (its subdomains);
+    ``WebhookUrlError`` otherwise."""
+    text = pattern.strip().lower().rstrip(".")
+    wildcard = text.startswith("*.")
+    name = text[2:] if wildcard else text
+    if _FORBIDDEN.search(name) or "*" in name or not name:
+        raise WebhookUrlError(f"{pattern!r:.100} is not a host name, an address or *.name")
+    bracketed = name.startswith("[") and name.endswith("]")
+    host = _checked_host(name[1:-1] if bracketed else name, bracketed or ":" in name, pattern)
+    if wildcard and _is_address(host):
+        raise WebhookUrlError(f"{pattern!r:.100}: '*.' goes before a DNS name, not an address")
+    return f"*.{host}" if wildcard else host
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_allowed(host: str, allowed: Sequence[str]) -> bool:

@@ -174,7 +174,9 @@ async def create_video(
     return await _submit(
         state,
         caller,
-        _Submission(model, generation, seconds, _webhook_url(state, params.webhook_url)),
+        _Submission(
+            model, generation, seconds, await _webhook_url(state, caller, params.webhook_url)
+        ),
         idempotency_key,
     )
 
@@ -202,16 +204,28 @@ async def _generation(
     return generation, model, seconds
 
 
-def _webhook_url(state: ApiState, requested: str | None) -> str | None:
-    """Where the job's end is announced: the request's URL if it names one the settings allow
-    (else 400), or the deployment's ``webhook_url`` (None: nowhere)."""
-    if requested is None:
-        return state.settings.webhook_url or None
+async def _webhook_url(state: ApiState, caller: Caller, requested: str | None) -> str | None:
+    """Where the job's end is announced: the request's URL if it names one the caller's key
+    may (else 400), or the deployment's ``webhook_url`` (None: nowhere). With per-key secrets,
+    a key names hosts on its own list (else the global one: ``service.webhooks.tenants``) and
+    only once it has a secret to verify the events with."""
     settings = state.settings
+    if requested is None:
+        return settings.webhook_url or None
+    allowed = settings.webhook_allowed_hosts
+    if settings.per_key_webhook_secrets and caller.owner:
+        key = await state.webhook_keys.read(caller.owner)
+        if not key.generation:
+            raise APIError(
+                400,
+                "webhook_url: this API key has no webhook secret yet, so it could not verify "
+                "its events; ask an operator for one (POST /v1/admin/webhooks/{owner}/secret)",
+                param="webhook_url",
+                code="webhook_secret_missing",
+            )
+        allowed = key.hosts_for(allowed)
     try:
-        return check_webhook_url(
-            requested, settings.webhook_allowed_hosts, settings.webhook_policy()
-        )
+        return check_webhook_url(requested, allowed, settings.webhook_policy())
     except WebhookUrlError as error:
         raise APIError(
             400, f"webhook_url: {error}", param="webhook_url", code="invalid_value"
@@ -300,7 +314,11 @@ async def remix_video(
     _require_completed(source, "only a completed video can be remixed", param="video_id")
     generation, model, seconds = await _generation(state, _remix_params(source, params.prompt))
     job = _Submission(
-        model, generation, seconds, _webhook_url(state, params.webhook_url), source.id
+        model,
+        generation,
+        seconds,
+        await _webhook_url(state, caller, params.webhook_url),
+        source.id,
     )
     return await _submit(state, caller, job, idempotency_key)
 

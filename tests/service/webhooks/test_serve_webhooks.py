@@ -80,5 +80,6 @@ def test_the_deliverer_refuses_to_start_without_a_secret(settings: ServiceSettin
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert lines == [
-        "qvgen serve webhooks: QVGEN_WEBHOOK_SECRET is not set: there is nothing to sign with"
+        "qvgen serve webhooks: QVGEN_WEBHOOK_SECRET is not set (nor "
+        "QVGEN_WEBHOOK_MASTER_SECRET with API keys): there is nothing to sign with"
     ], done.stderr
