@@ -95,6 +95,18 @@ class ServiceSettings(BaseSettings):
     # that the client always closes first: a server closing at the client's own expiry races
     # the client's next request on that connection, which then meets a reset.
     http_keep_alive_s: int = Field(default=75, ge=20, le=3600)
+    # A request's line and headers must arrive within this long of its first byte (of the
+    # connection's opening, for its first request), and fit in max_header_bytes; else 408 or 431
+    # and the connection is closed (``service.api.http_guard``).
+    http_header_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1 << 20)
+    # A request's whole body must arrive within this long of its headers; else 408 and the
+    # connection is closed (1 MiB in 30 s is 35 kB/s).
+    http_body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # Of max_concurrent_requests, the most one API key (or all requests without a valid key,
+    # together) holds at once; more are answered 429 with Retry-After. /healthz and /readyz are
+    # outside both caps. Applies only with API keys on (the key is the tenant).
+    max_concurrent_requests_per_key: int = Field(default=64, ge=1, le=100_000)
 
     # --- request defaults when the client leaves a field out -----------------------------
     default_size: str = Field(default="64x64", pattern=r"^\d{1,4}x\d{1,4}$")

@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.api import http_guard
 from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
-from service.api.request_limits import BodySizeLimit, ConcurrencyLimit
+from service.api.request_limits import BodyDeadline, BodySizeLimit, ConcurrencyLimit
 from service.api.routes import events, playground, system, videos
 from service.api.state import ApiState
 from service.api.streams import StreamSlots
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    # This process's request-head limits (each process uvicorn forks builds its own app).
+    http_guard.configure(settings)
     metrics = ApiMetrics()
 
     @asynccontextmanager
@@ -73,8 +76,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(playground.router)
     # Added last = outermost: the timer sees every answer, the body cap runs before any route
-    # and bounds what the in-flight cap reads of a request it refuses.
-    app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
+    # and, with the body deadline, bounds what the in-flight caps read of a request they refuse.
+    app.add_middleware(
+        ConcurrencyLimit,
+        max_requests=settings.max_concurrent_requests,
+        per_key=settings.max_concurrent_requests_per_key,
+        keys=KeyRing(settings),
+    )
+    app.add_middleware(BodyDeadline, timeout_s=settings.http_body_timeout_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)
     return app
