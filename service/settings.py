@@ -58,7 +58,11 @@ def _split_csv(value: object) -> object:
 class ServiceSettings(BaseSettings):
     """Settings of the API, the workers and the queue between them."""
 
-    model_config = SettingsConfigDict(env_prefix="QVGEN_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused value may be a secret (an API key, QVGEN_WEBHOOK_SECRET),
+    # and pydantic would quote it in the startup error; validators quote only what is safe.
+    model_config = SettingsConfigDict(
+        env_prefix="QVGEN_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     environment: Environment = Environment.DEVELOPMENT
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -109,7 +113,7 @@ class ServiceSettings(BaseSettings):
     max_concurrent_requests_per_key: int = Field(default=64, ge=1, le=100_000)
 
     # --- request defaults when the client leaves a field out -----------------------------
-    default_size: str = Field(default="64x64", pattern=r"^\d{1,4}x\d{1,4}$")
+    default_size: str = Field(default="64x64", pattern=r"^[0-9]{1,4}x[0-9]{1,4}$")
     default_fps: int = Field(default=8, ge=1, le=60)
     default_num_frames: int = Field(default=17, ge=1, le=1025)
     default_num_inference_steps: int = Field(default=20, ge=1, le=500)
