@@ -182,6 +182,8 @@ class ServiceSettings(BaseSettings):
     # Server-sent-event streams one API process holds open at once (each holds one Redis
     # connection while it waits); more are answered 429 with Retry-After.
     max_event_streams: int = Field(default=32, ge=1, le=10_000)
+    # Of those, the most one API key holds open (with keys on); more are answered 429.
+    max_event_streams_per_key: int = Field(default=8, ge=1, le=10_000)
 
     # --- worker engine --------------------------------------------------------------------
     # torch.compile of the transformer: auto = on CUDA only (``service.engine.compilation``).

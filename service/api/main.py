@@ -49,7 +49,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             keys=KeyRing(settings),
             started_at=int(time.time()),
             events=JobEvents(events_client(settings, events.RUNNING_WAIT_S), queue.keys),
-            stream_slots=StreamSlots(settings.max_event_streams),
+            stream_slots=StreamSlots(
+                settings.max_event_streams, settings.max_event_streams_per_key
+            ),
         )
         logger.info(
             "API ready: models %s, redis %s, %d API keys, %d admin keys",
