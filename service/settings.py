@@ -48,6 +48,21 @@ class S3AddressingStyle(enum.StrEnum):
     VIRTUAL = "virtual"  # http://bucket.host/key
 
 
+class MetricsAccess(enum.StrEnum):
+    """Who may read the API's ``GET /metrics`` (per-route volume, queue depth) with keys on."""
+
+    ADMIN = "admin"  # an admin key (Prometheus: ``authorization: {credentials: <admin key>}``)
+    PUBLIC = "public"  # anyone who reaches the port: only where the network is private
+
+
+class ApiDocs(enum.StrEnum):
+    """How the API serves ``/docs``, ``/redoc`` and ``/openapi.json``."""
+
+    PUBLIC = "public"
+    KEY = "key"  # any valid API key (sent as ``Authorization: Bearer``), when keys are on
+    OFF = "off"  # not served (404)
+
+
 def _split_csv(value: object) -> object:
     """Accept ``"a,b"`` from the environment as well as a list from Python."""
     if isinstance(value, str):
@@ -82,6 +97,10 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     # Keys that see, download, cancel and delete every key's jobs (operators).
     admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    # With keys on, who reads the API's /metrics; and how the OpenAPI docs are served.
+    metrics_access: MetricsAccess = MetricsAccess.ADMIN
+    api_docs: ApiDocs = ApiDocs.PUBLIC
 
     # Processes `qvgen serve api` runs, each with its own event loop and Redis pool (uvicorn's
     # workers); one is enough for a few hundred submissions a second on a core.

@@ -14,7 +14,7 @@ from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
 from service.api.request_limits import BodyDeadline, BodySizeLimit, ConcurrencyLimit
-from service.api.routes import events, playground, system, videos
+from service.api.routes import docs, events, playground, system, videos
 from service.api.state import ApiState
 from service.api.streams import StreamSlots
 from service.metrics import ApiMetrics
@@ -71,12 +71,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         description="OpenAI-compatible /v1/videos backed by a Redis Streams job queue.",
         lifespan=lifespan,
+        # Served by routes.docs as settings.api_docs says.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(videos.router)
     app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(playground.router)
+    docs_router = docs.router_for(app, settings.api_docs)
+    if docs_router is not None:
+        app.include_router(docs_router)
     # Added last = outermost: the timer sees every answer, the body cap runs before any route
     # and, with the body deadline, bounds what the in-flight caps read of a request they refuse.
     app.add_middleware(
