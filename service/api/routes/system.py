@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from service.api.auth import Caller
-from service.api.errors import APIError, ErrorType
+from service.api.errors import UNAUTHORIZED, APIError, ErrorType, error_responses
 from service.api.schemas import GenerationLimits, Health, ModelList, ModelObject, Readiness
 from service.api.state import api_state, current_caller
 from service.settings import MetricsAccess
@@ -47,7 +47,12 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, tags=["system"])
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses=error_responses(UNAUTHORIZED, (403, "Not an admin key (QVGEN_METRICS_ACCESS=admin)")),
+    tags=["system"],
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text format; queue depth and live workers are read from Redis now. With keys
     on, an admin key is required unless ``metrics_access`` is ``public``: the series show every
