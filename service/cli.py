@@ -94,6 +94,7 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
     _survive_uvicorns_sigterm()
     import uvicorn
 
+    from service.api import http_guard
     from service.api.main import create_app
 
     settings = settings or ServiceSettings()
@@ -101,7 +102,8 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
     # request body, and closing a socket with unread bytes sends a reset that can destroy the
     # answer. The API caps requests itself (service/api/request_limits.py) and keeps the
     # connection. Several processes: uvicorn forks them, each building its app from the
-    # environment.
+    # environment. The protocol is httptools with a deadline and a size cap on request heads,
+    # which uvicorn has neither of (service/api/http_guard.py); create_app sets them.
     app = create_app(settings) if settings.api_processes == 1 else API_FACTORY
     uvicorn.run(
         app,
@@ -112,6 +114,7 @@ def run_api(args: argparse.Namespace, settings: ServiceSettings | None = None) -
         log_level="warning",
         access_log=getattr(args, "access_log", False),
         timeout_keep_alive=settings.http_keep_alive_s,
+        http=http_guard.PROTOCOL,
     )
     return 0
 

@@ -51,6 +51,21 @@ class S3AddressingStyle(enum.StrEnum):
     VIRTUAL = "virtual"  # http://bucket.host/key
 
 
+class MetricsAccess(enum.StrEnum):
+    """Who may read the API's ``GET /metrics`` (per-route volume, queue depth) with keys on."""
+
+    ADMIN = "admin"  # an admin key (Prometheus: ``authorization: {credentials: <admin key>}``)
+    PUBLIC = "public"  # anyone who reaches the port: only where the network is private
+
+
+class ApiDocs(enum.StrEnum):
+    """How the API serves ``/docs``, ``/redoc`` and ``/openapi.json``."""
+
+    PUBLIC = "public"
+    KEY = "key"  # any valid API key (sent as ``Authorization: Bearer``), when keys are on
+    OFF = "off"  # not served (404)
+
+
 def _split_csv(value: object) -> object:
     """Accept ``"a,b"`` from the environment as well as a list from Python."""
     if isinstance(value, str):
@@ -61,7 +76,11 @@ def _split_csv(value: object) -> object:
 class ServiceSettings(BaseSettings):
     """Settings of the API, the workers and the queue between them."""
 
-    model_config = SettingsConfigDict(env_prefix="QVGEN_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused value may be a secret (an API key, QVGEN_WEBHOOK_SECRET),
+    # and pydantic would quote it in the startup error; validators quote only what is safe.
+    model_config = SettingsConfigDict(
+        env_prefix="QVGEN_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     environment: Environment = Environment.DEVELOPMENT
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -82,6 +101,10 @@ class ServiceSettings(BaseSettings):
     # Keys that see, download, cancel and delete every key's jobs (operators).
     admin_api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
 
+    # With keys on, who reads the API's /metrics; and how the OpenAPI docs are served.
+    metrics_access: MetricsAccess = MetricsAccess.ADMIN
+    api_docs: ApiDocs = ApiDocs.PUBLIC
+
     # Processes `qvgen serve api` runs, each with its own event loop and Redis pool (uvicorn's
     # workers); one is enough for a few hundred submissions a second on a core.
     api_processes: int = Field(default=1, ge=1, le=64)
@@ -98,9 +121,21 @@ class ServiceSettings(BaseSettings):
     # that the client always closes first: a server closing at the client's own expiry races
     # the client's next request on that connection, which then meets a reset.
     http_keep_alive_s: int = Field(default=75, ge=20, le=3600)
+    # A request's line and headers must arrive within this long of its first byte (of the
+    # connection's opening, for its first request), and fit in max_header_bytes; else 408 or 431
+    # and the connection is closed (``service.api.http_guard``).
+    http_header_timeout_s: float = Field(default=10.0, gt=0.0, le=600.0)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1 << 20)
+    # A request's whole body must arrive within this long of its headers; else 408 and the
+    # connection is closed (1 MiB in 30 s is 35 kB/s).
+    http_body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # Of max_concurrent_requests, the most one API key (or all requests without a valid key,
+    # together) holds at once; more are answered 429 with Retry-After. /healthz and /readyz are
+    # outside both caps. Applies only with API keys on (the key is the tenant).
+    max_concurrent_requests_per_key: int = Field(default=64, ge=1, le=100_000)
 
     # --- request defaults when the client leaves a field out -----------------------------
-    default_size: str = Field(default="64x64", pattern=r"^\d{1,4}x\d{1,4}$")
+    default_size: str = Field(default="64x64", pattern=r"^[0-9]{1,4}x[0-9]{1,4}$")
     default_fps: int = Field(default=8, ge=1, le=60)
     default_num_frames: int = Field(default=17, ge=1, le=1025)
     default_num_inference_steps: int = Field(default=20, ge=1, le=500)
@@ -185,6 +220,8 @@ class ServiceSettings(BaseSettings):
     # Server-sent-event streams one API process holds open at once (each holds one Redis
     # connection while it waits); more are answered 429 with Retry-After.
     max_event_streams: int = Field(default=32, ge=1, le=10_000)
+    # Of those, the most one API key holds open (with keys on); more are answered 429.
+    max_event_streams_per_key: int = Field(default=8, ge=1, le=10_000)
 
     # --- worker engine --------------------------------------------------------------------
     # torch.compile of the transformer: auto = on CUDA only (``service.engine.compilation``).

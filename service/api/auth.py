@@ -58,14 +58,8 @@ class KeyRing:
         """The caller of ``request``; raises 401 when keys are on and none of them was sent."""
         if not self.enabled:
             return ANONYMOUS
-        presented = _presented_key(request)
-        digest = key_digest(presented or b"")
-        # Compare against every key, always: the time taken says nothing about which one matched.
-        user = admin = False
-        for known in self._keys:
-            user |= hmac.compare_digest(known, digest)
-        for known in self._admins:
-            admin |= hmac.compare_digest(known, digest)
+        presented = _presented_key(request.headers.get("authorization", ""))
+        digest, user, admin = self._match(presented)
         if presented is None or not (user or admin):
             raise APIError(
                 401,
@@ -75,6 +69,23 @@ class KeyRing:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return Caller(owner=digest.hex(), admin=admin)
+
+    def tenant(self, authorization: bytes) -> str:
+        """Whom a raw ``Authorization`` header speaks for, for per-key limits: the key's owner
+        digest, or ``UNAUTHENTICATED`` for every header that names no configured key."""
+        presented = _presented_key(authorization.decode("latin-1"))
+        digest, user, admin = self._match(presented)
+        return digest.hex() if presented is not None and (user or admin) else UNAUTHENTICATED
+
+    def _match(self, presented: bytes | None) -> tuple[bytes, bool, bool]:
+        digest = key_digest(presented or b"")
+        # Compare against every key, always: the time taken says nothing about which one matched.
+        user = admin = False
+        for known in self._keys:
+            user |= hmac.compare_digest(known, digest)
+        for known in self._admins:
+            admin |= hmac.compare_digest(known, digest)
+        return digest, user, admin
 
 
 def require_admin(caller: Caller) -> None:
@@ -88,8 +99,11 @@ def require_admin(caller: Caller) -> None:
         )
 
 
-def _presented_key(request: Request) -> bytes | None:
-    header = request.headers.get("authorization", "")
+# The tenant of requests without a valid key: together they get one key's share of the API.
+UNAUTHENTICATED = "unauthenticated"
+
+
+def _presented_key(header: str) -> bytes | None:
     if header[: len(_BEARER)].lower() != _BEARER:
         return None
     return header[len(_BEARER) :].strip().encode()

@@ -10,6 +10,7 @@ import enum
 import logging
 import reprlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,7 +22,8 @@ from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +142,22 @@ def _status_type(status: int) -> ErrorType:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette names only the first route's)."""
+    return sorted(_methods_at(request.app.router.routes, request.scope))
+
+
+def _methods_at(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
+    """Methods of the routes matching ``scope``'s path, through included routers (FastAPI
+    wraps each ``include_router`` in a route of its own, whose ``original_router`` holds them)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        methods |= set(getattr(route, "methods", None) or ())
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            methods |= _methods_at(included.routes, scope)
+    return methods
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.api import http_guard
 from service.api.auth import KeyRing
 from service.api.errors import install_error_handlers
 from service.api.instrumentation import RequestTimer
-from service.api.request_limits import BodySizeLimit, ConcurrencyLimit
-from service.api.routes import events, playground, system, videos, webhook_keys
+from service.api.request_limits import BodyDeadline, BodySizeLimit, ConcurrencyLimit
+from service.api.routes import docs, events, playground, system, videos, webhook_keys
 from service.api.state import ApiState
 from service.api.streams import StreamSlots
 from service.metrics import ApiMetrics
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    # This process's request-head limits (each process uvicorn forks builds its own app).
+    http_guard.configure(settings)
     metrics = ApiMetrics()
 
     @asynccontextmanager
@@ -47,7 +50,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             keys=KeyRing(settings),
             started_at=int(time.time()),
             events=JobEvents(events_client(settings, events.RUNNING_WAIT_S), queue.keys),
-            stream_slots=StreamSlots(settings.max_event_streams),
+            stream_slots=StreamSlots(
+                settings.max_event_streams, settings.max_event_streams_per_key
+            ),
             webhook_keys=KeyWebhookStore(client, queue.keys),
         )
         shared = settings.api_keys and not settings.per_key_webhook_secrets
@@ -74,6 +79,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version="1",
         description="OpenAI-compatible /v1/videos backed by a Redis Streams job queue.",
         lifespan=lifespan,
+        # Served by routes.docs as settings.api_docs says.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(videos.router)
@@ -81,9 +90,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(webhook_keys.router)
     app.include_router(playground.router)
+    docs_router = docs.router_for(app, settings.api_docs)
+    if docs_router is not None:
+        app.include_router(docs_router)
     # Added last = outermost: the timer sees every answer, the body cap runs before any route
-    # and bounds what the in-flight cap reads of a request it refuses.
-    app.add_middleware(ConcurrencyLimit, max_requests=settings.max_concurrent_requests)
+    # and, with the body deadline, bounds what the in-flight caps read of a request they refuse.
+    app.add_middleware(
+        ConcurrencyLimit,
+        max_requests=settings.max_concurrent_requests,
+        per_key=settings.max_concurrent_requests_per_key,
+        keys=KeyRing(settings),
+    )
+    app.add_middleware(BodyDeadline, timeout_s=settings.http_body_timeout_s)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimer, metrics=metrics)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.engine.caching.offer import THRESHOLDS
 from service.engine.rules import CachingRules, EngineRules, ThresholdRange
@@ -29,15 +29,21 @@ MAX_WEBHOOK_URL_CHARS = 2048
 
 
 class VideoCreateParams(BaseModel):
-    """``POST /v1/videos``: as JSON, or as the flat form fields the ``openai`` SDK sends."""
+    """``POST /v1/videos``: as JSON, or as the flat form fields the ``openai`` SDK sends.
+
+    A JSON body is validated strictly (``strict_json``): a number field takes a JSON number,
+    never ``true`` or ``"5"``. Form fields are strings by nature and are converted. ``seconds``
+    takes a string in JSON too, as OpenAI's API spells it (``"4"``), but never a boolean.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    model: str | None = Field(default=None, max_length=128)
+    # Left out: the default model; "" is refused rather than read as the default.
+    model: str | None = Field(default=None, min_length=1, max_length=128)
     size: str | None = Field(
         default=None,
-        pattern=r"^\d{1,5}x\d{1,5}$",
+        pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",  # \d would take any script's digits
         description=f"WIDTHxHEIGHT; each side in [{MIN_SIDE}, {MAX_SIDE}], a multiple of {SIDE_MULTIPLE}",
     )
     seconds: float | None = Field(default=None, gt=0, le=120, allow_inf_nan=False)
@@ -84,6 +90,18 @@ class VideoCreateParams(BaseModel):
             "model's default_guidance_stop"
         ),
     )
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _seconds_as_openai_spells_it(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("seconds must be a number or a numeric string, not a boolean")
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"seconds must be a number, got {value[:40]!r}") from None
+        return value
 
 
 class VideoRemixParams(BaseModel):

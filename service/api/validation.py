@@ -26,7 +26,7 @@ from service.engine.rules import CachingRules, check_caching, nearest_allowed
 from service.engine.types import CachePolicy, GenerationRequest, InvalidRequest
 from service.settings import ServiceSettings
 
-_SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_SIZE_RE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")  # ASCII digits only, not \d
 # Frames per latent frame of the video VAEs: ``seconds`` becomes 4k + 1 frames (below).
 _VAE_FRAMES = 4
 # Slack on seconds · fps before rounding up: a ``seconds`` this API reported (six significant

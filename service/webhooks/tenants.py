@@ -1,4 +1,4 @@
-"""Each API key's own webhook signing secret and allowed hosts (issue 27, item 4).
+"""Each API key's own webhook signing secret and allowed hosts.
 
 Why derived secrets: the deliverer must sign with a key's secret, so a one-way hash of it (as
 for API keys) cannot serve, and encrypting stored secrets would still need a server key to

@@ -246,9 +246,19 @@ class Worker:
                 error,
             )
             self._fail(claim, ErrorCode.INVALID_REQUEST, str(error))
-        except Exception as error:
-            logger.exception("job %s attempt %d: engine error", claim.job.id, claim.attempt)
-            self._fail(claim, ErrorCode.ENGINE_ERROR, f"{type(error).__name__}: {error}")
+        except Exception:
+            # The exception's text may name paths, hosts or a model's internals: it stays in
+            # this log, and the client gets a reference to find it by.
+            reference = f"err_{secrets.token_hex(8)}"
+            logger.exception(
+                "job %s attempt %d: engine error %s", claim.job.id, claim.attempt, reference
+            )
+            self._fail(
+                claim,
+                ErrorCode.ENGINE_ERROR,
+                f"the engine failed on this job (reference {reference}: quote it to the "
+                "operator, whose worker log holds the details)",
+            )
         return None
 
     def _after_cancel(self, claim: Claim, steps_done: int) -> None:

@@ -69,6 +69,15 @@ def result_files(settings: ServiceSettings, video_id: str) -> list[Path]:
 def start_cluster(
     redis_url: str, results: Path, **overrides: object
 ) -> tuple[Cluster, ServiceSettings]:
+    # One key stands for every client of these tests (floods of 150 at once): its share of the
+    # in-flight cap is the whole cap. Per-key limits: tests/service/api/test_slow_clients.py.
+    overrides.setdefault(
+        "max_concurrent_requests_per_key",
+        overrides.get(
+            "max_concurrent_requests",
+            ServiceSettings.model_fields["max_concurrent_requests"].default,
+        ),
+    )
     settings = make_settings(redis_url, results, api_keys=API_KEY, **overrides)
     cluster = Cluster(settings, free_port())
     cluster.start_api()

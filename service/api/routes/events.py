@@ -15,7 +15,8 @@ carries the whole object, a reconnect (with or without ``Last-Event-ID``) starts
 current state, which stands for every event missed meanwhile; nothing needs replaying.
 
 At most ``max_event_streams`` streams per API process (each holds a Redis connection while it
-waits); one more is answered 429 with Retry-After.
+waits), and at most ``max_event_streams_per_key`` of them for one API key; one more is answered
+429 with Retry-After, its code saying which cap it met.
 """
 
 from __future__ import annotations
@@ -115,14 +116,23 @@ async def video_events(
     # The stream's position before the record: the first wait starts from there.
     last_id = await state.events.last_id(video_id) if is_job_id(video_id) else START_OF_STREAM
     record, ahead = await record_or_404(state, video_id, caller)
-    slot = state.stream_slots.take()
+    slots = state.stream_slots
+    slot = slots.take(caller.owner)
     if slot is None:
+        if slots.full():
+            message = f"this server holds {slots.limit} event streams already"
+            code = "too_many_streams"
+        else:
+            message = (
+                f"this API key holds {slots.per_key} event streams already (the limit, "
+                "max_event_streams_per_key)"
+            )
+            code = "too_many_streams_for_key"
         raise APIError(
             429,
-            f"this server holds {state.stream_slots.limit} event streams already; retry, or "
-            f"poll GET /v1/videos/{video_id}",
+            f"{message}; retry, or poll GET /v1/videos/{video_id}",
             type=ErrorType.RATE_LIMIT,
-            code="too_many_streams",
+            code=code,
             headers={"Retry-After": str(STREAMS_FULL_RETRY_AFTER_S)},
         )
     # Given back when the stream ends, or after the response if the stream never started.

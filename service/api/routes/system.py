@@ -11,8 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from service.api.auth import Caller
+from service.api.errors import UNAUTHORIZED, APIError, ErrorType, error_responses
 from service.api.schemas import GenerationLimits, Health, ModelList, ModelObject, Readiness
 from service.api.state import api_state, current_caller
+from service.settings import MetricsAccess
 
 router = APIRouter()
 
@@ -45,10 +47,27 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, tags=["system"])
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses=error_responses(UNAUTHORIZED, (403, "Not an admin key (QVGEN_METRICS_ACCESS=admin)")),
+    tags=["system"],
+)
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; queue depth and live workers are read from Redis now."""
+    """Prometheus text format; queue depth and live workers are read from Redis now. With keys
+    on, an admin key is required unless ``metrics_access`` is ``public``: the series show every
+    tenant's volume."""
     state = api_state(request)
+    if state.settings.metrics_access is MetricsAccess.ADMIN:
+        caller = state.keys.authenticate(request)
+        if not caller.admin:
+            raise APIError(
+                403,
+                "/metrics needs an admin key (QVGEN_ADMIN_API_KEYS), or "
+                "QVGEN_METRICS_ACCESS=public where the network is private",
+                type=ErrorType.AUTHENTICATION,
+                code="admin_key_required",
+            )
     try:
         for model in state.settings.models:
             state.metrics.queue_depth.labels(model).set(await state.queue.depth(model))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -76,22 +76,44 @@ _CREATE_ERRORS = _ERRORS | error_responses(
 )
 
 
-async def _read_body(request: Request) -> dict[str, Any]:
-    """The create fields from a JSON object or from form fields (the SDK sends multipart)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except RecursionError as error:
-            raise APIError(
-                400, "body nests JSON arrays or objects too deeply", code="invalid_json"
-            ) from error
-        except ValueError as error:  # malformed JSON, bad UTF-8, an integer of > 4300 digits
-            raise APIError(400, f"body is not valid JSON: {error}", code="invalid_json") from error
-        if not isinstance(body, dict):
-            raise APIError(400, "body must be a JSON object", code="invalid_json")
-        return body
+P = TypeVar("P", bound=BaseModel)
+
+
+async def _read_params(request: Request, schema: type[P]) -> P:
+    """``schema`` from a JSON object, validated strictly (a number field takes a JSON number,
+    not ``true`` or ``"5"``), or from form fields (the SDK sends multipart: strings, converted);
+    400 naming the first bad field."""
+    try:
+        if _content_type(request) == "application/json":
+            raw = await request.body()
+            _json_object(raw)
+            return schema.model_validate_json(raw, strict=True)
+        return schema.model_validate(await _read_form(request))
+    except ValidationError as error:
+        raise from_validation_error(error) from error
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _json_object(raw: bytes) -> None:
+    """400 unless ``raw`` is a JSON object, nested within the parser's depth."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as error:
+        raise APIError(
+            400, "body nests JSON arrays or objects too deeply", code="invalid_json"
+        ) from error
+    except ValueError as error:  # malformed JSON, bad UTF-8, an integer of > 4300 digits
+        raise APIError(400, f"body is not valid JSON: {error}", code="invalid_json") from error
+    if not isinstance(body, dict):
+        raise APIError(400, "body must be a JSON object", code="invalid_json")
+
+
+async def _read_form(request: Request) -> dict[str, Any]:
+    """The fields of a form body (415 for any other content type but JSON)."""
+    content_type = _content_type(request)
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         settings = api_state(request).settings
         async with request.form(
@@ -166,10 +188,7 @@ async def create_video(
     the model's limits (``GET /v1/models``) is refused here with 400, never accepted to fail
     later."""
     state = api_state(request)
-    try:
-        params = VideoCreateParams.model_validate(await _read_body(request))
-    except ValidationError as error:
-        raise from_validation_error(error) from error
+    params = await _read_params(request, VideoCreateParams)
     generation, model, seconds = await _generation(state, params)
     return await _submit(
         state,
@@ -306,10 +325,7 @@ async def remix_video(
     video"). The new prompt is checked against the model's limits as a create's is (400 naming
     ``prompt``). Its ``webhook_url`` is its own or the deployment's, never the source's."""
     state = api_state(request)
-    try:
-        params = VideoRemixParams.model_validate(await _read_body(request))
-    except ValidationError as error:
-        raise from_validation_error(error) from error
+    params = await _read_params(request, VideoRemixParams)
     source, _ = await _record_or_404(state, video_id, caller)
     _require_completed(source, "only a completed video can be remixed", param="video_id")
     generation, model, seconds = await _generation(state, _remix_params(source, params.prompt))

@@ -16,7 +16,7 @@ import pytest
 from benchmarks.service import Cluster
 from service.settings import ServiceSettings
 from tests.service.cluster_fixtures import JOB_TIMEOUT_S, MODEL, auth, start_cluster, wait_ready
-from tests.service.redis_fixtures import RedisServer, running_redis
+from tests.service.redis_fixtures import RedisServer, free_port, make_settings, running_redis
 
 MAX_STREAMS = 3
 STEPS, STEP_DELAY_S = 8, 0.1
@@ -182,3 +182,43 @@ def test_a_stream_ends_when_redis_goes_away_and_answers_503_until_it_is_back(
             assert again.status == 200 and again.events[0].type == "video.queued"
         finally:
             cluster.stop()
+
+
+def test_one_key_cannot_hold_every_stream(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Issue 27: one key opened all of the process's streams; another key's first got 429."""
+    keys = ("stream-key-a", "stream-key-b")
+    settings = make_settings(
+        redis_server.url,
+        tmp_path / "results",
+        api_keys=",".join(keys),
+        max_event_streams=4,
+        max_event_streams_per_key=2,
+    )
+    cluster = Cluster(settings, free_port())
+    cluster.start_api()
+    bearer = [{"Authorization": f"Bearer {key}"} for key in keys]
+    try:
+        body = {"prompt": "a ball", "size": "16x16", "num_frames": 1}
+        jobs = [
+            httpx.post(f"{cluster.base_url}/v1/videos", json=body, headers=h, timeout=10).json()[
+                "id"
+            ]
+            for h in (bearer[0], bearer[0], bearer[0], bearer[1])
+        ]
+        held = [_open(cluster, job, **bearer[0]) for job in jobs[:2]]
+        assert [s.status for s in held] == [200, 200]
+        refused = httpx.get(
+            f"{cluster.base_url}/v1/videos/{jobs[2]}/events", headers=bearer[0], timeout=10
+        )
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_streams_for_key"
+        assert "max_event_streams_per_key" in refused.json()["error"]["message"]
+        assert refused.headers["retry-after"]
+        other = _open(cluster, jobs[3], **bearer[1])
+        assert other.status == 200
+        for job, h in zip(jobs, (bearer[0], bearer[0], bearer[0], bearer[1]), strict=True):
+            httpx.delete(f"{cluster.base_url}/v1/videos/{job}", headers=h, timeout=10)
+        for stream in [*held, other]:
+            assert stream.ended.wait(JOB_TIMEOUT_S)
+    finally:
+        cluster.stop()

@@ -14,7 +14,7 @@ from service.api.main import create_app
 from service.queue.consumer import Consumer
 from service.queue.keys import Keys
 from service.queue.records import JobField
-from service.settings import ServiceSettings
+from service.settings import ApiDocs, MetricsAccess, ServiceSettings
 from service.storage import LocalResultStore
 from service.worker.noop_engine import NoopEngine
 
@@ -140,5 +140,41 @@ def test_keys_are_compared_as_fixed_length_digests(
     for presented in ("k", "x" * 500, ALICE, BOB):
         keyed.get("/v1/videos", headers=_as(presented))
     assert compared and set(compared) == {(32, 32)}
-    # Three keys, each presented key checked against all of them.
-    assert len(compared) == 4 * 3
+    # Three keys, each presented key checked against all of them: once for the per-key in-flight
+    # cap (service.api.request_limits), once by the route.
+    assert len(compared) == 4 * 3 * 2
+
+
+def test_metrics_need_an_admin_key_when_keys_are_on(keyed: TestClient) -> None:
+    """Issue 27: /metrics (every tenant's volume, the queue depth) was public with keys on."""
+    assert keyed.get("/metrics").status_code == 401
+    tenant = keyed.get("/metrics", headers=_as(ALICE))
+    assert tenant.status_code == 403 and tenant.json()["error"]["code"] == "admin_key_required"
+    assert "qvgen_queue_depth" in keyed.get("/metrics", headers=_as(ADMIN)).text
+
+
+def _with(settings: ServiceSettings, **update: object) -> TestClient:
+    keys = type(settings)(api_keys=ALICE, admin_api_keys=ADMIN)
+    return TestClient(
+        create_app(
+            settings.model_copy(
+                update={"api_keys": keys.api_keys, "admin_api_keys": keys.admin_api_keys, **update}
+            )
+        )
+    )
+
+
+def test_metrics_access_public_serves_anyone(settings: ServiceSettings) -> None:
+    with _with(settings, metrics_access=MetricsAccess.PUBLIC) as client:
+        assert client.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
+def test_docs_follow_the_api_docs_setting(settings: ServiceSettings, path: str) -> None:
+    with _with(settings) as public:  # the default
+        assert public.get(path).status_code == 200
+    with _with(settings, api_docs=ApiDocs.KEY) as keyed_docs:
+        assert keyed_docs.get(path).status_code == 401
+        assert keyed_docs.get(path, headers=_as(ALICE)).status_code == 200
+    with _with(settings, api_docs=ApiDocs.OFF) as off:
+        assert off.get(path, headers=_as(ADMIN)).status_code == 404

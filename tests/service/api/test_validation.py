@@ -230,3 +230,46 @@ def test_noop_rules_are_published_and_applied(
     finally:
         worker.stop()
     assert dataclasses.asdict(NoopEngine("m").rules.limits)["max_width"] == 512
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        # Issue 27: each was accepted (true as 1 frame, "5" as 5, the default model, 64x64).
+        ({"num_frames": True}, "num_frames"),
+        ({"num_frames": "5"}, "num_frames"),
+        ({"num_inference_steps": "3"}, "num_inference_steps"),
+        ({"seed": False}, "seed"),
+        ({"guidance_scale": "5"}, "guidance_scale"),
+        ({"seconds": True}, "seconds"),
+        ({"model": ""}, "model"),
+        ({"size": "٦٤x٦٤"}, "size"),  # Arabic-Indic digits
+        ({"size": "６４x６４"}, "size"),  # fullwidth digits
+    ],
+)
+def test_json_bodies_are_typed_strictly(
+    client: TestClient, fields: dict[str, object], param: str
+) -> None:
+    assert _refusal(client, **fields)[0] == param
+
+
+def test_seconds_takes_the_string_openai_spells_it_with(client: TestClient) -> None:
+    response = client.post("/v1/videos", json={"prompt": "a red ball", "seconds": "1"})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("put", "/v1/videos", "GET, POST"),
+        ("patch", "/v1/videos/video_x", "DELETE, GET"),
+        ("post", "/healthz", "GET"),
+        ("delete", "/v1/models", "GET"),
+    ],
+)
+def test_405_names_the_allowed_methods(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow

@@ -1,4 +1,4 @@
-"""One tenant's webhook receiver cannot hurt the others' deliveries (issue 27, items 2 and 3):
+"""One tenant's webhook receiver cannot hurt the others' deliveries:
 attacks on loopback against the real deliverer loop and a real Redis, each bounded in time."""
 
 from __future__ import annotations

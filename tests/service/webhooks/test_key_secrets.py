@@ -1,4 +1,4 @@
-"""Per-key webhook secrets and allowed hosts (issue 27, item 4): two tenants on one deployment,
+"""Per-key webhook secrets and allowed hosts: two tenants on one deployment,
 a real Redis, the real deliverer loop and real HTTP receivers on loopback. Before: one secret
 (``QVGEN_WEBHOOK_SECRET``) signed every tenant's events and one host list served every key."""
 

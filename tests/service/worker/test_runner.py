@@ -197,3 +197,29 @@ def test_torch_threads_follow_the_setting() -> None:
         assert threads_per_worker(3, workers=2) == 3
     finally:
         torch.set_num_threads(before)
+
+
+class _FailingEngine(NoopEngine):
+    def generate(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("cannot open /srv/models/private-checkpoint: token=hunter2")
+
+
+def test_an_engine_error_reaches_the_client_as_a_code_and_a_reference_only(
+    settings: ServiceSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _FailingEngine("tiny")
+    run = Running(Worker(engine, settings.model_copy(update={"max_deliveries": 1}), "cpu"))
+    try:
+        fields = _wait(settings, _submit(settings), _final)
+    finally:
+        run.stop()
+    assert (fields[JobField.STATUS], fields[JobField.ERROR_CODE]) == ("failed", "engine_error")
+    message = fields[JobField.ERROR_MESSAGE]
+    assert (
+        "hunter2" not in message and "/srv/models" not in message and "RuntimeError" not in message
+    )
+    reference = message.split("reference ")[1].split(":")[0]
+    assert reference.startswith("err_")
+    # The operator finds the details by the reference.
+    logged = [r for r in caplog.records if reference in r.getMessage()]
+    assert logged and "hunter2" in str(logged[0].exc_info[1])  # type: ignore[index]
