@@ -112,6 +112,10 @@ class ServiceSettings(BaseSettings):
     # --- limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     max_queue_depth: int = Field(default=1000, ge=1, le=1_000_000)
+    # Of a model's unfinished (queued or running) jobs, the most one API key may have; more are
+    # answered 429 with Retry-After (queue_full_retry_after_s). 0: no per-key limit. Applies
+    # only with API keys on (the key is the tenant).
+    max_jobs_per_key: int = Field(default=100, ge=0, le=1_000_000)
     queue_full_retry_after_s: int = Field(default=10, ge=1, le=3600)
     poll_after_ms: int = Field(default=1000, ge=10, le=60_000)
     # Requests one API process serves at once; more are answered 503 with Retry-After.

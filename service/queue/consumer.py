@@ -202,13 +202,15 @@ class Consumer:
         return Delivery(outcome=outcome, claim=claim)
 
     def _end_keys(self, job_id: str) -> list[str]:
-        """What a script that may end the job writes besides the job: its event stream and
-        its webhook event (with the due set and the deliverers' wake-up list)."""
+        """What a script that may end the job writes besides the job: its event stream, its
+        webhook event (with the due set and the deliverers' wake-up list) and the model's
+        counts of unfinished jobs per owner."""
         return [
             self.keys.events(job_id),
             self.keys.webhook(webhook_event_id(job_id)),
             self.keys.webhooks_due,
             self.keys.webhooks_wake,
+            self.keys.unfinished(self.model),
         ]
 
     # --- while it runs ---------------------------------------------------------------------

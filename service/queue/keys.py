@@ -8,6 +8,9 @@ Layout (``P`` is ``ServiceSettings.key_prefix``):
 - ``P:expiring``             sorted set: '<id> <owner>' of finished jobs, scored by the time
                              their retention ends (then the janitor drops them from listings)
 - ``P:stream:<model>``       stream: one entry per attempt-able job, consumer group ``GROUP``
+- ``P:unfinished:<model>``   hash: owner → how many of its jobs of the model are queued or
+                             running (the per-key job quota; changed only by the scripts that
+                             create a job or end it, an owner's field dropped at zero)
 - ``P:idem:<key>``           string: job id submitted under an ``Idempotency-Key``
 - ``P:abandoned:<id>``       string (expires): a submission the API answered as not made
 - ``P:deadletter``           stream: one record per job that ran out of deliveries
@@ -65,6 +68,9 @@ class Keys:
 
     def stream(self, model: str) -> str:
         return f"{self.prefix}:stream:{model}"
+
+    def unfinished(self, model: str) -> str:
+        return f"{self.prefix}:unfinished:{model}"
 
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"

@@ -61,6 +61,19 @@ class QueueFull(Exception):
         self.depth = depth
 
 
+class KeyQuotaReached(Exception):
+    """The submitting API key has ``max_jobs_per_key`` unfinished jobs of the model already."""
+
+    def __init__(self, model: str, unfinished: int, limit: int) -> None:
+        super().__init__(
+            f"this API key has {unfinished} unfinished (queued or running) jobs of model "
+            f"{model!r}; QVGEN_MAX_JOBS_PER_KEY allows {limit} per key and model"
+        )
+        self.model = model
+        self.unfinished = unfinished
+        self.limit = limit
+
+
 class IdempotencyConflict(Exception):
     """The ``Idempotency-Key`` was used before with another request, whose job still exists."""
 
@@ -162,7 +175,9 @@ class JobQueue:
         remixed_from: str | None = None,
         webhook_url: str | None = None,
     ) -> Submitted:
-        """Write the job hash and its stream entry in one script; raise ``QueueFull``.
+        """Write the job hash and its stream entry in one script; raise ``QueueFull``, or
+        ``KeyQuotaReached`` when ``owner`` has ``max_jobs_per_key`` unfinished jobs of ``model``
+        (an owner "", no API keys, has no such limit).
         ``owner`` (the API key's digest) owns the job and scopes ``idempotency_key``: the same
         key with the same request is the job made the first time; with another request,
         ``IdempotencyConflict``; once that job is gone (deleted, or past retention), the key is
@@ -204,6 +219,8 @@ class JobQueue:
             GROUP,
             _fingerprint(model, request_json, seconds, remixed_from or "", webhook_url or ""),
             self.keys.job(""),
+            owner,
+            self._settings.max_jobs_per_key if owner else 0,
         ]
         for name, value in fields.items():
             args += [str(name), str(value)]
@@ -214,7 +231,7 @@ class JobQueue:
             idem_key,
             self.keys.owner_jobs(owner),
         ]
-        keys.append(self.keys.abandoned(job_id))
+        keys += [self.keys.abandoned(job_id), self.keys.unfinished(model)]
         try:
             reply: Any = await self._enqueue(keys=keys, args=args)
         except (RedisTimeoutError, RedisConnectionError) as error:
@@ -223,6 +240,8 @@ class JobQueue:
         outcome, value = reply[0], reply[1]
         if outcome == "full":
             raise QueueFull(model, int(value))
+        if outcome == "over_quota":
+            raise KeyQuotaReached(model, int(value), self._settings.max_jobs_per_key)
         if outcome == "abandoned":
             raise NotCreated(job_id)
         if outcome == "existing":
@@ -354,6 +373,7 @@ class JobQueue:
                 self.keys.owner_jobs(record.owner),
                 self.keys.expiring,
                 self.keys.events(record.id),
+                self.keys.unfinished(record.model),
             ],
             args=[record.id, GROUP, EVENTS_LINGER_MS],
         )
@@ -403,6 +423,11 @@ class JobQueue:
     async def depth(self, model: str) -> int:
         """Unfinished jobs of ``model``: queued plus running (what ``max_queue_depth`` caps)."""
         return int(await self._redis.xlen(self.keys.stream(model)))
+
+    async def unfinished_of(self, owner: str, model: str) -> int:
+        """``owner``'s unfinished jobs of ``model`` (what ``max_jobs_per_key`` caps)."""
+        count: Any = await self._redis.hget(self.keys.unfinished(model), owner)
+        return int(count or 0)
 
     async def live_workers(self, model: str) -> int:
         """Workers of ``model`` that sent a heartbeat within the claim timeout."""

@@ -17,6 +17,12 @@ appends an entry to the job's event stream (``keys.Keys.events``), which ``GET
 its webhook event written in the same script (an outbox: the event exists if and only if the job
 ended; ``service.webhooks.outbox`` delivers it).
 
+Each owner's unfinished (queued or running) jobs of a model are counted in
+``keys.Keys.unfinished``: ``ENQUEUE`` adds one when it creates a job, and every script that
+moves a job from queued or in progress to a final status (or deletes it then) takes one off, in
+the same step and only on that transition, so that a re-run, a hand-back or a redelivery leaves
+the count as it is. Reaping drops only finished jobs, which no longer count.
+
 Field names are the literals of ``records.JobField``; the consumer group name is passed in.
 """
 
@@ -60,6 +66,16 @@ local function emit_webhook(job, event, due, wake, kind, now)
 end
 """
 
+# ended(counts, job): the job (still holding its owner) leaves its owner's count of unfinished
+# jobs; called once, on the transition to a final status. A count never goes below zero (jobs
+# queued before the count existed end uncounted) and an owner's field goes at zero.
+_ENDED = """
+local function ended(counts, job)
+  local who = redis.call('HGET', job, 'owner') or ''
+  if redis.call('HINCRBY', counts, who, -1) <= 0 then redis.call('HDEL', counts, who) end
+end
+"""
+
 # Shared helpers, prepended to every script that needs them.
 _ACK = """
 local function ack(stream, group, id)
@@ -87,12 +103,15 @@ local function retain_until(job, expiring, at, ttl)
 end
 """
 
-# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset, the job's tombstone
+# KEYS: job, jobs zset, stream, idempotency key, the owner's jobs zset, the job's tombstone,
+#       the model's unfinished counts
 # ARGV: job id, created ms, max depth, idempotency ttl s, use idempotency ('1'|'0'), group,
-#       request fingerprint, job key prefix, then the job hash as field, value pairs
+#       request fingerprint, job key prefix, owner, most unfinished jobs of the owner (0: no
+#       limit), then the job hash as field, value pairs
 # → {'created', id, jobs ahead, stream id} | {'created', id} (a repeat) | {'existing', id}
-#   | {'conflict', id} | {'full', depth} | {'abandoned', id}
-# Safe to run twice: a second run of the same submission (same job id) changes nothing. A
+#   | {'conflict', id} | {'full', depth} | {'over_quota', owner's unfinished} | {'abandoned', id}
+# Safe to run twice: a second run of the same submission (same job id) changes nothing (the
+# owner's count included: it moves only with a job created here). A
 # tombstone (SETTLE) means the API answered that this submission was not made: refuse it.
 # The idempotency key holds '<job id> <fingerprint>': the same request again is that job, another
 # request a conflict; a key whose job is gone (deleted, or past retention) is free again. Its
@@ -116,9 +135,14 @@ end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[3], ARGV[6], '0', 'MKSTREAM')
 end
+local mine = tonumber(redis.call('HGET', KEYS[7], ARGV[9]) or '0')
+if tonumber(ARGV[10]) > 0 and mine >= tonumber(ARGV[10]) then
+  return {'over_quota', tostring(mine)}
+end
 local depth = redis.call('XLEN', KEYS[3])
 if depth >= tonumber(ARGV[3]) then return {'full', tostring(depth)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HINCRBY', KEYS[7], ARGV[9], 1)
 local sid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'stream_id', sid)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
@@ -142,11 +166,13 @@ return 'abandoned'
 """
 )
 
-# KEYS: job, stream, deadletter, expiry index, events, webhook event, webhooks due, wake
+# KEYS: job, stream, deadletter, expiry index, events, webhook event, webhooks due, wake,
+#       the model's unfinished counts
 # ARGV: stream id, consumer, now ms, max deliveries, retention ms, group, deadletter maxlen
 # → {'started', attempt} | {'lost'} | {'gone'} | {'final'} | {'expired'} | {'dead', attempt}
 START = (
     _RUNS_WHEN_FULL
+    + _ENDED
     + _ACK
     + _RETAIN
     + _NOTE
@@ -162,6 +188,7 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then
   ack(KEYS[2], group, sid); return {'final'}
 end
 local function finish_failed(code, message)
+  ended(KEYS[9], KEYS[1])
   redis.call('HSET', KEYS[1], 'status', 'failed', 'error_code', code, 'error_message', message,
              'completed_at', now, 'expires_at', now + tonumber(ARGV[5]))
   retain_until(KEYS[1], KEYS[4], now + tonumber(ARGV[5]), ARGV[5])
@@ -223,11 +250,12 @@ return 1
 """
 )
 
-# KEYS: job, stream, expiry index, events, webhook event, webhooks due, wake
+# KEYS: job, stream, expiry index, events, webhook event, webhooks due, wake, unfinished counts
 # ARGV: stream id, attempt, group, now ms, retention ms, final status, then field, value pairs
 # → 1 written (or already, by this attempt: a retry) | 0 fenced (the caller deletes its files)
 FINISH = (
     _RUNS_WHEN_FULL
+    + _ENDED
     + _ACK
     + _RETAIN
     + _NOTE
@@ -237,6 +265,7 @@ local f = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if f[1] == ARGV[2] and f[2] == ARGV[6] then return 1 end
 if f[1] ~= ARGV[2] or f[2] ~= 'in_progress' then return 0 end
 local now = tonumber(ARGV[4])
+ended(KEYS[8], KEYS[1])
 redis.call('HSET', KEYS[1], 'status', ARGV[6], 'completed_at', now,
            'expires_at', now + tonumber(ARGV[5]))
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
@@ -266,7 +295,7 @@ return 1
 """
 )
 
-# KEYS: job, stream, jobs zset, the owner's jobs zset, expiry index, events
+# KEYS: job, stream, jobs zset, the owner's jobs zset, expiry index, events, unfinished counts
 # ARGV: job id, group, events linger ms
 # → {'missing'} | {'deleted', was running or queued ('1'|'0'), video path, thumbnail path}
 # DELETE as OpenAI's: whatever the job's state, it is gone after one call. A queued or running
@@ -277,6 +306,7 @@ return 1
 # that a reader blocked on it hears of the deletion. Running it twice: the second finds nothing.
 DELETE = (
     _RUNS_WHEN_FULL
+    + _ENDED
     + _ACK
     + _RETAIN
     + _NOTE
@@ -285,6 +315,7 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'stream_id', 'video_path', 'thu
                      'idempotency_key')
 if not f[1] then return {'missing'} end
 local active = f[1] == 'queued' or f[1] == 'in_progress'
+if active then ended(KEYS[7], KEYS[1]) end
 if active and f[2] and f[2] ~= '' then ack(KEYS[2], ARGV[2], f[2]) end
 if f[5] and f[5] ~= '' then
   local named = redis.call('GET', f[5])
@@ -301,11 +332,12 @@ return {'deleted', active and '1' or '0', f[3] or '', f[4] or ''}
 """
 )
 
-# KEYS: job, stream, expiry index, events, webhook event, webhooks due, wake
+# KEYS: job, stream, expiry index, events, webhook event, webhooks due, wake, unfinished counts
 # ARGV: stream id, group, now ms, retention ms
 # → 1 expired or orphan removed | 0 left alone
 EXPIRE_QUEUED = (
     _RUNS_WHEN_FULL
+    + _ENDED
     + _ACK
     + _RETAIN
     + _NOTE
@@ -316,6 +348,7 @@ if not f[1] then ack(KEYS[2], ARGV[2], ARGV[1]); return 1 end
 if f[1] ~= 'queued' or (f[3] and f[3] ~= '') then return 0 end
 local now = tonumber(ARGV[3])
 if tonumber(f[2]) >= now then return 0 end
+ended(KEYS[8], KEYS[1])
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error_code', 'expired',
            'error_message', 'the job waited in the queue past its deadline',
            'completed_at', now, 'expires_at', now + tonumber(ARGV[4]))

@@ -78,6 +78,9 @@ def start_cluster(
             ServiceSettings.model_fields["max_concurrent_requests"].default,
         ),
     )
+    # Likewise its jobs fill the queue up to its depth, not a per-key quota (tested in
+    # tests/service/api/test_job_quota.py and tests/service/queue/test_quota.py).
+    overrides.setdefault("max_jobs_per_key", 0)
     settings = make_settings(redis_url, results, api_keys=API_KEY, **overrides)
     cluster = Cluster(settings, free_port())
     cluster.start_api()

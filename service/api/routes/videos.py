@@ -38,6 +38,7 @@ from service.engine.types import GenerationRequest
 from service.queue.producer import (
     DeleteOutcome,
     IdempotencyConflict,
+    KeyQuotaReached,
     NotCreated,
     OutcomeUnknown,
     QueueFull,
@@ -72,7 +73,7 @@ _CREATE_ERRORS = _ERRORS | error_responses(
     (413, "Body over the size cap"),
     (415, "Body neither JSON nor a form"),
     (409, "Idempotency-Key reused with another request"),
-    (429, "Queue full; see Retry-After"),
+    (429, "Queue full, or this key's unfinished jobs at QVGEN_MAX_JOBS_PER_KEY; see Retry-After"),
 )
 
 
@@ -278,6 +279,16 @@ async def _submit(
             f"{error}; retry after {retry_after} s",
             type=ErrorType.RATE_LIMIT,
             code="queue_full",
+            headers={"Retry-After": retry_after},
+        ) from error
+    except KeyQuotaReached as error:
+        state.metrics.jobs_rejected.labels(model).inc()
+        retry_after = str(state.settings.queue_full_retry_after_s)
+        raise APIError(
+            429,
+            f"{error}; retry after {retry_after} s, once some of them have finished",
+            type=ErrorType.RATE_LIMIT,
+            code="too_many_jobs_for_key",
             headers={"Retry-After": retry_after},
         ) from error
     except IdempotencyConflict as error:
