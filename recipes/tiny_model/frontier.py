@@ -71,6 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("guidance_stop 0.5", guidance_stop=0.5),
     Setting("first-block-pooled 0.2 + guidance_stop 0.5", CachePolicy.FIRST_BLOCK_POOLED, 0.2, 0.5),
     Setting("magcache 0.25 + guidance_stop 0.5", CachePolicy.MAGCACHE, 0.25, 0.5),
+    Setting("magcache 0.1 + guidance_stop 0.5", CachePolicy.MAGCACHE, 0.1, 0.5),
 )
 
 

@@ -113,9 +113,9 @@ def test_models_publish_the_offered_policies_with_their_ranges_and_defaults(
     assert static["from_worker"] is False
     assert static["cache_policies"] == {
         "none": None,
-        "first-block": {"low": 0.0, "high": 1.0, "default": 0.05},
-        "first-block-pooled": {"low": 0.0, "high": 1.0, "default": 0.05},
-        "magcache": {"low": 0.0, "high": 1.0, "default": 0.06},
+        "first-block": {"low": 0.0, "high": 1.0, "default": 0.1},
+        "first-block-pooled": {"low": 0.0, "high": 1.0, "default": 0.1},
+        "magcache": {"low": 0.0, "high": 1.0, "default": 0.1},
     }
     assert (static["magcache_steps"], static["min_guidance_stop"]) == (None, 0.0)
     assert (static["default_cache"], static["default_cache_threshold"]) == ("none", None)
@@ -223,12 +223,12 @@ def test_bad_values_are_refused_at_submit_naming_the_field_and_what_is_allowed(
 def test_left_out_fields_get_the_models_defaults_and_the_threshold_is_stored(
     client: TestClient, settings: ServiceSettings, sync_redis: redis.Redis
 ) -> None:
-    _publish(settings, sync_redis, _with_defaults(WAN, FIRST_BLOCK, 0.1, 0.5))
+    _publish(settings, sync_redis, _with_defaults(WAN, FIRST_BLOCK, 0.12, 0.5))
     cases: list[tuple[dict[str, object], tuple]] = [
-        ({}, (FIRST_BLOCK, 0.1, 0.5)),
-        ({"cache": "first-block"}, (FIRST_BLOCK, 0.1, 0.5)),  # the model's own default
-        ({"cache": "first-block-pooled"}, (POOLED, 0.05, 0.5)),  # the policy's range default
-        ({"cache": "magcache", "num_inference_steps": 8}, (MAGCACHE, 0.06, 0.5)),
+        ({}, (FIRST_BLOCK, 0.12, 0.5)),
+        ({"cache": "first-block"}, (FIRST_BLOCK, 0.12, 0.5)),  # the model's own default
+        ({"cache": "first-block-pooled"}, (POOLED, 0.1, 0.5)),  # the policy's range default
+        ({"cache": "magcache", "num_inference_steps": 8}, (MAGCACHE, 0.1, 0.5)),
         ({"cache_threshold": 0.15}, (FIRST_BLOCK, 0.15, 0.5)),
         ({"cache": "none", "guidance_stop": 1}, (NONE, None, 1.0)),
     ]
@@ -242,7 +242,7 @@ def test_left_out_fields_get_the_models_defaults_and_the_threshold_is_stored(
     _publish(settings, sync_redis, _with_defaults(WAN, MAGCACHE, None, 1.0))
     with TestClient(create_app(settings)) as fresh:
         video = _create(fresh, num_inference_steps=20)
-        assert _stored(settings, sync_redis, video["id"]) == (MAGCACHE, 0.06, 1.0)
+        assert _stored(settings, sync_redis, video["id"]) == (MAGCACHE, 0.1, 1.0)
         refused = fresh.post("/v1/videos", json={"prompt": "x", "num_inference_steps": 10})
     assert refused.status_code == 400
     error = refused.json()["error"]
@@ -256,7 +256,7 @@ def test_without_published_rules_every_policy_passes_and_defaults_are_none(
     assert _stored(settings, sync_redis, _create(client)["id"]) == (NONE, None, 1.0)
     # Any step count: the worker's engine guards MagCache's calibration (the static design).
     video = _create(client, cache="magcache", num_inference_steps=13, guidance_stop=0.25)
-    assert _stored(settings, sync_redis, video["id"]) == (MAGCACHE, 0.06, 0.25)
+    assert _stored(settings, sync_redis, video["id"]) == (MAGCACHE, 0.1, 0.25)
 
 
 def _random_params(rng: random.Random) -> VideoCreateParams:
@@ -313,7 +313,7 @@ def test_a_completed_job_reports_its_transformer_passes_and_the_worker_counts_th
             (6, 0),
             (4, 0),
         ]
-        assert (finals[0]["cache"], finals[0]["cache_threshold"]) == ("first-block", 0.05)
+        assert (finals[0]["cache"], finals[0]["cache_threshold"]) == ("first-block", 0.1)
         registry = run.worker.metrics.registry
         labels = {"model": "tiny"}
         assert registry.get_sample_value("qvgen_transformer_passes_total", labels) == 10.0
