@@ -12,8 +12,10 @@ complete.
   opening, for its first request) until the parser reports the headers complete. Past it the
   connection gets ``408`` and is closed. Idle keep-alive connections are uvicorn's
   ``timeout_keep_alive``.
-- The size cap counts the bytes fed to the parser while the head is incomplete; past it the
-  connection gets ``431`` and is closed: memory stays bounded by the cap plus one read.
+- The size cap counts the bytes fed to the parser while the head is incomplete, and checks each
+  read before the parser sees it (up to the blank line that ends the head, when the read holds
+  it); past it the connection gets ``431`` and is closed: memory stays bounded by the cap plus
+  one read.
 
 The limits are class attributes, set once per process by ``configure`` (``qvgen serve api`` and
 each process uvicorn forks read the same settings).
@@ -63,6 +65,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         in_head_before = self._in_head
+        if in_head_before and self.parser is not None:
+            # Before parsing: a read that brings a whole oversized head at once (headers
+            # complete within it) is refused here, not after the parser has run the request.
+            end = data.find(b"\r\n\r\n")
+            head = len(data) if end < 0 else end + 4
+            if self._head_bytes + head > self.max_header_bytes:
+                self._refuse_head()
+                return
         self._began_in_this_read = False
         super().data_received(data)
         # Headers still incomplete after this read: all of it was head, unless it also ended
@@ -72,12 +82,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and counted and self.parser is not None:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
-                self._stop_head()
-                _close_with(
-                    self.transport,
-                    b"431 Request Header Fields Too Large",
-                    f"request line and headers exceed {self.max_header_bytes} bytes".encode(),
-                )
+                self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        self._stop_head()
+        _close_with(
+            self.transport,
+            b"431 Request Header Fields Too Large",
+            f"request line and headers exceed {self.max_header_bytes} bytes".encode(),
+        )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -91,6 +91,13 @@ async def _read_params(request: Request, schema: type[P]) -> P:
             return schema.model_validate_json(raw, strict=True)
         return schema.model_validate(await _read_form(request))
     except ValidationError as error:
+        # pydantic's own JSON parser nests less deeply than Python's: what json.loads took may
+        # still be refused here as malformed JSON (say, an array nested 500 deep in a field).
+        first = error.errors()[0] if error.error_count() else None
+        if first is not None and first["type"] == "json_invalid":
+            raise APIError(
+                400, f"body is not valid JSON: {first['msg']}", code="invalid_json"
+            ) from error
         raise from_validation_error(error) from error
 
 

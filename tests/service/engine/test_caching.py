@@ -19,7 +19,11 @@ import pytest
 import torch
 from torch import fx, nn
 
-from qvgen.checkpoint.cache_calibration import read_calibration, write_calibration
+from qvgen.checkpoint.cache_calibration import (
+    CALIBRATION_FILE,
+    read_calibration,
+    write_calibration,
+)
 from qvgen.timestep_groups import TimestepMapping, bind_timestep_groups
 from service.engine.caching.calibration import measure_magcache
 from service.engine.caching.offer import CacheDefaults
@@ -97,7 +101,8 @@ def test_rules_offer_what_the_model_runs(engine: DiffusersEngine) -> None:
         CachePolicy.FIRST_BLOCK_POOLED,
         CachePolicy.MAGCACHE,
     }
-    assert caching.magcache_steps == (REQUEST.num_inference_steps,)
+    # The shipped model's own ratios (20 steps) and the ones measured here.
+    assert caching.magcache_steps == (REQUEST.num_inference_steps, 20)
     assert caching.guidance_stop
 
 
@@ -279,14 +284,21 @@ def test_an_unknown_policy_name_names_the_field() -> None:
     assert refused.value.field == "cache" and "first-block-pooled" in str(refused.value)
 
 
-def test_magcache_without_calibration_is_not_offered() -> None:
-    engine = DiffusersEngine.from_pretrained(SHIPPED)
+def test_magcache_without_calibration_is_not_offered(tmp_path: Path) -> None:
+    import shutil
+
+    uncalibrated = tmp_path / "qvgen-tiny-w4a4"
+    shutil.copytree(SHIPPED, uncalibrated)
+    (uncalibrated / CALIBRATION_FILE).unlink()
+    engine = DiffusersEngine.from_pretrained(uncalibrated)
     assert CachePolicy.MAGCACHE not in engine.rules.caching.thresholds
     with pytest.raises(InvalidRequest, match="not offered") as refused:
         engine.check(with_(REQUEST, cache=CachePolicy.MAGCACHE))
     assert refused.value.field == "cache"
     with pytest.raises(ValueError, match="not offered"):
-        DiffusersEngine.from_pretrained(SHIPPED, cache_defaults=CacheDefaults(CachePolicy.MAGCACHE))
+        DiffusersEngine.from_pretrained(
+            uncalibrated, cache_defaults=CacheDefaults(CachePolicy.MAGCACHE)
+        )
 
 
 def test_cogvideox_offers_caching_but_not_the_guidance_stop(tiny_cogvideox_dir: Path) -> None:
