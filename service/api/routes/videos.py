@@ -278,24 +278,16 @@ async def _submit(
             remixed_from=job.remixed_from,
             webhook_url=job.webhook_url,
         )
-    except QueueFull as error:
+    except (QueueFull, KeyQuotaReached) as error:
         state.metrics.jobs_rejected.labels(model).inc()
         retry_after = str(state.settings.queue_full_retry_after_s)
+        own = isinstance(error, KeyQuotaReached)
         raise APIError(
             429,
-            f"{error}; retry after {retry_after} s",
+            f"{error}; retry after {retry_after} s"
+            + (", once some of them have finished" if own else ""),
             type=ErrorType.RATE_LIMIT,
-            code="queue_full",
-            headers={"Retry-After": retry_after},
-        ) from error
-    except KeyQuotaReached as error:
-        state.metrics.jobs_rejected.labels(model).inc()
-        retry_after = str(state.settings.queue_full_retry_after_s)
-        raise APIError(
-            429,
-            f"{error}; retry after {retry_after} s, once some of them have finished",
-            type=ErrorType.RATE_LIMIT,
-            code="too_many_jobs_for_key",
+            code="too_many_jobs_for_key" if own else "queue_full",
             headers={"Retry-After": retry_after},
         ) from error
     except IdempotencyConflict as error:
